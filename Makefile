@@ -1,0 +1,35 @@
+# `make` lists the targets. `make run` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+$(BIN)/gunicorn: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev: $(BIN)/gunicorn requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+run: $(BIN)/gunicorn  ## start the service on $PORT (memory backend unless REDIS_URL is set)
+	@echo "signaling: http://localhost:$(PORT)/  backend: $(if $(REDIS_URL),redis ($(REDIS_URL)),memory)"
+	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py app:app
+
+test: $(VENV)/.dev  ## run every test: contract on both backends, live server, browser, client
+	$(BIN)/python -m pytest
+	@if [ -d tests/js ]; then node --test tests/js/; fi
+
+lint: $(VENV)/.dev  ## ruff
+	$(BIN)/ruff check .
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache

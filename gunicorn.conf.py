@@ -1,0 +1,49 @@
+"""gunicorn settings: gevent workers, bind from $PORT, workers from $WEB_CONCURRENCY."""
+
+import os
+import sys
+
+from signaling.config import ConfigError, Settings
+
+try:
+    _settings = Settings.from_env()
+except ConfigError as exc:
+    sys.exit(f"signaling: bad configuration: {exc}")
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_settings.port}"
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+# One held poll is one open connection: leave room for thousands per worker.
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+# A held poll lasts up to POLL_WAIT; a restart lets it finish or ends it.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+keepalive = 75
+accesslog = "-"
+# Never log a query string or header that might hold a token: method, path, status, size, time.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+
+if not _settings.redis_url and workers > 1:
+    sys.exit(
+        f"signaling: WEB_CONCURRENCY={workers}, but without REDIS_URL every worker would keep "
+        "its own rooms in memory and peers on different workers could not see each other. "
+        "Set REDIS_URL to run several workers, or use WEB_CONCURRENCY=1."
+    )
+
+
+
+def post_worker_init(worker):
+    """On SIGTERM, end held polls at once so the worker can stop within its graceful timeout."""
+    import signal
+
+    import gevent
+
+    service = worker.wsgi.extensions["signaling"]
+    stop = worker.handle_exit
+
+    def handle_exit(sig, frame):
+        gevent.spawn(service.hub.close)
+        stop(sig, frame)
+
+    signal.signal(signal.SIGTERM, handle_exit)

@@ -1,0 +1,215 @@
+"""The HTTP API of PROTOCOL.md: one view per endpoint, no state of its own."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.parse
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from . import errors, protocol
+from .ice import ice_servers
+
+blueprint = Blueprint("api", __name__)
+
+
+def _service():
+    return current_app.extensions["signaling"]
+
+
+def _bearer() -> str | None:
+    """The token of `Authorization: Bearer <token>`, or None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def _caller() -> tuple[str, str]:
+    """(peer id, token) of a request that names no peer in its path: the token tells."""
+    token = _bearer()
+    peer = protocol.token_peer(token)
+    if peer is None:
+        raise errors.Unauthorized("this call needs 'Authorization: Bearer <token>' from your join")
+    return peer, token
+
+
+def _body() -> bytes:
+    return request.get_data(cache=False)
+
+
+def _query_int(name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or (high is not None and not low <= int(raw) <= high):
+        bounds = f"{low}-{high}" if high is not None else f">= {low}"
+        raise errors.BadQuery(f"'{name}' must be an integer {bounds}, got {raw!r:.40}")
+    return int(raw)
+
+
+def _query_wait(cap: float) -> float:
+    raw = request.args.get("wait")
+    if raw is None:
+        return cap
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = math.nan
+    if not math.isfinite(wait) or wait < 0:
+        raise errors.BadQuery(f"'wait' must be a number of seconds >= 0, got {raw!r:.40}")
+    return min(wait, cap)
+
+
+def _json(body: dict, status: int = 200, **headers: str) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+@blueprint.post("/rooms/<room>/peers")
+def join(room: str):
+    service = _service()
+    protocol.check_id(room, "room")
+    body = protocol.parse_object(_body(), empty_ok=True)
+    requested = body.get("peer_id")
+    peer = protocol.new_peer_id() if requested is None else protocol.check_id(requested, "peer_id")
+    token = _bearer()
+    new_token = protocol.new_token(peer)
+    now = time.time()
+    joined = service.backend.join(room, peer, new_token, token, now)
+    settings = service.settings
+    return _json(
+        {
+            "room": room,
+            "peer_id": peer,
+            "token": new_token if joined.created else token,
+            "peers": joined.peers,
+            "cursor": joined.cursor,
+            "poll_wait": settings.poll_wait,
+            "peer_ttl": settings.peer_ttl,
+            "ice_servers": ice_servers(settings, peer, now),
+        },
+        201 if joined.created else 200,
+        Location=f"/rooms/{room}/peers/{peer}",
+    )
+
+
+@blueprint.get("/rooms/<room>/peers/<peer>/messages")
+def poll(room: str, peer: str):
+    service = _service()
+    protocol.check_id(room, "room")
+    protocol.check_id(peer, "peer")
+    after = _query_int("after", 0, 0)
+    limit = _query_int("limit", protocol.MAX_LIMIT, 1, protocol.MAX_LIMIT)
+    wait = _query_wait(service.settings.poll_wait)
+    token = _bearer()
+
+    def fetch(hold: int | None):
+        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold)
+
+    if wait <= 0:
+        messages, cursor = fetch(None)
+    else:
+        waiter = service.hub.hold(room, peer)
+        try:
+            deadline = time.monotonic() + wait
+            messages, cursor = fetch(waiter.poll_id)
+            while not messages and not waiter.ended:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:
+                    break
+                messages, cursor = fetch(waiter.poll_id)
+        finally:
+            service.hub.release(waiter)
+    return Response(protocol.poll_body(messages, cursor), mimetype="application/json")
+
+
+@blueprint.post("/rooms/<room>/peers/<to>/messages")
+def send(room: str, to: str):
+    service = _service()
+    protocol.check_id(room, "room")
+    protocol.check_id(to, "peer")
+    sender, token = _caller()
+    key = protocol.check_idempotency_key(request.headers.get("Idempotency-Key"))
+    kind, data = protocol.parse_envelope(_body())
+    now = time.time()
+    tail = protocol.envelope_tail(sender, kind, data, now)
+    seq = service.backend.send(
+        room, sender, token, to, tail, protocol.body_digest(kind, data), key, now
+    )
+    return _json({"seq": seq}, 202)
+
+
+@blueprint.post("/rooms/<room>/messages")
+def broadcast(room: str):
+    service = _service()
+    protocol.check_id(room, "room")
+    sender, token = _caller()
+    key = protocol.check_idempotency_key(request.headers.get("Idempotency-Key"))
+    kind, data = protocol.parse_envelope(_body())
+    now = time.time()
+    tail = protocol.envelope_tail(sender, kind, data, now)
+    result = service.backend.broadcast(
+        room, sender, token, tail, protocol.body_digest(kind, data), key, now
+    )
+    return _json({"delivered_to": result.delivered_to, "mailbox_full": result.mailbox_full}, 202)
+
+
+@blueprint.get("/rooms/<room>/peers")
+def members(room: str):
+    protocol.check_id(room, "room")
+    peer, token = _caller()
+    peers = _service().backend.members(room, peer, token, time.time())
+    return _json({"room": room, "peers": sorted(peers)})
+
+
+def _leave(room: str, peer: str, token: str | None) -> Response:
+    protocol.check_id(room, "room")
+    protocol.check_id(peer, "peer")
+    _service().backend.leave(room, peer, token, time.time())
+    return Response(status=204)
+
+
+@blueprint.delete("/rooms/<room>/peers/<peer>")
+def leave(room: str, peer: str):
+    return _leave(room, peer, _bearer())
+
+
+@blueprint.post("/rooms/<room>/peers/<peer>/leave")
+def leave_beacon(room: str, peer: str):
+    """Leave for `navigator.sendBeacon`: the token may come in the body, in any Content-Type."""
+    return _leave(room, peer, _bearer() or _token_from_body(_body()))
+
+
+def _token_from_body(raw: bytes) -> str | None:
+    """The token of a JSON `{"token": ...}` or a `token=` form body, whatever the Content-Type."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("latin-1")).items()}
+    token = body.get("token") if isinstance(body, dict) else None
+    return token if isinstance(token, str) and token else None
+
+
+@blueprint.get("/rooms/<room>/peers/<peer>/ice-servers")
+def refresh_ice_servers(room: str, peer: str):
+    service = _service()
+    protocol.check_id(room, "room")
+    protocol.check_id(peer, "peer")
+    now = time.time()
+    service.backend.members(room, peer, _bearer(), now)
+    return _json({"ice_servers": ice_servers(service.settings, peer, now), "ttl": service.settings.turn_ttl})
+
+
+@blueprint.get("/healthz")
+def healthz():
+    service = _service()
+    service.backend.ping()
+    return _json({"status": "ok", "backend": service.backend.name, "held_polls": len(service.hub)})
+
+
+@blueprint.get("/")
+def demo():
+    return current_app.send_static_file("index.html")

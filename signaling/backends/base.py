@@ -1,0 +1,120 @@
+"""The backend contract: where rooms, peers and mailboxes live.
+
+Every method is one atomic step: no other request sees it half done, on any
+instance. Every method that takes a `token` authenticates first: a peer that
+is not a live member raises `NotJoined` whatever the token; a live member with
+a missing or wrong token raises `Unauthorized`. Authenticated calls count as
+the peer's heartbeat. A peer not heard from for `peer_ttl` seconds is no
+longer live: calls treat it as absent at once, and `reap` removes it.
+
+Envelopes are stored as the JSON text `protocol.with_seq(seq, tail)` and
+handed back as stored. Seqs of one mailbox are 1, 2, 3, ... with no gaps;
+the mailbox keeps every envelope above the acknowledged seq, oldest first.
+Server events (`peer-joined`, `peer-left`) never count against
+`mailbox_limit` and are never refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+
+from ..config import Settings
+from ..hub import Hub
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    created: bool  # False when the join resumed a live peer with its own token
+    peers: list[str]  # the other members
+    cursor: int  # the last acknowledged seq
+
+
+@dataclasses.dataclass(frozen=True)
+class Broadcast:
+    delivered_to: list[str]
+    mailbox_full: list[str]
+
+
+class Backend(ABC):
+    """Rooms, members and mailboxes; see the module docstring for the rules."""
+
+    name: str  # shown by /healthz
+
+    def __init__(self, settings: Settings, hub: Hub):
+        self.settings = settings
+        self.hub = hub  # told when a mailbox changes or a held poll is superseded
+
+    @abstractmethod
+    def join(self, room: str, peer: str, new_token: str, token: str | None, now: float) -> Joined:
+        """Add `peer` with `new_token`, or resume it when `token` is its own.
+
+        Removes the room's expired peers first (with `peer-left` timeout
+        events), so a dead peer never holds a place or an id. A fresh join
+        puts `peer-joined` in every other member's mailbox. Raises
+        `PeerIdTaken` for a live id whose token is not presented, `RoomFull`
+        at `room_capacity`.
+        """
+
+    @abstractmethod
+    def fetch(
+        self, room: str, peer: str, token: str | None, after: int, limit: int, now: float,
+        hold: int | None = None,
+    ) -> tuple[list[str], int]:
+        """Acknowledge seqs <= `after`, return (up to `limit` envelopes, cursor).
+
+        Raises `BadCursor` when `after` is beyond the last seq given out.
+        With `hold` (a poll id) and nothing to return, that poll is recorded
+        as the one waiting on this mailbox, so a send wakes it and a newer
+        poll held on another instance supersedes it.
+        """
+
+    @abstractmethod
+    def send(
+        self, room: str, sender: str, token: str | None, to: str, tail: str, digest: str,
+        idempotency_key: str | None, now: float,
+    ) -> int:
+        """Store one envelope for `to` and wake its poll; return its seq.
+
+        Raises `PeerNotFound`, `MailboxFull` (nothing stored), and
+        `IdempotencyKeyReused`. A repeated key with the same digest returns
+        the first seq and stores nothing.
+        """
+
+    @abstractmethod
+    def broadcast(
+        self, room: str, sender: str, token: str | None, tail: str, digest: str,
+        idempotency_key: str | None, now: float,
+    ) -> Broadcast:
+        """Store one envelope for every other member whose mailbox has room."""
+
+    @abstractmethod
+    def members(self, room: str, peer: str, token: str | None, now: float) -> list[str]:
+        """Every live member id, the caller's included."""
+
+    @abstractmethod
+    def leave(self, room: str, peer: str, token: str | None, now: float) -> None:
+        """Remove `peer` and its mailbox; others get `peer-left` (left).
+
+        A peer that is not a member is not an error: nothing happens.
+        """
+
+    @abstractmethod
+    def reap(self, now: float) -> list[tuple[str, str]]:
+        """Remove peers silent for `peer_ttl`; return (room, peer) of each removed.
+
+        Safe to run on every instance at once: each expired peer is removed,
+        and its `peer-left` (timeout) sent, exactly once.
+        """
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise `BackendUnavailable` unless the store answers."""
+
+    def start(self) -> None:
+        """Begin background work (wake-up listener); called once per process."""
+        return None
+
+    def close(self) -> None:
+        """Release connections and stop background work."""
+        return None

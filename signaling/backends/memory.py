@@ -1,0 +1,198 @@
+"""The in-process backend: the whole contract in dicts, for one process only."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+
+from .. import errors
+from ..protocol import IDEMPOTENCY_TTL, envelope_tail, hash_token, same_hash, with_seq
+from .base import Backend, Broadcast, Joined
+
+
+@dataclasses.dataclass(eq=False)
+class _Peer:
+    token_hash: str
+    last_seen: float
+    seq: int = 0  # the last seq given out
+    acked: int = 0
+    events: int = 0  # server events among the stored envelopes
+    # (seq, is_event, text), oldest first
+    mailbox: collections.deque = dataclasses.field(default_factory=collections.deque)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Receipt:
+    """What a send with an Idempotency-Key answered, kept to answer its repeats."""
+
+    digest: str
+    result: object
+    expires: float
+
+
+class MemoryBackend(Backend):
+    """Rooms in a dict, guarded by one lock; wake-ups go straight to this process's hub."""
+
+    name = "memory"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._rooms: dict[str, dict[str, _Peer]] = {}
+        self._receipts: dict[tuple[str, str, str, str], _Receipt] = {}
+
+    # -- helpers; callers hold the lock
+
+    def _live(self, peer: _Peer | None, now: float) -> bool:
+        return peer is not None and peer.last_seen > now - self.settings.peer_ttl
+
+    def _authenticate(self, room: str, peer_id: str, token: str | None, now: float) -> _Peer:
+        peer = self._rooms.get(room, {}).get(peer_id)
+        if not self._live(peer, now):
+            raise errors.NotJoined(f"peer '{peer_id}' is not a member of room '{room}'")
+        if not same_hash(peer.token_hash, token):
+            raise errors.Unauthorized(f"missing or wrong token for peer '{peer_id}'")
+        peer.last_seen = now
+        return peer
+
+    def _push(self, room: str, peer_id: str, peer: _Peer, tail: str, is_event: bool) -> int:
+        peer.seq += 1
+        peer.mailbox.append((peer.seq, is_event, with_seq(peer.seq, tail)))
+        peer.events += is_event
+        self.hub.wake(room, peer_id)
+        return peer.seq
+
+    def _announce(self, room: str, about: str, kind: str, data: object, now: float) -> None:
+        tail = envelope_tail(about, kind, data, now)
+        for other_id, other in self._rooms.get(room, {}).items():
+            if other_id != about:
+                self._push(room, other_id, other, tail, is_event=True)
+
+    def _remove(self, room: str, peer_id: str, reason: str, now: float) -> None:
+        members = self._rooms[room]
+        del members[peer_id]
+        self._announce(room, peer_id, "peer-left", {"reason": reason}, now)
+        if not members:
+            del self._rooms[room]
+        self.hub.wake(room, peer_id)  # a poll it still holds ends with not_joined
+
+    def _reap_room(self, room: str, now: float) -> list[str]:
+        expired = [pid for pid, p in self._rooms.get(room, {}).items() if not self._live(p, now)]
+        for peer_id in expired:
+            self._remove(room, peer_id, "timeout", now)
+        return expired
+
+    def _is_full(self, peer: _Peer) -> bool:
+        return len(peer.mailbox) - peer.events >= self.settings.mailbox_limit
+
+    def _receipt(self, key: tuple, digest: str, now: float) -> object | None:
+        receipt = self._receipts.get(key)
+        if receipt is None or receipt.expires <= now:
+            return None
+        if receipt.digest != digest:
+            raise errors.IdempotencyKeyReused("this Idempotency-Key was used with another body")
+        return receipt.result
+
+    # -- the contract
+
+    def join(self, room, peer, new_token, token, now):
+        with self._lock:
+            self._reap_room(room, now)
+            members = self._rooms.get(room, {})
+            existing = members.get(peer)
+            if existing is not None:
+                if not same_hash(existing.token_hash, token):
+                    raise errors.PeerIdTaken(f"peer id '{peer}' is taken in room '{room}'")
+                existing.last_seen = now
+                others = [pid for pid in members if pid != peer]
+                return Joined(created=False, peers=others, cursor=existing.acked)
+            if len(members) >= self.settings.room_capacity:
+                raise errors.RoomFull(
+                    f"room '{room}' is full ({self.settings.room_capacity} members)"
+                )
+            others = list(members)
+            self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(new_token), now)
+            self._announce(room, peer, "peer-joined", None, now)
+            return Joined(created=True, peers=others, cursor=0)
+
+    def fetch(self, room, peer, token, after, limit, now, hold=None):
+        with self._lock:
+            p = self._authenticate(room, peer, token, now)
+            if after > p.seq:
+                raise errors.BadCursor(
+                    f"after={after} is beyond the last seq given out ({p.seq})"
+                )
+            while p.mailbox and p.mailbox[0][0] <= after:
+                _, is_event, _ = p.mailbox.popleft()
+                p.events -= is_event
+            p.acked = max(p.acked, after)
+            batch = [p.mailbox[i] for i in range(min(limit, len(p.mailbox)))]
+            cursor = batch[-1][0] if batch else after
+            return [text for _, _, text in batch], cursor
+
+    def send(self, room, sender, token, to, tail, digest, idempotency_key, now):
+        with self._lock:
+            self._authenticate(room, sender, token, now)
+            recipient = self._rooms[room].get(to)
+            if not self._live(recipient, now):
+                raise errors.PeerNotFound(f"no peer '{to}' in room '{room}'")
+            key = (room, sender, to, idempotency_key)
+            if idempotency_key is not None:
+                seq = self._receipt(key, digest, now)
+                if seq is not None:
+                    return seq
+            if self._is_full(recipient):
+                raise errors.MailboxFull(
+                    f"the mailbox of '{to}' is full ({self.settings.mailbox_limit} envelopes)",
+                    retry_after=1,
+                )
+            seq = self._push(room, to, recipient, tail, is_event=False)
+            if idempotency_key is not None:
+                self._receipts[key] = _Receipt(digest, seq, now + IDEMPOTENCY_TTL)
+            return seq
+
+    def broadcast(self, room, sender, token, tail, digest, idempotency_key, now):
+        with self._lock:
+            self._authenticate(room, sender, token, now)
+            key = (room, sender, "*", idempotency_key)
+            if idempotency_key is not None:
+                result = self._receipt(key, digest, now)
+                if result is not None:
+                    return result
+            delivered, full = [], []
+            for peer_id, p in self._rooms[room].items():
+                if peer_id == sender or not self._live(p, now):
+                    continue
+                if self._is_full(p):
+                    full.append(peer_id)
+                else:
+                    self._push(room, peer_id, p, tail, is_event=False)
+                    delivered.append(peer_id)
+            result = Broadcast(delivered, full)
+            if idempotency_key is not None and delivered:
+                self._receipts[key] = _Receipt(digest, result, now + IDEMPOTENCY_TTL)
+            return result
+
+    def members(self, room, peer, token, now):
+        with self._lock:
+            self._authenticate(room, peer, token, now)
+            return [pid for pid, p in self._rooms[room].items() if self._live(p, now)]
+
+    def leave(self, room, peer, token, now):
+        with self._lock:
+            try:
+                self._authenticate(room, peer, token, now)
+            except errors.NotJoined:
+                return
+            self._remove(room, peer, "left", now)
+
+    def reap(self, now):
+        with self._lock:
+            removed = [(room, pid) for room in list(self._rooms) for pid in self._reap_room(room, now)]
+            for key in [k for k, r in self._receipts.items() if r.expires <= now]:
+                del self._receipts[key]
+            return removed
+
+    def ping(self):
+        return None

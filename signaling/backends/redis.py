@@ -1,0 +1,533 @@
+"""The Redis backend: each operation is one Lua script, one round trip.
+
+Key layout. Every key of a room carries the hash tag `{room}`, so a room
+lives on one Redis Cluster shard and a script may touch all of its keys:
+
+    sig:{room}:members            zset  peer id -> last heartbeat (unix s)
+    sig:{room}:peer:<id>          hash  token (sha256), seq, acked, events, holder
+    sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
+    sig:{room}:idem:<from>:<to>:<key>   string  "<digest> <answer>", 10 minutes
+
+Peer keys expire 2 * PEER_TTL + 10 s after the last heartbeat, so a crash
+leaves nothing behind for long. One global key, `sig:reap` (zset room ->
+when to look for expired peers next), lets any instance find rooms to reap
+without scanning; scripts never touch it, so no script crosses slots.
+
+Wake-ups: a held poll records its `holder` ("<instance> <poll id>") on the
+peer hash. A script that adds to that mailbox publishes "M <room> <peer>" on
+`sig:wake:<instance>`; a poll that replaces a holder of another instance
+publishes "S <room> <peer> <poll id>" there. Each process subscribes to its
+own channel on one connection and hands what arrives to its hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import secrets
+import threading
+import time
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .. import errors
+from ..protocol import IDEMPOTENCY_TTL, envelope_tail, hash_token
+from .base import Backend, Broadcast, Joined
+
+log = logging.getLogger(__name__)
+
+REAP_KEY = "sig:reap"
+WAKE_CHANNEL = "sig:wake:"
+
+
+def members_key(room: str) -> str:
+    return f"sig:{{{room}}}:members"
+
+
+# Shared by every script. KEYS[1] is always the room's members key; the
+# other keys of the room are derived from it (same slot by the hash tag).
+_PRELUDE = r"""
+local members = KEYS[1]
+local prefix = string.sub(members, 1, -8)
+local room = string.match(prefix, '{(.-)}')
+local function peer_key(id) return prefix .. 'peer:' .. id end
+local function mbox_key(id) return prefix .. 'mbox:' .. id end
+
+-- constant-time comparison of two token hashes
+local function same(a, b)
+  if not a or not b or #a ~= #b then return false end
+  local diff = 0
+  for i = 1, #a do diff = bit.bor(diff, bit.bxor(string.byte(a, i), string.byte(b, i))) end
+  return diff == 0
+end
+
+local function is_live(id, now, ttl)
+  local seen = redis.call('ZSCORE', members, id)
+  return seen ~= false and tonumber(seen) > now - ttl
+end
+
+local function authenticate(id, token_hash, now, ttl)
+  if not is_live(id, now, ttl) then return 'not_joined' end
+  if not same(redis.call('HGET', peer_key(id), 'token'), token_hash) then return 'unauthorized' end
+  return nil
+end
+
+local function keep_ms(ttl) return math.floor((2 * ttl + 10) * 1000) end
+
+-- the heartbeat: the peer is live from now, its keys kept as long
+local function touch(id, now, ttl)
+  redis.call('ZADD', members, now, id)
+  local ms = keep_ms(ttl)
+  redis.call('PEXPIRE', members, ms)
+  redis.call('PEXPIRE', peer_key(id), ms)
+  redis.call('PEXPIRE', mbox_key(id), ms)
+end
+
+local function wake(id)
+  local holder = redis.call('HGET', peer_key(id), 'holder')
+  if holder then
+    local instance = string.match(holder, '^(%S+) ')
+    redis.call('PUBLISH', 'sig:wake:' .. instance, 'M ' .. room .. ' ' .. id)
+  end
+end
+
+local function push(id, tail, is_event, ttl)
+  local pk, mb = peer_key(id), mbox_key(id)
+  local seq = redis.call('HINCRBY', pk, 'seq', 1)
+  redis.call('RPUSH', mb, (is_event and 'E' or 'M') .. '{"seq":' .. seq .. ',' .. tail)
+  if is_event then redis.call('HINCRBY', pk, 'events', 1) end
+  redis.call('PEXPIRE', mb, keep_ms(ttl))
+  wake(id)
+  return seq
+end
+
+local function unacked_messages(id)
+  local v = redis.call('HMGET', peer_key(id), 'seq', 'acked', 'events')
+  return (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0) - (tonumber(v[3]) or 0)
+end
+
+-- a peer-left (or peer-joined) tail for `id`, from the two halves around its quoted id
+local function about(id, before, after) return before .. '"' .. id .. '"' .. after end
+
+local function others_of(id)
+  local out = {}
+  for _, m in ipairs(redis.call('ZRANGE', members, 0, -1)) do
+    if m ~= id then out[#out + 1] = m end
+  end
+  return out
+end
+
+local function remove_peer(id, tail, ttl)
+  wake(id)  -- a poll it still holds looks again and learns it is gone
+  redis.call('ZREM', members, id)
+  redis.call('DEL', peer_key(id), mbox_key(id))
+  for _, m in ipairs(redis.call('ZRANGE', members, 0, -1)) do push(m, tail, true, ttl) end
+end
+
+local function reap_room(now, ttl, before, after)
+  local expired = redis.call('ZRANGEBYSCORE', members, '-inf', tostring(now - ttl))
+  for _, id in ipairs(expired) do remove_peer(id, about(id, before, after), ttl) end
+  return expired
+end
+"""
+
+# KEYS[1] members; ARGV: peer, new token hash, presented token hash, now, ttl,
+# capacity, peer-joined tail, peer-left (timeout) halves before/after the id.
+# Returns {'created'|'resumed', cursor, other ids...} or {'err', code}.
+JOIN = r"""
+local id, new_hash, given = ARGV[1], ARGV[2], ARGV[3]
+local now, ttl, capacity = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+reap_room(now, ttl, ARGV[8], ARGV[9])
+local pk = peer_key(id)
+if redis.call('ZSCORE', members, id) then
+  if not same(redis.call('HGET', pk, 'token'), given) then return {'err', 'peer_id_taken'} end
+  touch(id, now, ttl)
+  local acked = redis.call('HGET', pk, 'acked') or '0'
+  return {'resumed', acked, unpack(others_of(id))}
+end
+if redis.call('ZCARD', members) >= capacity then return {'err', 'room_full'} end
+local others = others_of(id)
+redis.call('DEL', pk, mbox_key(id))
+redis.call('HSET', pk, 'token', new_hash, 'seq', 0, 'acked', 0, 'events', 0)
+touch(id, now, ttl)
+for _, m in ipairs(others) do push(m, ARGV[7], true, ttl) end
+return {'created', '0', unpack(others)}
+"""
+
+# KEYS[1] members; ARGV: peer, token hash, now, ttl, after, limit, holder ('' for none).
+# Acknowledges seqs <= after; returns {'ok', cursor, envelopes...} or {'err', code, detail}.
+FETCH = r"""
+local id, given = ARGV[1], ARGV[2]
+local now, ttl, after, limit, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local err = authenticate(id, given, now, ttl)
+if err then return {'err', err} end
+touch(id, now, ttl)
+local pk, mb = peer_key(id), mbox_key(id)
+local v = redis.call('HMGET', pk, 'seq', 'acked', 'events', 'holder')
+local seq, acked, events = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+if after > seq then return {'err', 'bad_cursor', tostring(seq)} end
+if after > acked then
+  local n = after - acked
+  if events > 0 then
+    local gone = 0
+    for _, text in ipairs(redis.call('LRANGE', mb, 0, n - 1)) do
+      if string.byte(text, 1) == 69 then gone = gone + 1 end  -- 'E'
+    end
+    if gone > 0 then redis.call('HINCRBY', pk, 'events', -gone) end
+  end
+  redis.call('LTRIM', mb, n, -1)
+  redis.call('HSET', pk, 'acked', after)
+  acked = after
+end
+if hold ~= '' then
+  local old = v[4]
+  redis.call('HSET', pk, 'holder', hold)
+  if old and old ~= hold then
+    local old_instance, old_poll = string.match(old, '^(%S+) (%S+)$')
+    if old_instance ~= string.match(hold, '^(%S+) ') then
+      redis.call('PUBLISH', 'sig:wake:' .. old_instance, 'S ' .. room .. ' ' .. id .. ' ' .. old_poll)
+    end
+  end
+end
+local items = redis.call('LRANGE', mb, 0, limit - 1)
+local cursor = after
+if #items > 0 then cursor = acked + #items end
+return {'ok', tostring(cursor), unpack(items)}
+"""
+
+# KEYS[1] members; ARGV: sender, token hash, now, ttl, to, tail, digest, idempotency key ('' for none), mailbox limit.
+# Returns {'ok', seq} or {'err', code}.
+SEND = r"""
+local from, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local to, tail, digest, key, limit = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local err = authenticate(from, given, now, ttl)
+if err then return {'err', err} end
+touch(from, now, ttl)
+if not is_live(to, now, ttl) then return {'err', 'peer_not_found'} end
+local idem = nil
+if key ~= '' then
+  idem = prefix .. 'idem:' .. from .. ':' .. to .. ':' .. key
+  local seen = redis.call('GET', idem)
+  if seen then
+    local d, answer = string.match(seen, '^(%S+) (.*)$')
+    if d ~= digest then return {'err', 'idempotency_key_reused'} end
+    return {'ok', answer}
+  end
+end
+if unacked_messages(to) >= limit then return {'err', 'mailbox_full'} end
+local seq = push(to, tail, false, ttl)
+if idem then redis.call('SET', idem, digest .. ' ' .. seq, 'EX', ARGV[10]) end
+return {'ok', tostring(seq)}
+"""
+
+# KEYS[1] members; ARGV: sender, token hash, now, ttl, tail, digest, idempotency key ('' for none),
+# mailbox limit, key lifetime. Returns {'ok', delivered ids joined by ',', full ids joined by ','} or {'err', code}.
+BROADCAST = r"""
+local from, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local tail, digest, key, limit = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local err = authenticate(from, given, now, ttl)
+if err then return {'err', err} end
+touch(from, now, ttl)
+local idem = nil
+if key ~= '' then
+  idem = prefix .. 'idem:' .. from .. ':*:' .. key
+  local seen = redis.call('GET', idem)
+  if seen then
+    local d, delivered, full = string.match(seen, '^(%S+) ([^|]*)|(.*)$')
+    if d ~= digest then return {'err', 'idempotency_key_reused'} end
+    return {'ok', delivered, full}
+  end
+end
+local delivered, full = {}, {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', members, '(' .. tostring(now - ttl), '+inf')) do
+  if m ~= from then
+    if unacked_messages(m) >= limit then
+      full[#full + 1] = m
+    else
+      push(m, tail, false, ttl)
+      delivered[#delivered + 1] = m
+    end
+  end
+end
+local d, f = table.concat(delivered, ','), table.concat(full, ',')
+if idem and #delivered > 0 then redis.call('SET', idem, digest .. ' ' .. d .. '|' .. f, 'EX', ARGV[9]) end
+return {'ok', d, f}
+"""
+
+# KEYS[1] members; ARGV: peer, token hash, now, ttl. Returns {'ok', live ids...} or {'err', code}.
+MEMBERS = r"""
+local id, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local err = authenticate(id, given, now, ttl)
+if err then return {'err', err} end
+touch(id, now, ttl)
+return {'ok', unpack(redis.call('ZRANGEBYSCORE', members, '(' .. tostring(now - ttl), '+inf'))}
+"""
+
+# KEYS[1] members; ARGV: peer, token hash, now, ttl, peer-left (left) tail.
+# Returns {'ok'} (also when not a member) or {'err', 'unauthorized'}.
+LEAVE = r"""
+local id, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local err = authenticate(id, given, now, ttl)
+if err == 'unauthorized' then return {'err', err} end
+if err == nil then remove_peer(id, ARGV[5], ttl) end
+return {'ok'}
+"""
+
+# KEYS[1] members; ARGV: now, ttl, peer-left (timeout) halves before/after the id.
+# Returns {next look (unix s, or -1 when the room is empty), removed ids...}.
+REAP = r"""
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local removed = reap_room(now, ttl, ARGV[3], ARGV[4])
+local oldest = redis.call('ZRANGE', members, 0, 0, 'WITHSCORES')
+local next_look = -1
+if #oldest > 0 then next_look = tonumber(oldest[2]) + ttl end
+return {tostring(next_look), unpack(removed)}
+"""
+
+_SCRIPTS = {
+    name: _PRELUDE + body
+    for name, body in {
+        "join": JOIN, "fetch": FETCH, "send": SEND, "broadcast": BROADCAST,
+        "members": MEMBERS, "leave": LEAVE, "reap": REAP,
+    }.items()
+}
+
+_ERRORS: dict[str, type[errors.SignalingError]] = {
+    "not_joined": errors.NotJoined,
+    "unauthorized": errors.Unauthorized,
+    "bad_cursor": errors.BadCursor,
+    "peer_not_found": errors.PeerNotFound,
+    "mailbox_full": errors.MailboxFull,
+    "idempotency_key_reused": errors.IdempotencyKeyReused,
+    "peer_id_taken": errors.PeerIdTaken,
+    "room_full": errors.RoomFull,
+}
+
+
+@contextlib.contextmanager
+def _reachable():
+    """Turn a lost or timed-out Redis into `503 backend_unavailable`."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise errors.BackendUnavailable() from exc
+
+
+def _halves(peer_tail: str) -> tuple[str, str]:
+    """Split a tail made for the placeholder peer "@" into the parts around its quoted id."""
+    before, after = peer_tail.split('"@"', 1)
+    return before, after
+
+
+class RedisBackend(Backend):
+    """All state in Redis; any number of processes share it."""
+
+    name = "redis"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        settings = self.settings
+        # No automatic retries: a timed-out send may have run, and running it twice would
+        # store the envelope twice. The client retries, with an Idempotency-Key if it cares.
+        self._pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=2,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+        self.client = redis.Redis(connection_pool=self._pool)
+        self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SCRIPTS.items()}
+        self.instance = secrets.token_hex(8)
+        self._closed = threading.Event()
+        self._listener: threading.Thread | None = None
+
+    # -- plumbing
+
+    def _pipeline(self, calls: list[tuple[str, str, list]], extra=None) -> list:
+        """Run scripts (name, room, args) and optional extra commands in one round trip.
+
+        Scripts go by EVALSHA; after a Redis restart forgot them, they are
+        loaded and the batch runs again (a script that got NOSCRIPT did not run).
+        """
+        def attempt():
+            pipe = self.client.pipeline(transaction=False)
+            for name, room, args in calls:
+                pipe.evalsha(self._sha[name], 1, members_key(room), *args)
+            if extra:
+                extra(pipe)
+            return pipe.execute()
+
+        with _reachable():
+            try:
+                return attempt()
+            except redis.exceptions.NoScriptError:
+                for name in {name for name, _, _ in calls}:
+                    self.client.script_load(_SCRIPTS[name])
+                return attempt()
+
+    def _run(self, name: str, room: str, args: list, extra=None, **context) -> list:
+        """Run one script; an error reply becomes the API error, described with `context`."""
+        reply = self._pipeline([(name, room, args)], extra)[0]
+        if reply and reply[0] == "err":
+            raise _error(reply[1], room=room, detail=reply[2:], **context)
+        return reply
+
+    def _schedule_reap(self, room: str, now: float):
+        """Make sure `sig:reap` names the room; joins and polls add it when it went missing."""
+        def add(pipe):
+            pipe.zadd(REAP_KEY, {room: now + self.settings.peer_ttl}, nx=True)
+        return add
+
+    # -- the contract
+
+    def join(self, room, peer, new_token, token, now):
+        before, after = _halves(envelope_tail("@", "peer-left", {"reason": "timeout"}, now))
+        status, cursor, *others = self._run(
+            "join", room,
+            [peer, hash_token(new_token), _hashed(token), repr(now), repr(self.settings.peer_ttl),
+             self.settings.room_capacity, envelope_tail(peer, "peer-joined", None, now), before, after],
+            self._schedule_reap(room, now), peer=peer,
+        )
+        return Joined(created=status == "created", peers=others, cursor=int(cursor))
+
+    def fetch(self, room, peer, token, after, limit, now, hold=None):
+        holder = f"{self.instance} {hold}" if hold is not None else ""
+        _, cursor, *items = self._run(
+            "fetch", room,
+            [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl), after, limit, holder],
+            self._schedule_reap(room, now), peer=peer, after=after,
+        )
+        return [item[1:] for item in items], int(cursor)
+
+    def send(self, room, sender, token, to, tail, digest, idempotency_key, now):
+        reply = self._run(
+            "send", room,
+            [sender, _hashed(token), repr(now), repr(self.settings.peer_ttl), to, tail, digest,
+             idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL],
+            peer=sender, to=to,
+        )
+        return int(reply[1])
+
+    def broadcast(self, room, sender, token, tail, digest, idempotency_key, now):
+        _, delivered, full = self._run(
+            "broadcast", room,
+            [sender, _hashed(token), repr(now), repr(self.settings.peer_ttl), tail, digest,
+             idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL],
+            peer=sender,
+        )
+        return Broadcast(delivered.split(",") if delivered else [], full.split(",") if full else [])
+
+    def members(self, room, peer, token, now):
+        reply = self._run(
+            "members", room, [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl)], peer=peer
+        )
+        return reply[1:]
+
+    def leave(self, room, peer, token, now):
+        tail = envelope_tail(peer, "peer-left", {"reason": "left"}, now)
+        self._run(
+            "leave", room, [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl), tail], peer=peer
+        )
+
+    def reap(self, now):
+        with _reachable():
+            due = self.client.zrangebyscore(REAP_KEY, "-inf", now, start=0, num=200)
+        if not due:
+            return []
+        before, after = _halves(envelope_tail("@", "peer-left", {"reason": "timeout"}, now))
+        args = [repr(now), repr(self.settings.peer_ttl), before, after]
+        replies = self._pipeline([("reap", room, args) for room in due])
+        removed, empty, next_look = [], [], {}
+        for room, (look, *gone) in zip(due, replies, strict=True):
+            removed += [(room, peer) for peer in gone]
+            if float(look) < 0:
+                empty.append(room)
+            else:
+                next_look[room] = float(look)
+        with _reachable():
+            pipe = self.client.pipeline(transaction=False)
+            if empty:
+                pipe.zrem(REAP_KEY, *empty)
+            if next_look:
+                pipe.zadd(REAP_KEY, next_look)
+            pipe.execute()
+        return removed
+
+    def ping(self):
+        with _reachable():
+            self.client.ping()
+
+    # -- wake-ups
+
+    def start(self) -> None:
+        self._listener = threading.Thread(target=self._listen, name="signaling-wakeups", daemon=True)
+        self._listener.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._pool.disconnect()
+
+    def _listen(self) -> None:
+        """Feed this instance's wake-up channel to the hub; reconnect with capped backoff."""
+        channel = WAKE_CHANNEL + self.instance
+        backoff = 0.1
+        while not self._closed.is_set():
+            pubsub = redis.Redis.from_url(
+                self.settings.redis_url, decode_responses=True, socket_connect_timeout=2,
+                health_check_interval=10, retry=Retry(NoBackoff(), 0),
+            ).pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(channel)
+                # Wake-ups published while we were not listening are lost: every held poll looks again.
+                self.hub.wake_all()
+                backoff = 0.1
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._dispatch(message["data"])
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self._closed.is_set():
+                    break
+                log.warning("wake-up channel lost (%s); reconnecting in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+    def _dispatch(self, data: str) -> None:
+        kind, _, rest = data.partition(" ")
+        if kind == "M":
+            room, _, peer = rest.partition(" ")
+            self.hub.wake(room, peer)
+        elif kind == "S":
+            room, peer, poll_id = rest.split(" ")
+            self.hub.supersede(room, peer, int(poll_id))
+
+
+def _hashed(token: str | None) -> str:
+    return hash_token(token) if token else ""
+
+
+def _error(code: str, room: str, detail: list, peer: str = "?", to: str = "?", after: int = 0):
+    """The API error for a script's error code, its message naming what was wrong."""
+    messages = {
+        "not_joined": f"peer '{peer}' is not a member of room '{room}'",
+        "unauthorized": f"missing or wrong token for peer '{peer}'",
+        "bad_cursor": f"after={after} is beyond the last seq given out ({detail[0] if detail else '?'})",
+        "peer_not_found": f"no peer '{to}' in room '{room}'",
+        "peer_id_taken": f"peer id '{peer}' is taken in room '{room}'",
+        "room_full": f"room '{room}' is full",
+        "idempotency_key_reused": "this Idempotency-Key was used with another body",
+        "mailbox_full": f"the mailbox of '{to}' is full",
+    }
+    error = _ERRORS[code](messages[code])
+    if code == "mailbox_full":
+        error.retry_after = 1
+    return error

@@ -1,0 +1,131 @@
+"""The wire format: ids, tokens, request bodies and how envelopes are encoded."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from typing import Any
+
+from . import errors
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+RESERVED_TYPES = frozenset({"peer-joined", "peer-left"})
+MAX_LIMIT = 100
+IDEMPOTENCY_TTL = 600
+MAX_IDEMPOTENCY_KEY = 64
+
+
+def check_id(value: Any, what: str) -> str:
+    """Return a room or peer id, or refuse it with a 400 naming the rule."""
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise errors.BadId(f"{what} must be 1-64 characters of A-Z a-z 0-9 _ -, got {value!r:.80}")
+    return value
+
+
+def new_peer_id() -> str:
+    """An unguessable peer id that fits ID_PATTERN."""
+    return secrets.token_urlsafe(12)
+
+
+def new_token(peer_id: str) -> str:
+    """A secret that also names its peer, so a send or a member list knows its caller.
+
+    The peer id part is public; only the random part is secret, and only the
+    token's hash is stored.
+    """
+    return f"{peer_id}.{secrets.token_urlsafe(32)}"
+
+
+def token_peer(token: str | None) -> str | None:
+    """The peer id a token was issued to, or None for something that is no token of ours."""
+    if not token:
+        return None
+    peer_id, dot, secret = token.partition(".")
+    return peer_id if dot and secret and ID_PATTERN.fullmatch(peer_id) else None
+
+
+def hash_token(token: str) -> str:
+    """Tokens are stored only as this hash, so a leaked store reveals no usable token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def same_hash(stored: str | None, token: str | None) -> bool:
+    """Constant-time comparison of a stored hash with a presented token."""
+    if not stored or not token:
+        return False
+    return hmac.compare_digest(stored, hash_token(token))
+
+
+def _reject_constant(name: str) -> None:
+    raise errors.BadJson(f"the body holds {name}, which is not JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a request body strictly: UTF-8 JSON, no NaN or Infinity."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, errors.SignalingError):
+            raise
+        raise errors.BadJson(f"the body is not valid JSON: {exc}") from None
+
+
+def parse_object(raw: bytes, *, empty_ok: bool = False) -> dict:
+    """Parse a body that must be a JSON object (an empty body counts as {} if allowed)."""
+    if empty_ok and not raw.strip():
+        return {}
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise errors.BadJson(f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def parse_envelope(raw: bytes) -> tuple[str, Any]:
+    """Return (type, data) of a send or broadcast body."""
+    body = parse_object(raw)
+    kind = body.get("type")
+    if not isinstance(kind, str) or not TYPE_PATTERN.fullmatch(kind):
+        raise errors.BadField(f"'type' must be 1-64 characters of A-Z a-z 0-9 _ . : -, got {kind!r:.80}")
+    if kind in RESERVED_TYPES:
+        raise errors.ReservedType(f"'{kind}' is reserved for events the server sends")
+    return kind, body.get("data")
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY:
+        raise errors.BadIdempotencyKey(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    return value
+
+
+def body_digest(kind: str, data: Any) -> str:
+    """What an Idempotency-Key is bound to: the same key with another body is refused."""
+    canonical = json.dumps([kind, data], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def envelope_tail(sender: str, kind: str, data: Any, ts: float) -> str:
+    """The envelope's JSON without its seq; a backend completes it with `with_seq`.
+
+    The server encodes an envelope once, here, and never parses it again: a
+    poll answer is the stored texts joined together.
+    """
+    text = json.dumps(
+        {"from": sender, "type": kind, "data": data, "ts": round(ts, 3)},
+        separators=(",", ":"),
+        allow_nan=False,
+    )
+    return text[1:]
+
+
+def with_seq(seq: int, tail: str) -> str:
+    return f'{{"seq":{seq},{tail}'
+
+
+def poll_body(messages: list[str], cursor: int) -> str:
+    return f'{{"messages":[{",".join(messages)}],"cursor":{cursor}}}'

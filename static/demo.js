@@ -1,0 +1,388 @@
+// The demo at `/`: a mesh call with one RTCPeerConnection per other member,
+// negotiated with the "perfect negotiation" pattern over signaling.js.
+import { join } from "./signaling.js";
+
+const ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+const LOG_LIMIT = 300;
+
+const $ = (selector) => document.querySelector(selector);
+const peers = new Map(); // peer id -> Peer
+let session = null;
+let localStream = null;
+
+/** The room named in `#room=...`, or a fresh random one written into the address. */
+function roomFromHash() {
+  const room = new URLSearchParams(location.hash.slice(1)).get("room");
+  if (room && ID_PATTERN.test(room)) return room;
+  const fresh = randomName(10);
+  history.replaceState(null, "", `#room=${fresh}`);
+  return fresh;
+}
+
+function randomName(length) {
+  const alphabet = "abcdefghijkmnpqrstuvwxyz23456789";
+  return Array.from(crypto.getRandomValues(new Uint8Array(length)), (b) => alphabet[b % alphabet.length]).join("");
+}
+
+/**
+ * The id and token this tab had in this room. They are taken out of
+ * sessionStorage on load and put back on pagehide, so a reload keeps its id
+ * while a duplicated tab (which copies sessionStorage) gets its own.
+ */
+function takeIdentity(room) {
+  const key = `signaling-demo:${room}`;
+  const saved = JSON.parse(sessionStorage.getItem(key) ?? "null");
+  sessionStorage.removeItem(key);
+  addEventListener("pagehide", () => {
+    if (session) sessionStorage.setItem(key, JSON.stringify({ peerId: session.peerId, token: session.token }));
+  });
+  return saved ?? {};
+}
+
+async function start() {
+  const room = roomFromHash();
+  addEventListener("hashchange", () => location.reload());
+  const link = location.href;
+  $("#room-name").textContent = room;
+  $("#room-link").value = link;
+  $("#copy-link").addEventListener("click", () => copyLink(link));
+  $("#chat-form").addEventListener("submit", sendChat);
+  setupMediaButton();
+
+  const baseUrl = new URL(".", location.href).href;
+  const saved = takeIdentity(room);
+  try {
+    session = await join(baseUrl, room, saved);
+  } catch (error) {
+    if (error.code !== "peer_id_taken") return showFatal(`Could not join room "${room}": ${error.message}`);
+    // Our old id lives on elsewhere (another tab holds it): take a new one.
+    session = await join(baseUrl, room).catch((retry) => showFatal(`Could not join: ${retry.message}`));
+    if (!session) return;
+  }
+
+  $("#my-id").textContent = session.peerId;
+  $("#my-id").title = session.peerId;
+  renderMember(session.peerId, true);
+  session.addEventListener("state", ({ detail }) => showSessionState(detail));
+  session.addEventListener("error", ({ detail }) => {
+    logEntry("sys", "", "error", detail.error.message);
+    if (detail.fatal) showFatal(`Disconnected from the signaling service: ${detail.error.message}`);
+  });
+  session.addEventListener("peer-joined", ({ detail }) => {
+    logEntry("in", detail.peerId, "peer-joined", "");
+    addPeer(detail.peerId);
+  });
+  session.addEventListener("peer-left", ({ detail }) => {
+    logEntry("in", detail.peerId, "peer-left", detail.reason);
+    removePeer(detail.peerId);
+  });
+  session.addEventListener("message", ({ detail }) => onEnvelope(detail));
+  showSessionState({ state: session.state });
+
+  // A resumed session's peers still hold connections to our previous page: ask them to start over.
+  if (session.resumed) await session.broadcast("hello").catch(() => {});
+  for (const id of session.peers) addPeer(id);
+}
+
+/** Sends a signaling envelope and logs it. */
+function signal(to, type, data) {
+  logEntry("out", to, type, summarize(type, data));
+  session.send(to, type, data).catch((error) => logEntry("sys", to, "send failed", error.message));
+}
+
+function onEnvelope({ from, type, data }) {
+  logEntry("in", from, type, summarize(type, data));
+  if (type === "hello") {
+    addPeer(from);
+    return;
+  }
+  const peer = peers.get(from) ?? (session.peers.has(from) ? addPeer(from) : null);
+  if (!peer) return;
+  // Handle one envelope at a time: each awaits the connection's previous step.
+  peer.queue = peer.queue
+    .then(() => handleSignal(peer, type, data))
+    .catch((error) => logEntry("sys", from, "error", error.message));
+}
+
+/** One peer connection, with the state perfect negotiation needs. */
+function addPeer(id) {
+  removePeer(id);
+  const pc = new RTCPeerConnection({ iceServers: session.iceServers });
+  const peer = {
+    id,
+    pc,
+    // Any rule both sides compute alike will do; the polite side yields on glare.
+    polite: session.peerId < id,
+    makingOffer: false,
+    ignoreOffer: false,
+    settingRemoteAnswer: false,
+    queue: Promise.resolve(),
+    // Negotiated with the same id on both sides, so neither has to wait for the other's "datachannel".
+    channel: pc.createDataChannel("chat", { negotiated: true, id: 0 }),
+    li: renderMember(id, false),
+    tile: renderTile(id),
+  };
+  peers.set(id, peer);
+
+  pc.onnegotiationneeded = async () => {
+    try {
+      peer.makingOffer = true;
+      await pc.setLocalDescription();
+      signal(id, "description", pc.localDescription.toJSON());
+    } catch (error) {
+      logEntry("sys", id, "error", error.message);
+    } finally {
+      peer.makingOffer = false;
+    }
+  };
+  pc.onicecandidate = ({ candidate }) => candidate && signal(id, "candidate", candidate.toJSON());
+  pc.oniceconnectionstatechange = () => pc.iceConnectionState === "failed" && pc.restartIce();
+  pc.onconnectionstatechange = () => showPeerState(peer);
+  pc.ontrack = ({ track, streams }) => showRemoteTrack(peer, track, streams[0]);
+
+  peer.channel.onopen = () => showPeerState(peer);
+  peer.channel.onclose = () => showPeerState(peer);
+  peer.channel.onmessage = ({ data }) => addChatLine(id, String(data));
+
+  if (localStream) for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
+  showPeerState(peer);
+  updateRoomSummary();
+  return peer;
+}
+
+/** Perfect negotiation: the impolite side ignores a colliding offer, the polite side rolls back. */
+async function handleSignal(peer, type, data) {
+  const { pc } = peer;
+  if (type === "description") {
+    const readyForOffer = !peer.makingOffer && (pc.signalingState === "stable" || peer.settingRemoteAnswer);
+    const collision = data.type === "offer" && !readyForOffer;
+    peer.ignoreOffer = !peer.polite && collision;
+    if (peer.ignoreOffer) return;
+    peer.settingRemoteAnswer = data.type === "answer";
+    await pc.setRemoteDescription(data);
+    peer.settingRemoteAnswer = false;
+    if (data.type === "offer") {
+      await pc.setLocalDescription();
+      signal(peer.id, "description", pc.localDescription.toJSON());
+    }
+  } else if (type === "candidate") {
+    try {
+      await pc.addIceCandidate(data);
+    } catch (error) {
+      // Candidates of an offer we ignored fail to apply; that is expected.
+      if (!peer.ignoreOffer) throw error;
+    }
+  }
+}
+
+function removePeer(id) {
+  const peer = peers.get(id);
+  if (!peer) return;
+  peers.delete(id);
+  peer.pc.close();
+  peer.li.remove();
+  peer.tile.remove();
+  updateRoomSummary();
+}
+
+// --- media ---------------------------------------------------------------
+
+function setupMediaButton() {
+  const button = $("#media-toggle");
+  if (!navigator.mediaDevices?.getUserMedia) {
+    button.disabled = true;
+    button.title = "The camera needs a secure page (https or localhost)";
+    return;
+  }
+  button.addEventListener("click", () => (localStream ? stopMedia() : startMedia()));
+}
+
+async function startMedia() {
+  const button = $("#media-toggle");
+  button.disabled = true;
+  try {
+    localStream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+  } catch (error) {
+    showBanner(`Camera or microphone unavailable: ${error.message}`);
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  $("#local-video").srcObject = localStream;
+  $("#local-tile").classList.add("has-video");
+  button.textContent = "Stop camera and microphone";
+  button.classList.remove("primary");
+  for (const { pc } of peers.values()) {
+    for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
+  }
+}
+
+function stopMedia() {
+  for (const { pc } of peers.values()) {
+    for (const sender of pc.getSenders()) if (sender.track) pc.removeTrack(sender);
+  }
+  for (const track of localStream.getTracks()) track.stop();
+  localStream = null;
+  $("#local-video").srcObject = null;
+  $("#local-tile").classList.remove("has-video");
+  const button = $("#media-toggle");
+  button.textContent = "Start camera and microphone";
+  button.classList.add("primary");
+}
+
+function showRemoteTrack(peer, track, stream = new MediaStream([track])) {
+  const video = peer.tile.querySelector("video");
+  if (video.srcObject !== stream) video.srcObject = stream;
+  const update = () => peer.tile.classList.toggle("has-video", stream.getVideoTracks().some((t) => !t.muted));
+  track.onunmute = update;
+  track.onmute = update;
+  stream.onremovetrack = update;
+  update();
+  video.play().catch(() => {
+    // Autoplay with sound needs a click on this page first: play muted and offer one.
+    video.muted = true;
+    video.play().catch(() => {});
+    const unmute = peer.tile.querySelector(".unmute");
+    unmute.hidden = false;
+    unmute.onclick = () => {
+      video.muted = false;
+      unmute.hidden = true;
+    };
+  });
+}
+
+// --- chat ----------------------------------------------------------------
+
+function sendChat(event) {
+  event.preventDefault();
+  const input = $("#chat-input");
+  const text = input.value.trim();
+  if (!text) return;
+  const open = [...peers.values()].filter((p) => p.channel.readyState === "open");
+  for (const peer of open) peer.channel.send(text);
+  addChatLine(session.peerId, text);
+  input.value = "";
+}
+
+function addChatLine(from, text) {
+  const line = document.createElement("li");
+  line.className = from === session.peerId ? "chat-line mine" : "chat-line";
+  line.dataset.from = from;
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = from === session.peerId ? "You" : from;
+  who.style.color = colorFor(from);
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  line.append(who, body);
+  const log = $("#chat-log");
+  log.append(line);
+  log.scrollTop = log.scrollHeight;
+}
+
+// --- rendering -------------------------------------------------------------
+
+function renderMember(id, isMe) {
+  const li = $("#member-template").content.firstElementChild.cloneNode(true);
+  li.dataset.peer = id;
+  li.title = id;
+  li.classList.toggle("me", isMe);
+  li.querySelector(".avatar").style.background = colorFor(id);
+  li.querySelector(".avatar").textContent = id.slice(0, 1).toUpperCase();
+  li.querySelector(".name").textContent = isMe ? `${id} (you)` : id;
+  $("#members").append(li);
+  return li;
+}
+
+function renderTile(id) {
+  const tile = $("#tile-template").content.firstElementChild.cloneNode(true);
+  tile.dataset.peer = id;
+  tile.querySelector("video").dataset.peer = id;
+  tile.querySelector("figcaption").textContent = id;
+  tile.style.setProperty("--accent", colorFor(id));
+  $("#videos").append(tile);
+  return tile;
+}
+
+function showPeerState(peer) {
+  const state = peer.pc.connectionState;
+  const channel = peer.channel.readyState;
+  peer.li.dataset.state = state;
+  peer.li.dataset.channel = channel;
+  peer.li.querySelector(".state").textContent = state;
+  peer.li.querySelector(".channel").textContent = channel === "open" ? "chat" : "";
+  peer.tile.dataset.state = state;
+  updateRoomSummary();
+}
+
+function updateRoomSummary() {
+  $("#member-count").textContent = String(peers.size + 1);
+  $("#empty-hint").hidden = peers.size > 0;
+  $("#chat-send").disabled = ![...peers.values()].some((p) => p.channel.readyState === "open");
+}
+
+function showSessionState({ state, delay }) {
+  const badge = $("#session-state");
+  badge.dataset.state = state;
+  badge.textContent = state === "reconnecting" ? `reconnecting in ${(delay / 1000).toFixed(1)} s` : state;
+}
+
+function showBanner(text) {
+  const banner = $("#banner");
+  banner.textContent = text;
+  banner.hidden = false;
+}
+
+function showFatal(text) {
+  showBanner(text);
+  showSessionState({ state: "closed" });
+}
+
+async function copyLink(link) {
+  const button = $("#copy-link");
+  try {
+    await navigator.clipboard.writeText(link);
+  } catch {
+    // No clipboard API on plain-http pages: select the text for a manual copy.
+    $("#room-link").select();
+    document.execCommand("copy");
+  }
+  button.textContent = "Copied";
+  setTimeout(() => (button.textContent = "Copy link"), 1500);
+}
+
+/** A stable hue per id, so a peer has the same colour everywhere on the page. */
+function colorFor(id) {
+  let hash = 0;
+  for (const char of id) hash = (hash * 31 + char.codePointAt(0)) >>> 0;
+  return `hsl(${hash % 360} 55% 45%)`;
+}
+
+// --- signaling log ---------------------------------------------------------
+
+function logEntry(direction, peer, type, summary) {
+  const entry = document.createElement("li");
+  entry.className = direction;
+  entry.dataset.type = type;
+  const arrow = { in: "←", out: "→", sys: "•" }[direction];
+  const time = new Date().toISOString().slice(11, 23);
+  for (const [cls, text] of [["time", time], ["dir", `${arrow} ${peer}`], ["type", type], ["summary", summary]]) {
+    const span = document.createElement("span");
+    span.className = cls;
+    span.textContent = text;
+    entry.append(span);
+  }
+  const log = $("#envelope-log");
+  log.prepend(entry);
+  while (log.children.length > LOG_LIMIT) log.lastElementChild.remove();
+  $("#log-count").textContent = String(Number($("#log-count").textContent) + 1);
+}
+
+function summarize(type, data) {
+  if (type === "description") return `${data.type}, ${data.sdp.length} bytes of SDP`;
+  if (type === "candidate") return data.candidate.split(" ").slice(4, 8).join(" ") || "end of candidates";
+  return data == null ? "" : JSON.stringify(data).slice(0, 120);
+}
+
+start();

@@ -1,0 +1,399 @@
+/**
+ * Browser client for the signaling service (protocol version 1).
+ *
+ * An ES module with no dependencies: `import { join } from "https://host/static/signaling.js"`.
+ * The service may sit on another origin than the page (it answers CORS).
+ *
+ *     const session = await join("https://signal.example", "room1", { peerId: "alice" });
+ *     session.addEventListener("message", (e) => console.log(e.detail.from, e.detail.type, e.detail.data));
+ *     await session.send("bob", "offer", { sdp: "..." });
+ *
+ * A session is an EventTarget; every event is a CustomEvent whose `detail` is:
+ *   - `message`      the envelope `{seq, from, type, data, ts}` of a peer's send or broadcast
+ *   - `peer-joined`  `{peerId}`
+ *   - `peer-left`    `{peerId, reason}`: "left" or "timeout" from the server, "rejoined" when
+ *                    this session had to join afresh (its peers are then announced again)
+ *   - `state`        `{state, delay?}`: "connected", "reconnecting" (waiting `delay` ms after
+ *                    a failure), "rejoining", "suspended" (page hidden in the back-forward
+ *                    cache), "closed"
+ *   - `error`        `{error, fatal}`: a SignalingError; after a fatal one the session is closed
+ *
+ * `session.peers` is a live Set of the other members' ids, updated before the
+ * `peer-joined` and `peer-left` events fire; the members present at the join
+ * are in it when `join` resolves. `session.iceServers` is the join's
+ * `ice_servers`, ready for `new RTCPeerConnection({iceServers})`.
+ *
+ * Reliability: the poll loop acknowledges what it has seen by carrying the
+ * cursor, drops envelopes it already delivered (by seq), backs off with jitter
+ * on network errors and 5xx, and joins again (same peer id, resuming with its
+ * token) when the server no longer knows it. Sends carry an Idempotency-Key and
+ * are retried with it on network errors and 5xx. A send refused with
+ * `429 mailbox_full` is retried after the server's `Retry-After` up to
+ * `sendRetries` times, then rejects with a SignalingError whose code is
+ * "mailbox_full". On `pagehide` the session leaves with `navigator.sendBeacon`;
+ * a page restored from the back-forward cache joins again by itself.
+ */
+
+/** An HTTP or network failure; `code` is the server's error code, or "network_error". */
+export class SignalingError extends Error {
+  constructor(message, { status = 0, code = "network_error", retryAfter = null } = {}) {
+    super(message);
+    this.name = "SignalingError";
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+const DEFAULTS = {
+  backoff: { base: 500, max: 10000 },
+  sendRetries: 5,
+  // Added to the server's poll_wait before a silent connection is given up on.
+  pollGraceMs: 10000,
+};
+
+/**
+ * Joins `room` and starts polling; resolves to a Session once the server has accepted the join.
+ *
+ * Options: `peerId` (else the server picks one), `token` (a previous session's
+ * token, to resume it after a page reload), `fetch` (a stand-in for tests),
+ * `backoff` `{base, max}` in ms, `sendRetries`.
+ * Rejects with a SignalingError when the join is refused (`409 peer_id_taken`,
+ * `409 room_full`, …) or the service cannot be reached.
+ */
+export async function join(baseUrl, room, options = {}) {
+  const session = new Session(baseUrl, room, options);
+  await session._join();
+  session._start();
+  return session;
+}
+
+class Session extends EventTarget {
+  constructor(baseUrl, room, options) {
+    super();
+    this.baseUrl = String(baseUrl).replace(/\/+$/, "");
+    this.room = room;
+    this.peerId = options.peerId ?? null;
+    this.token = options.token ?? null;
+    this.peers = new Set();
+    this.iceServers = [];
+    this.state = "connecting";
+    this._fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this._backoff = { ...DEFAULTS.backoff, ...options.backoff };
+    this._sendRetries = options.sendRetries ?? DEFAULTS.sendRetries;
+    this._pollWait = 25;
+    this._cursor = 0;
+    this._lastSeq = 0;
+    this._closed = false;
+    this._suspended = false;
+    this._poll = null; // AbortController of the request the loop is waiting on
+    this._stop = new AbortController(); // cuts backoff sleeps short on leave()
+    this._outbox = new Map(); // peer id -> its latest send, which the next one waits for
+    this._onPageHide = () => this._suspend();
+    this._onPageShow = (event) => event.persisted && this._resume();
+  }
+
+  /**
+   * Sends one envelope to peer `to`; resolves to `{seq}`.
+   * Sends to one peer go out one after another, in call order, so they arrive
+   * in that order (an ICE candidate never overtakes the answer before it).
+   */
+  send(to, type, data = null) {
+    const previous = this._outbox.get(to) ?? Promise.resolve();
+    const sent = previous.catch(() => {}).then(() =>
+      this._post(`/rooms/${enc(this.room)}/peers/${enc(to)}/messages`, { type, data }));
+    this._outbox.set(to, sent);
+    sent.catch(() => {}).then(() => this._outbox.get(to) === sent && this._outbox.delete(to));
+    return sent;
+  }
+
+  /** Sends one envelope to every other member; resolves to `{delivered_to, mailbox_full}`. */
+  broadcast(type, data = null) {
+    return this._post(`/rooms/${enc(this.room)}/messages`, { type, data });
+  }
+
+  /** Leaves the room and stops polling; safe to call twice. */
+  async leave() {
+    if (this._closed) return;
+    this._close();
+    const response = await this._fetch(this._url(`/rooms/${enc(this.room)}/peers/${enc(this.peerId)}`), {
+      method: "DELETE",
+      headers: this._auth(),
+      keepalive: true,
+    });
+    if (!response.ok) throw await errorFrom(response);
+  }
+
+  async _join() {
+    const headers = { "Content-Type": "application/json" };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const body = this.peerId ? { peer_id: this.peerId } : {};
+    let response;
+    try {
+      response = await this._fetch(this._url(`/rooms/${enc(this.room)}/peers`), {
+        method: "POST",
+        headers,
+        body: JSON.stringify(body),
+      });
+    } catch (error) {
+      throw networkError(error);
+    }
+    if (!response.ok) throw await errorFrom(response);
+    const joined = await response.json();
+    const fresh = response.status === 201;
+    this.peerId = joined.peer_id;
+    this.token = joined.token;
+    this.iceServers = joined.ice_servers ?? [];
+    this._pollWait = joined.poll_wait ?? this._pollWait;
+    this._cursor = joined.cursor ?? 0;
+    // A fresh mailbox starts again at seq 1; a resumed one redelivers what was not acknowledged.
+    if (fresh) this._lastSeq = 0;
+    this._setPeers(joined.peers ?? [], fresh);
+    this.resumed = !fresh;
+  }
+
+  /** Makes `peers` equal `ids`; after a fresh rejoin every old peer is announced again. */
+  _setPeers(ids, fresh) {
+    const next = new Set(ids);
+    for (const id of [...this.peers]) {
+      if (fresh || !next.has(id)) {
+        this.peers.delete(id);
+        this._emit("peer-left", { peerId: id, reason: "rejoined" });
+      }
+    }
+    for (const id of next) {
+      if (!this.peers.has(id)) {
+        this.peers.add(id);
+        this._emit("peer-joined", { peerId: id });
+      }
+    }
+  }
+
+  _start() {
+    if (typeof window !== "undefined") {
+      window.addEventListener("pagehide", this._onPageHide);
+      window.addEventListener("pageshow", this._onPageShow);
+    }
+    this._setState("connected");
+    this._loop();
+  }
+
+  async _loop() {
+    let failures = 0;
+    while (!this._closed && !this._suspended) {
+      let response;
+      try {
+        response = await this._pollOnce();
+      } catch (error) {
+        if (this._closed || this._suspended) return;
+        failures = await this._retryLater(networkError(error), failures);
+        continue;
+      }
+      if (response.ok) {
+        const body = await response.json().catch(() => null);
+        if (body && Array.isArray(body.messages)) {
+          failures = 0;
+          this._setState("connected");
+          this._deliver(body.messages, body.cursor);
+          continue;
+        }
+        failures = await this._retryLater(new SignalingError("malformed poll response", { status: response.status }), failures);
+        continue;
+      }
+      const error = await errorFrom(response);
+      if (error.code === "not_joined") {
+        failures = await this._rejoin(failures);
+      } else if (error.code === "bad_cursor") {
+        // The mailbox started over without this session noticing: read it from the start.
+        this._cursor = 0;
+        this._lastSeq = 0;
+      } else if (error.status >= 500 || error.status === 429) {
+        failures = await this._retryLater(error, failures);
+      } else {
+        this._fail(error);
+      }
+    }
+  }
+
+  /** One long poll, aborted by leave() or pagehide, or when the connection goes silent. */
+  async _pollOnce() {
+    const controller = new AbortController();
+    this._poll = controller;
+    const timer = setTimeout(() => controller.abort(), this._pollWait * 1000 + DEFAULTS.pollGraceMs);
+    try {
+      const path = `/rooms/${enc(this.room)}/peers/${enc(this.peerId)}/messages`;
+      return await this._fetch(this._url(`${path}?after=${this._cursor}&wait=${this._pollWait}`), {
+        headers: this._auth(),
+        signal: controller.signal,
+      });
+    } finally {
+      clearTimeout(timer);
+      this._poll = null;
+    }
+  }
+
+  _deliver(messages, cursor) {
+    for (const envelope of messages) {
+      if (this._closed) return;
+      if (envelope.seq <= this._lastSeq) continue;
+      this._lastSeq = envelope.seq;
+      if (envelope.type === "peer-joined") {
+        this.peers.add(envelope.from);
+        this._emit("peer-joined", { peerId: envelope.from });
+      } else if (envelope.type === "peer-left") {
+        this.peers.delete(envelope.from);
+        this._emit("peer-left", { peerId: envelope.from, reason: envelope.data?.reason ?? "left" });
+      } else {
+        this._emit("message", envelope);
+      }
+    }
+    this._cursor = Number.isInteger(cursor) ? cursor : this._lastSeq;
+  }
+
+  /** Joins again with the same id and the old token: resumed (200) or fresh (201). */
+  async _rejoin(failures) {
+    while (!this._closed && !this._suspended) {
+      this._setState("rejoining");
+      try {
+        await this._join();
+        this._setState("connected");
+        return 0;
+      } catch (error) {
+        if (this._closed || this._suspended) return failures;
+        if (error.status && error.status < 500) {
+          this._fail(error);
+          return failures;
+        }
+        failures = await this._retryLater(error, failures);
+      }
+    }
+    return failures;
+  }
+
+  /** Reports a passing failure and sleeps the backoff for the `failures`-th one in a row. */
+  async _retryLater(error, failures) {
+    const delay = this._retryDelay(error, failures);
+    this._emit("error", { error, fatal: false });
+    this._setState("reconnecting", { delay });
+    await sleep(delay, this._stop.signal);
+    return failures + 1;
+  }
+
+  /** The server's Retry-After when it gave one (capped), else the jittered backoff. */
+  _retryDelay(error, failures) {
+    if (error.retryAfter != null) return Math.min(error.retryAfter * 1000, this._backoff.max);
+    return backoffDelay(this._backoff, failures);
+  }
+
+  /** POSTs an envelope with one Idempotency-Key for all its attempts. */
+  async _post(path, body) {
+    const key = randomId();
+    for (let attempt = 0; ; attempt++) {
+      if (this._closed) throw new SignalingError("session is closed", { code: "closed" });
+      let response = null;
+      let error;
+      try {
+        response = await this._fetch(this._url(path), {
+          method: "POST",
+          headers: { ...this._auth(), "Content-Type": "application/json", "Idempotency-Key": key },
+          body: JSON.stringify(body),
+        });
+        if (response.ok) return await response.json();
+        error = await errorFrom(response);
+      } catch (thrown) {
+        error = thrown instanceof SignalingError ? thrown : networkError(thrown);
+      }
+      const retriable = !response || response.status >= 500 || error.code === "mailbox_full";
+      if (!retriable || attempt >= this._sendRetries) throw error;
+      await sleep(this._retryDelay(error, attempt), this._stop.signal);
+    }
+  }
+
+  _suspend() {
+    if (this._closed || this._suspended) return;
+    this._suspended = true;
+    this._poll?.abort();
+    const url = this._url(`/rooms/${enc(this.room)}/peers/${enc(this.peerId)}/leave`);
+    navigator.sendBeacon(url, JSON.stringify({ token: this.token }));
+    this._setState("suspended");
+  }
+
+  /** Back from the back-forward cache: the beacon made us leave, so the loop's 404 rejoins. */
+  _resume() {
+    if (this._closed || !this._suspended) return;
+    this._suspended = false;
+    this._loop();
+  }
+
+  _fail(error) {
+    this._emit("error", { error, fatal: true });
+    this._close();
+  }
+
+  _close() {
+    this._closed = true;
+    this._poll?.abort();
+    this._stop.abort();
+    if (typeof window !== "undefined") {
+      window.removeEventListener("pagehide", this._onPageHide);
+      window.removeEventListener("pageshow", this._onPageShow);
+    }
+    this._setState("closed");
+  }
+
+  _setState(state, extra = {}) {
+    if (state === this.state && !("delay" in extra)) return;
+    this.state = state;
+    this._emit("state", { state, ...extra });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _auth() {
+    return { Authorization: `Bearer ${this.token}` };
+  }
+
+  _url(path) {
+    return this.baseUrl + path;
+  }
+}
+
+/** Exponential backoff with equal jitter: half the step, plus a random half. */
+function backoffDelay({ base, max }, failures) {
+  const step = Math.min(max, base * 2 ** failures);
+  return step / 2 + Math.random() * (step / 2);
+}
+
+async function errorFrom(response) {
+  const body = await response.json().catch(() => null);
+  const retryAfter = Number.parseFloat(response.headers.get("Retry-After"));
+  return new SignalingError(body?.error?.message ?? `HTTP ${response.status}`, {
+    status: response.status,
+    code: body?.error?.code ?? `http_${response.status}`,
+    retryAfter: Number.isFinite(retryAfter) ? retryAfter : null,
+  });
+}
+
+function networkError(error) {
+  return new SignalingError(`network error: ${error?.message ?? error}`, { code: "network_error" });
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
+
+const enc = encodeURIComponent;
+
+/** 32 hex characters; getRandomValues works on plain-HTTP pages, where randomUUID does not. */
+function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}

@@ -1,0 +1,80 @@
+"""Fixtures: real Redis, apps on either backend, and live gunicorn servers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from signaling import create_app
+from signaling.config import Settings
+
+from .helpers import Api
+from .servers import LiveServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the whole run; tests empty it through `redis_url`."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    redis_server.flush()
+    return redis_server.url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_app(request, backend_name):
+    """Build apps on the test's backend with settings overrides; closed after the test."""
+    apps = []
+
+    def make(**overrides):
+        if backend_name == "redis":
+            overrides.setdefault("redis_url", request.getfixturevalue("redis_url"))
+        app = create_app(dataclasses.replace(Settings(), **overrides))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["signaling"].close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def api(app) -> Api:
+    return Api.over_flask(app.test_client())
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start gunicorn servers: `start_server(env={...}, workers=1)`; all stopped after the test."""
+    servers = []
+
+    def start(env: dict[str, str] | None = None, workers: int = 1) -> LiveServer:
+        server = LiveServer(tmp_path, env, workers).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def live_server(start_server) -> LiveServer:
+    """A gunicorn+gevent server on the memory backend."""
+    return start_server()

@@ -1,0 +1,427 @@
+// Unit tests for static/signaling.js against a scripted stand-in for fetch.
+// Run: node --test tests/js/
+import assert from "node:assert/strict";
+import { afterEach, beforeEach, describe, test } from "node:test";
+
+import { join, SignalingError } from "../../static/signaling.js";
+
+const BASE = "http://signal.test";
+const BACKOFF = { base: 4, max: 16 };
+
+/**
+ * A stand-in service: each "METHOD /path" answers from its own queue of
+ * responders, in order; a request with nothing queued is held like a long poll
+ * that nothing wakes, until its signal aborts it.
+ */
+function stubService() {
+  const requests = [];
+  const queues = new Map();
+  const watchers = new Set();
+
+  async function fetch(url, init = {}) {
+    const parsed = new URL(url);
+    const request = {
+      method: init.method ?? "GET",
+      path: parsed.pathname,
+      query: Object.fromEntries(parsed.searchParams),
+      headers: init.headers ?? {},
+      body: init.body === undefined ? undefined : JSON.parse(init.body),
+    };
+    requests.push(request);
+    for (const watcher of watchers) watcher();
+    const responder = queues.get(`${request.method} ${request.path}`)?.shift();
+    if (responder) return responder(request);
+    return new Promise((_, reject) => {
+      init.signal?.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+    });
+  }
+
+  return {
+    fetch,
+    requests,
+    /** Queues responders for one route. */
+    on(route, ...responders) {
+      const queue = queues.get(route) ?? [];
+      queue.push(...responders);
+      queues.set(route, queue);
+    },
+    /** Requests so far on one route. */
+    to(route) {
+      return requests.filter((r) => `${r.method} ${r.path}` === route);
+    },
+    /** Resolves once `count` requests went to `route`; fails after a second. */
+    waitFor(route, count) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          if (this.to(route).length >= count) {
+            watchers.delete(check);
+            clearTimeout(timer);
+            resolve(this.to(route)[count - 1]);
+          }
+        };
+        const timer = setTimeout(() => {
+          watchers.delete(check);
+          reject(new Error(`expected ${count} requests to ${route}, saw ${this.to(route).length}`));
+        }, 1000);
+        watchers.add(check);
+        check();
+      });
+    },
+  };
+}
+
+function json(status, body, headers = {}) {
+  return () => new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json", ...headers } });
+}
+
+function failure(status, code, headers = {}) {
+  return json(status, { error: { code, message: code } }, headers);
+}
+
+function networkDown() {
+  throw new TypeError("fetch failed");
+}
+
+function joined(overrides = {}) {
+  return {
+    room: "r1", peer_id: "alice", token: "tok-1", peers: ["bob"], cursor: 0,
+    poll_wait: 25, peer_ttl: 60, ice_servers: [{ urls: "stun:stun.test" }], ...overrides,
+  };
+}
+
+function envelope(seq, type = "offer", from = "bob", data = { n: seq }) {
+  return { seq, from, type, data, ts: 1763900000 + seq };
+}
+
+function messages(list, cursor = list.at(-1)?.seq ?? 0) {
+  return json(200, { messages: list, cursor });
+}
+
+/** Collects the `detail` of every event of the given types, in order, as [type, detail]. */
+function record(session, ...types) {
+  const seen = [];
+  for (const type of types) session.addEventListener(type, (e) => seen.push([type, e.detail]));
+  return seen;
+}
+
+const JOIN = "POST /rooms/r1/peers";
+const POLL = "GET /rooms/r1/peers/alice/messages";
+
+let service;
+let sessions;
+
+async function start(options = {}) {
+  const session = await join(BASE, "r1", { peerId: "alice", fetch: service.fetch, backoff: BACKOFF, ...options });
+  sessions.push(session);
+  return session;
+}
+
+beforeEach(() => {
+  service = stubService();
+  sessions = [];
+});
+
+afterEach(async () => {
+  service.on("DELETE /rooms/r1/peers/alice", () => new Response(null, { status: 204 }));
+  await Promise.all(sessions.map((s) => s.leave().catch(() => {})));
+});
+
+describe("join", () => {
+  test("sends the peer id, keeps token, peers and ICE servers, then polls with the token", async () => {
+    service.on(JOIN, json(201, joined({ poll_wait: 7 })));
+    const session = await start();
+
+    const [joinRequest] = service.to(JOIN);
+    assert.deepEqual(joinRequest.body, { peer_id: "alice" });
+    assert.equal(session.token, "tok-1");
+    assert.deepEqual([...session.peers], ["bob"]);
+    assert.deepEqual(session.iceServers, [{ urls: "stun:stun.test" }]);
+
+    const poll = await service.waitFor(POLL, 1);
+    assert.deepEqual(poll.query, { after: "0", wait: "7" });
+    assert.equal(poll.headers.Authorization, "Bearer tok-1");
+  });
+
+  test("a refused join rejects with the server's code", async () => {
+    service.on(JOIN, failure(409, "peer_id_taken"));
+    await assert.rejects(start(), (error) => error instanceof SignalingError && error.code === "peer_id_taken" && error.status === 409);
+  });
+
+  test("a join with a token resumes: Bearer header sent, polling starts at the returned cursor", async () => {
+    service.on(JOIN, json(200, joined({ token: "old", cursor: 4 })));
+    const session = await start({ token: "old" });
+    assert.equal(service.to(JOIN)[0].headers.Authorization, "Bearer old");
+    assert.equal(session.resumed, true);
+    assert.equal((await service.waitFor(POLL, 1)).query.after, "4");
+  });
+});
+
+describe("poll loop", () => {
+  test("delivers envelopes in order and carries the cursor to the next poll", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL, messages([envelope(1), envelope(2)]), messages([], 2), messages([envelope(3)]));
+    const session = await start();
+    const seen = record(session, "message");
+
+    assert.equal((await service.waitFor(POLL, 2)).query.after, "2");
+    assert.equal((await service.waitFor(POLL, 3)).query.after, "2");
+    assert.equal((await service.waitFor(POLL, 4)).query.after, "3");
+    assert.deepEqual(seen.map(([, e]) => e.seq), [1, 2, 3]);
+    assert.deepEqual(seen[0][1], envelope(1));
+  });
+
+  test("drops an envelope whose seq it already delivered", async () => {
+    service.on(JOIN, json(201, joined()));
+    // A superseded poll and its successor may both return seq 2.
+    service.on(POLL, messages([envelope(1), envelope(2)]), messages([envelope(2), envelope(3)]));
+    const session = await start();
+    const seen = record(session, "message");
+
+    await service.waitFor(POLL, 3);
+    assert.deepEqual(seen.map(([, e]) => e.seq), [1, 2, 3]);
+  });
+
+  test("peer-joined and peer-left update peers and are not messages", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL, messages([
+      envelope(1, "peer-joined", "carol", null),
+      envelope(2, "peer-left", "bob", { reason: "timeout" }),
+    ]));
+    const session = await start();
+    const seen = record(session, "message", "peer-joined", "peer-left");
+
+    await service.waitFor(POLL, 2);
+    assert.deepEqual(seen, [
+      ["peer-joined", { peerId: "carol" }],
+      ["peer-left", { peerId: "bob", reason: "timeout" }],
+    ]);
+    assert.deepEqual([...session.peers], ["carol"]);
+  });
+
+  describe("backoff", () => {
+    let realRandom;
+    beforeEach(() => {
+      realRandom = Math.random;
+    });
+    afterEach(() => {
+      Math.random = realRandom;
+    });
+
+    test("5xx and network errors back off exponentially with jitter, capped, reset by a success", async () => {
+      const randoms = [0, 1, 0.5, 1, 0];
+      Math.random = () => randoms.shift();
+      service.on(JOIN, json(201, joined()));
+      service.on(POLL,
+        messages([envelope(1)]),
+        failure(503, "backend_unavailable"), networkDown, failure(500, "internal"), networkDown,
+        messages([envelope(2)]),
+        failure(502, "bad_gateway"));
+      const session = await start();
+      const seen = record(session, "state", "error", "message");
+
+      const last = await service.waitFor(POLL, 8);
+      const delays = seen.filter(([t, d]) => t === "state" && d.state === "reconnecting").map(([, d]) => d.delay);
+      // step = min(16, 4 * 2^n); delay = step/2 + random * step/2
+      assert.deepEqual(delays, [2, 8, 12, 16, 2]);
+      const errors = seen.filter(([t]) => t === "error").map(([, d]) => [d.error.code, d.fatal]);
+      assert.deepEqual(errors, [
+        ["backend_unavailable", false], ["network_error", false], ["internal", false],
+        ["network_error", false], ["bad_gateway", false],
+      ]);
+      // Failed polls acknowledged nothing new: the cursor stays where the last success left it.
+      assert.deepEqual(service.to(POLL).map((r) => r.query.after), ["0", "1", "1", "1", "1", "1", "2", "2"]);
+      assert.equal(last.query.after, "2");
+      const states = seen.filter(([t]) => t === "state").map(([, d]) => d.state);
+      assert.deepEqual(states, ["reconnecting", "reconnecting", "reconnecting", "reconnecting", "connected", "reconnecting"]);
+    });
+
+    test("a 503 with Retry-After waits that long, capped at the backoff maximum", async () => {
+      service.on(JOIN, json(201, joined()));
+      service.on(POLL, failure(503, "backend_unavailable", { "Retry-After": "0.008" }), failure(503, "backend_unavailable", { "Retry-After": "30" }));
+      const session = await start();
+      const seen = record(session, "state");
+
+      await service.waitFor(POLL, 3);
+      assert.deepEqual(seen.filter(([, d]) => d.state === "reconnecting").map(([, d]) => d.delay), [8, 16]);
+    });
+  });
+
+  test("404 not_joined joins again with the same id and old token; a resume keeps the seq dedup", async () => {
+    service.on(JOIN, json(201, joined()), json(200, joined({ cursor: 0 })));
+    service.on(POLL, messages([envelope(1), envelope(2)]), failure(404, "not_joined"), messages([envelope(1), envelope(2), envelope(3)]));
+    const session = await start();
+    const seen = record(session, "message", "state", "peer-joined", "peer-left");
+
+    await service.waitFor(POLL, 4);
+    const rejoin = service.to(JOIN)[1];
+    assert.deepEqual(rejoin.body, { peer_id: "alice" });
+    assert.equal(rejoin.headers.Authorization, "Bearer tok-1");
+    assert.equal(service.to(POLL)[2].query.after, "0");
+    assert.deepEqual(seen.filter(([t]) => t === "message").map(([, e]) => e.seq), [1, 2, 3]);
+    assert.ok(seen.some(([t, d]) => t === "state" && d.state === "rejoining"));
+    // A resume changes no membership, so nothing is announced.
+    assert.equal(seen.filter(([t]) => t.startsWith("peer-")).length, 0);
+  });
+
+  test("a fresh rejoin takes the new token, restarts the seq count and announces peers again", async () => {
+    service.on(JOIN, json(201, joined()), json(201, joined({ token: "tok-2", peers: ["bob", "carol"] })));
+    service.on(POLL, messages([envelope(5)], 5), failure(404, "not_joined"), messages([envelope(1)]));
+    const session = await start();
+    const seen = record(session, "message", "peer-joined", "peer-left");
+
+    const poll = await service.waitFor(POLL, 4);
+    assert.equal(poll.headers.Authorization, "Bearer tok-2");
+    assert.equal(service.to(POLL)[2].query.after, "0");
+    assert.deepEqual(seen, [
+      ["message", envelope(5)],
+      ["peer-left", { peerId: "bob", reason: "rejoined" }],
+      ["peer-joined", { peerId: "bob" }],
+      ["peer-joined", { peerId: "carol" }],
+      ["message", envelope(1)],
+    ]);
+    assert.equal(session.token, "tok-2");
+  });
+
+  test("a rejoin that is refused is fatal: error, closed, no more polls", async () => {
+    service.on(JOIN, json(201, joined()), failure(409, "peer_id_taken"));
+    service.on(POLL, failure(404, "not_joined"));
+    const session = await start();
+    const seen = record(session, "error", "state");
+
+    await service.waitFor(JOIN, 2);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(service.to(POLL).length, 1);
+    assert.equal(session.state, "closed");
+    assert.deepEqual(seen.map(([t, d]) => (t === "error" ? [t, d.error.code, d.fatal] : [t, d.state])), [
+      ["state", "rejoining"], ["error", "peer_id_taken", true], ["state", "closed"],
+    ]);
+  });
+
+  test("401 on a poll is fatal", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL, failure(401, "unauthorized"));
+    const session = await start();
+    await service.waitFor(POLL, 1);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(session.state, "closed");
+    assert.equal(service.to(POLL).length, 1);
+  });
+});
+
+describe("leave", () => {
+  test("deletes the peer with its token, aborts the held poll and polls no more", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on("DELETE /rooms/r1/peers/alice", () => new Response(null, { status: 204 }));
+    const session = await start();
+    const seen = record(session, "state", "error");
+    await service.waitFor(POLL, 1);
+
+    await session.leave();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const [request] = service.to("DELETE /rooms/r1/peers/alice");
+    assert.equal(request.headers.Authorization, "Bearer tok-1");
+    assert.equal(service.to(POLL).length, 1);
+    assert.deepEqual(seen, [["state", { state: "closed" }]]);
+    await assert.rejects(session.send("bob", "chat"), { code: "closed" });
+  });
+
+  test("leave during a backoff ends the loop without another poll", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL, networkDown);
+    service.on("DELETE /rooms/r1/peers/alice", () => new Response(null, { status: 204 }));
+    const session = await start({ backoff: { base: 200, max: 200 } });
+    await service.waitFor(POLL, 1);
+    await session.leave();
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    assert.equal(service.to(POLL).length, 1);
+  });
+});
+
+describe("send", () => {
+  const SEND = "POST /rooms/r1/peers/bob/messages";
+
+  test("posts type and data with an Idempotency-Key and resolves to the seq", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(SEND, json(202, { seq: 9 }));
+    const session = await start();
+
+    assert.deepEqual(await session.send("bob", "offer", { sdp: "v=0" }), { seq: 9 });
+    const [request] = service.to(SEND);
+    assert.deepEqual(request.body, { type: "offer", data: { sdp: "v=0" } });
+    assert.equal(request.headers.Authorization, "Bearer tok-1");
+    assert.match(request.headers["Idempotency-Key"], /^[0-9a-f]{32}$/);
+  });
+
+  test("retries network errors and 5xx with the same key; a new send gets a new key", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(SEND, networkDown, failure(503, "backend_unavailable"), json(202, { seq: 3 }), json(202, { seq: 4 }));
+    const session = await start();
+
+    assert.deepEqual(await session.send("bob", "candidate", { c: 1 }), { seq: 3 });
+    await session.send("bob", "candidate", { c: 2 });
+    const keys = service.to(SEND).map((r) => r.headers["Idempotency-Key"]);
+    assert.equal(keys.length, 4);
+    assert.equal(new Set(keys.slice(0, 3)).size, 1);
+    assert.notEqual(keys[3], keys[0]);
+  });
+
+  test("429 mailbox_full is retried after Retry-After with the same key", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(SEND, failure(429, "mailbox_full", { "Retry-After": "0.012" }), json(202, { seq: 1 }));
+    const session = await start();
+
+    const started = performance.now();
+    assert.deepEqual(await session.send("bob", "chat", "hi"), { seq: 1 });
+    assert.ok(performance.now() - started >= 10, "waited for Retry-After");
+    const keys = service.to(SEND).map((r) => r.headers["Idempotency-Key"]);
+    assert.equal(keys[0], keys[1]);
+  });
+
+  test("429 mailbox_full past sendRetries rejects with code mailbox_full", async () => {
+    service.on(JOIN, json(201, joined()));
+    const full = failure(429, "mailbox_full", { "Retry-After": "0.001" });
+    service.on(SEND, full, full, full, json(202, { seq: 1 }));
+    const session = await start({ sendRetries: 2 });
+
+    await assert.rejects(session.send("bob", "chat", "hi"), { code: "mailbox_full", status: 429, retryAfter: 0.001 });
+    assert.equal(service.to(SEND).length, 3);
+  });
+
+  test("a 4xx other than 429 rejects at once", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(SEND, failure(404, "peer_not_found"), json(202, { seq: 1 }));
+    const session = await start();
+
+    await assert.rejects(session.send("bob", "chat"), { code: "peer_not_found", status: 404 });
+    assert.equal(service.to(SEND).length, 1);
+    assert.equal(service.to(SEND)[0].body.data, null);
+  });
+
+  test("sends to one peer go out in call order, each after the previous one finished", async () => {
+    service.on(JOIN, json(201, joined()));
+    let release;
+    const held = new Promise((resolve) => { release = resolve; });
+    service.on(SEND, () => held.then(json(202, { seq: 1 })), json(202, { seq: 2 }));
+    service.on("POST /rooms/r1/peers/carol/messages", json(202, { seq: 1 }));
+    const session = await start();
+
+    const answer = session.send("bob", "description", "answer");
+    const candidate = session.send("bob", "candidate", "c1");
+    await session.send("carol", "candidate", "other peer, not held up");
+    assert.deepEqual(service.to(SEND).map((r) => r.body.data), ["answer"]);
+    release();
+    assert.deepEqual(await Promise.all([answer, candidate]), [{ seq: 1 }, { seq: 2 }]);
+    assert.deepEqual(service.to(SEND).map((r) => r.body.data), ["answer", "c1"]);
+  });
+
+  test("broadcast posts to the room and resolves to the delivery report", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on("POST /rooms/r1/messages", json(202, { delivered_to: ["bob"], mailbox_full: [] }));
+    const session = await start();
+
+    assert.deepEqual(await session.broadcast("hello", { v: 1 }), { delivered_to: ["bob"], mailbox_full: [] });
+    const [request] = service.to("POST /rooms/r1/messages");
+    assert.deepEqual(request.body, { type: "hello", data: { v: 1 } });
+    assert.ok(request.headers["Idempotency-Key"]);
+  });
+});

