@@ -22,6 +22,8 @@ accesslog = "-"
 # Never log a query string or header that might hold a token: method, path, status, size, time.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
+# gunicorn's control socket sits at one path per user: several instances on one host would collide.
+control_socket_disable = True
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
 if not _settings.redis_url and workers > 1:

@@ -61,6 +61,11 @@ def _query_wait(cap: float) -> float:
     return min(wait, cap)
 
 
+def _seconds(value: float) -> float | int:
+    """25, not 25.0: whole seconds read as whole numbers."""
+    return int(value) if value == int(value) else value
+
+
 def _json(body: dict, status: int = 200, **headers: str) -> Response:
     response = jsonify(body)
     response.status_code = status
@@ -87,8 +92,8 @@ def join(room: str):
             "token": new_token if joined.created else token,
             "peers": joined.peers,
             "cursor": joined.cursor,
-            "poll_wait": settings.poll_wait,
-            "peer_ttl": settings.peer_ttl,
+            "poll_wait": _seconds(settings.poll_wait),
+            "peer_ttl": _seconds(settings.peer_ttl),
             "ice_servers": ice_servers(settings, peer, now),
         },
         201 if joined.created else 200,

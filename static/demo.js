@@ -81,7 +81,7 @@ async function start() {
 
   // A resumed session's peers still hold connections to our previous page: ask them to start over.
   if (session.resumed) await session.broadcast("hello").catch(() => {});
-  for (const id of session.peers) addPeer(id);
+  for (const id of session.peers) if (!peers.has(id)) addPeer(id);
 }
 
 /** Sends a signaling envelope and logs it. */

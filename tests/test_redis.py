@@ -1,0 +1,130 @@
+"""What only the Redis backend promises: key layout, TTLs, hashed tokens, several instances."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from signaling import create_app
+from signaling.config import Settings
+
+from .helpers import Api
+from .servers import RedisServer, free_port
+
+
+@pytest.fixture
+def instances(redis_url):
+    """Make independent app instances (own hub, own wake-up channel) on one Redis."""
+    apps = []
+
+    def make(**overrides):
+        app = create_app(dataclasses.replace(Settings(), redis_url=redis_url, **overrides))
+        apps.append(app)
+        return Api.over_flask(app.test_client())
+
+    yield make
+    for app in apps:
+        app.extensions["signaling"].close()
+
+
+def test_every_key_of_a_room_shares_its_hash_tag_and_has_a_ttl(instances, redis_server):
+    api = instances()
+    alice, bob = api.peer("room-1", "alice"), api.peer("room-1", "bob")
+    alice.send("bob", "offer", key="once")
+    db = redis_server.client()
+    keys = [k for k in db.keys("*") if k != "sig:reap"]
+    assert {k.split(":")[1] for k in keys} == {"{room-1}"}
+    kinds = {k.split(":")[2] for k in keys}
+    assert kinds == {"members", "peer", "mbox", "idem"}
+    for key in keys:  # peer keys: 2 * PEER_TTL + 10 s; idempotency keys: 10 minutes
+        assert 0 < db.pttl(key) <= (600 if ":idem:" in key else 2 * 60 + 10) * 1000, key
+    assert bob.leave().status == 204
+    assert not [k for k in db.keys("*") if k.endswith(":bob")]
+
+
+def test_tokens_are_stored_only_hashed(instances, redis_server):
+    api = instances()
+    alice = api.peer("r1", "alice")
+    secret = alice.token.split(".", 1)[1]
+    db = redis_server.client()
+    dump = repr([(k, db.dump(k)) for k in db.keys("*")])
+    assert secret not in dump
+    assert db.hget("sig:{r1}:peer:alice", "token") != alice.token
+
+
+def test_two_instances_exchange_envelopes_and_wake_each_others_polls(instances):
+    one, two = instances(), instances()
+    alice = one.peer("r1", "alice")
+    bob = two.peer("r1", "bob")
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("reply", bob.poll(wait=10)))
+    thread.start()  # bob's poll is held by instance two
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert alice.send("bob", "offer", "sdp").status == 202  # sent through instance one
+    thread.join(5)
+    assert time.monotonic() - started < 1
+    assert [m["type"] for m in result["reply"].body["messages"]] == ["offer"]
+
+
+def test_a_newer_poll_on_another_instance_ends_the_older(instances):
+    one, two = instances(), instances()
+    bob = one.peer("r1", "bob")
+    bob_there = dataclasses.replace(bob, api=two)
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("old", bob.poll(wait=10)))
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    newer = threading.Thread(target=lambda: result.setdefault("new", bob_there.poll(wait=1)))
+    newer.start()
+    thread.join(5)
+    assert time.monotonic() - started < 1
+    assert result["old"].status == 200 and result["old"].body["messages"] == []
+    newer.join(5)
+
+
+def test_an_expired_peer_leaves_once_though_every_instance_reaps(instances):
+    settings = dict(peer_ttl=1.0, poll_wait=0.5, reap_interval=0.05)
+    apis = [instances(**settings) for _ in range(3)]
+    alice = apis[0].peer("r1", "alice")
+    apis[1].peer("r1", "bob")
+    seen = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        seen += alice.receive(wait=0.2)
+    assert [(m["type"], m["from"]) for m in seen] == [("peer-joined", "bob"), ("peer-left", "bob")]
+    assert seen[-1]["data"] == {"reason": "timeout"}
+
+
+def test_scripts_come_back_after_redis_forgets_them(instances, redis_server):
+    api = instances()
+    alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+    redis_server.client().script_flush()
+    assert alice.send("bob").status == 202
+    assert len(bob.receive()) == 1
+
+
+def test_unreachable_redis_is_503_and_recovers(tmp_path):
+    server = RedisServer(tmp_path, free_port()).start()
+    app = create_app(Settings(redis_url=server.url))
+    api = Api.over_flask(app.test_client())
+    try:
+        alice = api.peer("r1", "alice")
+        server.stop()
+        for reply in (api.request("GET", "/healthz"), alice.send("alice"), api.join("r1", "bob"),
+                      alice.poll(wait=1)):
+            assert reply.status == 503 and reply.code == "backend_unavailable", reply.raw
+        server.start()  # an empty Redis on the same port: alice is gone, the service is back
+        deadline = time.monotonic() + 5
+        while api.request("GET", "/healthz").status != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert api.request("GET", "/healthz").status == 200
+        assert alice.send("alice").code == "not_joined"
+        assert api.join("r1", "alice").status == 201
+    finally:
+        app.extensions["signaling"].close()
+        server.stop()
