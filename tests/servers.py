@@ -72,7 +72,8 @@ class RedisServer:
 
     def _answers(self) -> bool:
         try:
-            return redis.Redis(port=self.port, socket_timeout=0.5).ping()
+            with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+                return client.ping()
         except redis.RedisError:
             return False
 
@@ -80,7 +81,8 @@ class RedisServer:
         return redis.Redis.from_url(self.url, decode_responses=True)
 
     def flush(self) -> None:
-        self.client().flushall()
+        with self.client() as client:
+            client.flushall()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -117,12 +119,14 @@ class LiveServer:
     def _healthy(self) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"gunicorn exited with {self.process.returncode}\n{self.log.read_text()[-3000:]}")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
             conn.request("GET", "/healthz")
             return conn.getresponse().status == 200
         except OSError:
             return False
+        finally:
+            conn.close()
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)

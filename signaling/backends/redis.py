@@ -330,6 +330,7 @@ class RedisBackend(Backend):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         settings = self.settings
+        self.instance = secrets.token_hex(8)
         # No automatic retries: a timed-out send may have run, and running it twice would
         # store the envelope twice. The client retries, with an Idempotency-Key if it cares.
         self._pool = redis.BlockingConnectionPool.from_url(
@@ -340,10 +341,10 @@ class RedisBackend(Backend):
             socket_connect_timeout=2,
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
+            client_name=f"signaling:{self.instance}",
         )
         self.client = redis.Redis(connection_pool=self._pool)
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SCRIPTS.items()}
-        self.instance = secrets.token_hex(8)
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
 
@@ -481,6 +482,7 @@ class RedisBackend(Backend):
             pubsub = redis.Redis.from_url(
                 self.settings.redis_url, decode_responses=True, socket_connect_timeout=2,
                 health_check_interval=10, retry=Retry(NoBackoff(), 0),
+                client_name=f"signaling:{self.instance}:wake",
             ).pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(channel)

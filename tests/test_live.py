@@ -1,0 +1,167 @@
+"""The real thing: gunicorn with gevent workers, over HTTP, on memory and on a real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from .helpers import Api, Peer
+from .servers import ROOT, LiveServer, free_port
+
+pytestmark = pytest.mark.live
+
+
+def held_poll(peer: Peer, wait: float = 20) -> dict:
+    """Start a poll in a thread; the dict gets its reply and how long it took."""
+    result: dict = {}
+
+    def run():
+        started = time.monotonic()
+        result["reply"] = peer.poll(wait=wait)
+        result["took"] = time.monotonic() - started
+
+    result["thread"] = threading.Thread(target=run, daemon=True)
+    result["thread"].start()
+    return result
+
+
+def test_a_held_poll_is_woken_by_a_send(live_server):
+    api = Api.over_http(live_server.url)
+    alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+    bob.receive()
+    poll = held_poll(bob)
+    time.sleep(0.5)
+    assert poll["thread"].is_alive()
+    sent = time.monotonic()
+    alice.send("bob", "offer", {"sdp": "v=0"})
+    poll["thread"].join(5)
+    assert time.monotonic() - sent < 0.5
+    assert [m["type"] for m in poll["reply"].body["messages"]] == ["offer"]
+
+
+def test_the_memory_backend_refuses_several_workers(tmp_path):
+    server = LiveServer(tmp_path, workers=2)
+    process = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+        cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=30,
+    )
+    assert process.returncode != 0
+    assert "Set REDIS_URL" in process.stderr + process.stdout
+
+
+def test_a_bad_setting_is_refused_with_its_name(tmp_path):
+    server = LiveServer(tmp_path, env={"POLL_WAIT": "soon"})
+    process = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+        cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=30,
+    )
+    assert process.returncode != 0
+    assert "POLL_WAIT='soon'" in process.stderr + process.stdout
+
+
+def test_two_instances_on_one_redis_wake_each_others_polls(start_server, redis_url):
+    one = Api.over_http(start_server(env={"REDIS_URL": redis_url}).url)
+    two = Api.over_http(start_server(env={"REDIS_URL": redis_url}, workers=2).url)
+    alice, bob = one.peer("r1", "alice"), two.peer("r1", "bob")
+    alice.receive()
+    for sender, receiver in ((alice, bob), (on_instance(bob, one), on_instance(alice, two))):
+        poll = held_poll(receiver)
+        time.sleep(0.5)
+        sent = time.monotonic()
+        assert sender.send(receiver.id, "offer", sender.id).status == 202
+        poll["thread"].join(5)
+        assert time.monotonic() - sent < 0.5
+        assert [m["data"] for m in poll["reply"].body["messages"]] == [sender.id]
+        receiver.cursor = poll["reply"].body["cursor"]
+        receiver.receive()  # acknowledge
+
+
+def drain(peer: Peer) -> None:
+    """Receive and acknowledge everything waiting."""
+    while peer.receive():
+        pass
+
+
+def on_instance(peer: Peer, api: Api) -> Peer:
+    """The same peer, talking to another instance."""
+    return Peer(api, peer.room, peer.id, peer.token, peer.cursor)
+
+
+def test_held_polls_share_a_fixed_few_redis_connections(start_server, redis_url, redis_server):
+    server = start_server(env={"REDIS_URL": redis_url, "REDIS_MAX_CONNECTIONS": "4", "ROOM_CAPACITY": "300"})
+    api = Api.over_http(server.url)
+    host = api.peer("big", "host")
+    peers = [api.peer("big", f"p{i}") for i in range(200)]
+    with ThreadPoolExecutor(50) as pool:
+        list(pool.map(drain, peers))  # the peer-joined events
+    polls = [held_poll(p) for p in peers]
+    deadline = time.monotonic() + 10
+    while api.request("GET", "/healthz").body["held_polls"] < len(peers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert api.request("GET", "/healthz").body["held_polls"] == len(peers)
+    with redis_server.client() as db:
+        ours = [c for c in db.client_list() if c["name"].startswith("signaling")]
+    assert 2 <= len(ours) <= 4 + 1, ours  # 4 pooled connections at most, and one for pub/sub
+    reply = host.broadcast("ring", "all")
+    assert len(reply.body["delivered_to"]) == len(peers)
+    for poll in polls:
+        poll["thread"].join(10)
+        assert [m["type"] for m in poll["reply"].body["messages"]] == ["ring"]
+
+
+def test_sigkill_loses_no_accepted_envelope(start_server, redis_url):
+    first = start_server(env={"REDIS_URL": redis_url})
+    api = Api.over_http(first.url)
+    alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+    accepted = [alice.send("bob", "n", i).body["seq"] for i in range(50)]
+    first.kill()
+    second = Api.over_http(start_server(env={"REDIS_URL": redis_url}).url)
+    bob_again = on_instance(bob, second)
+    got = bob_again.receive()
+    assert [m["seq"] for m in got] == accepted
+    assert [m["data"] for m in got] == list(range(50))
+
+
+def test_sigterm_ends_held_polls_at_once(start_server):
+    server = start_server(env={"GRACEFUL_TIMEOUT": "20"})
+    api = Api.over_http(server.url)
+    bob = api.peer("r1", "bob")
+    poll = held_poll(bob)
+    time.sleep(0.5)
+    stopped = time.monotonic()
+    server.process.terminate()
+    poll["thread"].join(10)
+    assert poll["reply"].status == 200 and poll["reply"].body["messages"] == []
+    assert poll["took"] < 5
+    server.process.wait(20)
+    assert time.monotonic() - stopped < 20
+
+
+def test_make_run_prints_the_url_and_serves(tmp_path):
+    port = free_port()
+    env = {"PATH": f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin", "PORT": str(port), "HOME": str(tmp_path)}
+    process = subprocess.Popen(["make", "run"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        first_line = process.stdout.readline()
+        assert f"http://localhost:{port}/" in first_line and "memory" in first_line
+        api = Api.over_http(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if api.request("GET", "/healthz").status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert api.join("demo", "alice").status == 201
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
+        process.stdout.close()
