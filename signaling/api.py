@@ -6,6 +6,7 @@ import json
 import math
 import time
 import urllib.parse
+from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -213,6 +214,17 @@ def healthz():
     service = _service()
     service.backend.ping()
     return _json({"status": "ok", "backend": service.backend.name, "held_polls": len(service.hub)})
+
+
+OPENAPI = Path(__file__).resolve().parent / "openapi.json"
+
+
+@blueprint.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3.1 document of this API (kept true by tests/test_openapi.py)."""
+    if not OPENAPI.exists():
+        raise errors.NotFound("no OpenAPI document in this build")
+    return Response(OPENAPI.read_bytes(), mimetype="application/json")
 
 
 @blueprint.get("/")
