@@ -121,7 +121,8 @@ def poll(room: str, peer: str):
         waiter = service.hub.hold(room, peer)
         try:
             deadline = time.monotonic() + wait
-            messages, cursor = fetch(waiter.poll_id)
+            messages, cursor = fetch(waiter.poll_id)  # authenticates
+            service.hub.claim(waiter)
             while not messages and not waiter.ended:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:

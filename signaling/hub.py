@@ -36,51 +36,65 @@ class Waiter:
 
 
 class Hub:
-    """At most one held poll per peer in this process: a newer one ends the older."""
+    """Held polls by peer. A newer poll of a peer ends the older ones, once it is authenticated."""
 
     def __init__(self) -> None:
-        self._held: dict[tuple[str, str], Waiter] = {}
+        self._held: dict[tuple[str, str], list[Waiter]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._count = 0
         self.closing = False
 
     def hold(self, room: str, peer: str) -> Waiter:
+        """Register a poll before it looks at its mailbox, so no wake-up can slip between the two."""
         waiter = Waiter(room, peer, next(self._ids))
         with self._lock:
-            older = self._held.get((room, peer))
-            self._held[(room, peer)] = waiter
-        if older is not None:
-            older.end()
+            self._held.setdefault((room, peer), []).append(waiter)
+            self._count += 1
         if self.closing:
             waiter.end()
         return waiter
 
+    def claim(self, waiter: Waiter) -> None:
+        """End the peer's older held polls: call once the backend accepted this poll's token."""
+        for other in tuple(self._held.get((waiter.room, waiter.peer), ())):
+            if other.poll_id < waiter.poll_id:
+                other.end()
+
     def release(self, waiter: Waiter) -> None:
+        key = (waiter.room, waiter.peer)
         with self._lock:
-            if self._held.get((waiter.room, waiter.peer)) is waiter:
-                del self._held[(waiter.room, waiter.peer)]
+            waiters = self._held.get(key, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+                self._count -= 1
+                if not waiters:
+                    del self._held[key]
 
     def wake(self, room: str, peer: str) -> None:
-        waiter = self._held.get((room, peer))
-        if waiter is not None:
+        for waiter in tuple(self._held.get((room, peer), ())):
             waiter.wake()
 
     def supersede(self, room: str, peer: str, poll_id: int) -> None:
-        """End the held poll `poll_id` of that peer: a newer poll started elsewhere."""
-        waiter = self._held.get((room, peer))
-        if waiter is not None and waiter.poll_id == poll_id:
-            waiter.end()
+        """End the held poll `poll_id` of that peer: a newer poll started on another instance."""
+        for waiter in tuple(self._held.get((room, peer), ())):
+            if waiter.poll_id == poll_id:
+                waiter.end()
+
+    def _all(self) -> list[Waiter]:
+        with self._lock:
+            return [w for waiters in self._held.values() for w in waiters]
 
     def wake_all(self) -> None:
         """Make every held poll look again, e.g. after wake-ups may have been missed."""
-        for waiter in list(self._held.values()):
+        for waiter in self._all():
             waiter.wake()
 
     def close(self) -> None:
         """End every held poll now and refuse to hold new ones: the process is stopping."""
         self.closing = True
-        for waiter in list(self._held.values()):
+        for waiter in self._all():
             waiter.end()
 
     def __len__(self) -> int:
-        return len(self._held)
+        return self._count

@@ -200,6 +200,20 @@ def test_a_newer_poll_ends_the_older_one(api):
     newer.join(5)
 
 
+def test_a_poll_without_the_token_ends_no_held_poll(api):
+    bob = api.peer("r1", "bob")
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("held", bob.poll(wait=1.5)))
+    thread.start()
+    time.sleep(0.3)
+    for token in (None, "bob.forged"):
+        reply = api.request("GET", "/rooms/r1/peers/bob/messages?wait=1", token=token)
+        assert reply.status == 401
+    time.sleep(0.3)
+    assert thread.is_alive()  # still held: only bob can end bob's poll
+    thread.join(5)
+
+
 def test_poll_auth(api):
     alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
     path = "/rooms/r1/peers/bob/messages?wait=0"
