@@ -91,7 +91,7 @@ def join(room: str):
             "room": room,
             "peer_id": peer,
             "token": new_token if joined.created else token,
-            "peers": joined.peers,
+            "peers": sorted(joined.peers),
             "cursor": joined.cursor,
             "poll_wait": _seconds(settings.poll_wait),
             "peer_ttl": _seconds(settings.peer_ttl),

@@ -114,10 +114,19 @@ def test_unreachable_redis_is_503_and_recovers(tmp_path):
     api = Api.over_flask(app.test_client())
     try:
         alice = api.peer("r1", "alice")
+        held_reply = []
+        held = threading.Thread(target=lambda: held_reply.append(alice.poll(wait=20)))
+        held.start()
+        time.sleep(0.3)
+        stopped = time.monotonic()
         server.stop()
+        held.join(5)
+        assert held_reply[0].code == "backend_unavailable"  # a held poll does not wait it out
+        assert time.monotonic() - stopped < 2
         for reply in (api.request("GET", "/healthz"), alice.send("alice"), api.join("r1", "bob"),
                       alice.poll(wait=1)):
             assert reply.status == 503 and reply.code == "backend_unavailable", reply.raw
+            assert reply.headers["retry-after"] == "1"
         server.start()  # an empty Redis on the same port: alice is gone, the service is back
         deadline = time.monotonic() + 5
         while api.request("GET", "/healthz").status != 200 and time.monotonic() < deadline:

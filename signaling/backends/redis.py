@@ -313,7 +313,7 @@ def _reachable():
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise errors.BackendUnavailable() from exc
+        raise errors.BackendUnavailable(retry_after=1) from exc
 
 
 def _halves(peer_tail: str) -> tuple[str, str]:
@@ -496,6 +496,7 @@ class RedisBackend(Backend):
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if self._closed.is_set():
                     break
+                self.hub.wake_all()  # held polls look again now: they answer 503 rather than wait it out
                 log.warning("wake-up channel lost (%s); reconnecting in %.1fs", exc, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
