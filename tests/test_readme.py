@@ -1,0 +1,62 @@
+"""The README's curl walkthrough works exactly as written, output included."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from .servers import ROOT
+
+pytestmark = pytest.mark.live
+
+STEP = "@@step@@"
+
+
+def shell_blocks(section: str) -> list[str]:
+    """The ```sh blocks of one README section."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)```", body, re.S)
+
+
+def steps(block: str) -> list[tuple[str, str | None]]:
+    """(command, expected output) pairs: a `# ` line right under a command is its output."""
+    result: list[tuple[str, str | None]] = []
+    command: list[str] = []
+    for line in block.splitlines():
+        if command and command[-1].endswith("\\"):
+            command.append(line)
+        elif line.startswith("# ") and command:
+            result.append(("\n".join(command), line[2:]))
+            command = []
+        elif line.startswith("#") or not line.strip():
+            if command:
+                result.append(("\n".join(command), None))
+            command = []
+        else:
+            if command:
+                result.append(("\n".join(command), None))
+            command = [line]
+    if command:
+        result.append(("\n".join(command), None))
+    return result
+
+
+@pytest.mark.parametrize("section", ["Walk through it with curl"])
+def test_curl_walkthrough_runs_as_written(live_server, section):
+    assert shutil.which("curl") and shutil.which("jq"), "the walkthrough needs curl and jq"
+    host = live_server.url.removeprefix("http://")
+    for block in shell_blocks(section):
+        pairs = steps(block)
+        assert pairs
+        script = "set -e\n" + "".join(f"{cmd}\necho {STEP}\n" for cmd, _ in pairs)
+        script = script.replace("localhost:8000", host)
+        run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        outputs = run.stdout.split(STEP + "\n")
+        for (command, expected), output in zip(pairs, outputs, strict=False):
+            if expected is not None:
+                assert output.strip() == expected, command
