@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import errors
 from .api import blueprint
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     reaper.start()
     app.extensions["signaling"] = Service(settings, backend, hub, reaper)
 
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.register_blueprint(blueprint)
     _install_error_handlers(app, settings)
     _install_cors(app, settings)
@@ -68,7 +72,7 @@ def _error_response(error: errors.SignalingError) -> Response:
     response = jsonify(error.body())
     response.status_code = error.status
     if error.retry_after is not None:
-        response.headers["Retry-After"] = str(int(error.retry_after))
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return response
 
 

@@ -35,6 +35,11 @@ def _caller() -> tuple[str, str]:
     return peer, token
 
 
+def _client_ip() -> str:
+    """The client's address: the socket's, or X-Forwarded-For's when TRUSTED_PROXIES says so (ProxyFix)."""
+    return request.remote_addr or "unknown"
+
+
 def _body() -> bytes:
     return request.get_data(cache=False)
 
@@ -84,7 +89,14 @@ def join(room: str):
     token = _bearer()
     new_token = protocol.new_token(peer)
     now = time.time()
-    joined = service.backend.join(room, peer, new_token, token, now)
+    client_ip = _client_ip()
+    leased = service.backend.admit(client_ip, room, peer, now)
+    try:
+        joined = service.backend.join(room, peer, new_token, token, now)
+    except errors.SignalingError:
+        if leased:
+            service.backend.release(client_ip, room, peer)
+        raise
     settings = service.settings
     return _json(
         {
@@ -112,8 +124,10 @@ def poll(room: str, peer: str):
     wait = _query_wait(service.settings.poll_wait)
     token = _bearer()
 
+    client_ip = _client_ip()
+
     def fetch(hold: int | None):
-        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold)
+        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold, client_ip)
 
     if wait <= 0:
         messages, cursor = fetch(None)
@@ -175,7 +189,9 @@ def members(room: str):
 def _leave(room: str, peer: str, token: str | None) -> Response:
     protocol.check_id(room, "room")
     protocol.check_id(peer, "peer")
-    _service().backend.leave(room, peer, token, time.time())
+    backend = _service().backend
+    backend.leave(room, peer, token, time.time())
+    backend.release(_client_ip(), room, peer)
     return Response(status=204)
 
 

@@ -30,6 +30,13 @@ class Settings:
     # Beyond the protocol's table: operator knobs, documented in the README.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
+    # Abuse limits, kept in the backend so they hold across instances; 0 turns one off.
+    joins_per_ip_per_minute: int = 60
+    sends_per_peer_per_second: int = 50
+    peers_per_ip: int = 100
+    rooms_per_ip: int = 20
+    # How many proxies in front append to X-Forwarded-For; 0 means the peer's address is the client's.
+    trusted_proxies: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +64,11 @@ class Settings:
             "REDIS_MAX_CONNECTIONS": self.redis_max_connections > 0,
             "REAP_INTERVAL": self.reap_interval > 0,
             "PORT": 0 < self.port < 65536,
+            "JOINS_PER_IP_PER_MINUTE": self.joins_per_ip_per_minute >= 0,
+            "SENDS_PER_PEER_PER_SECOND": self.sends_per_peer_per_second >= 0,
+            "PEERS_PER_IP": self.peers_per_ip >= 0,
+            "ROOMS_PER_IP": self.rooms_per_ip >= 0,
+            "TRUSTED_PROXIES": self.trusted_proxies >= 0,
         }
         for name, ok in positive.items():
             if not ok:

@@ -94,8 +94,30 @@ class IdempotencyKeyReused(SignalingError):
     status, code = 422, "idempotency_key_reused"
 
 
-class MailboxFull(SignalingError):
-    status, code = 429, "mailbox_full"
+class TooManyRequests(SignalingError):
+    """A 429: always with Retry-After."""
+
+    status = 429
+
+
+class MailboxFull(TooManyRequests):
+    code = "mailbox_full"
+
+
+class JoinRateLimited(TooManyRequests):
+    code = "join_rate_limited"
+
+
+class SendRateLimited(TooManyRequests):
+    code = "send_rate_limited"
+
+
+class TooManyPeers(TooManyRequests):
+    code = "too_many_peers"
+
+
+class TooManyRooms(TooManyRequests):
+    code = "too_many_rooms"
 
 
 class BackendUnavailable(SignalingError):

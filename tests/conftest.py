@@ -12,6 +12,9 @@ from signaling.config import Settings
 from .helpers import Api
 from .servers import LiveServer, RedisServer
 
+#: Abuse limits are on by default; tests of other things turn them off, tests of limits set them.
+NO_LIMITS = {"joins_per_ip_per_minute": 0, "sends_per_peer_per_second": 0, "peers_per_ip": 0, "rooms_per_ip": 0}
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
@@ -38,6 +41,7 @@ def make_app(request, backend_name):
     apps = []
 
     def make(**overrides):
+        overrides = {**NO_LIMITS, **overrides}
         if backend_name == "redis":
             overrides.setdefault("redis_url", request.getfixturevalue("redis_url"))
         app = create_app(dataclasses.replace(Settings(), **overrides))
@@ -61,10 +65,15 @@ def api(app) -> Api:
 
 @pytest.fixture
 def start_server(tmp_path):
-    """Start gunicorn servers: `start_server(env={...}, workers=1)`; all stopped after the test."""
+    """Start gunicorn servers: `start_server(env={...}, workers=1)`; all stopped after the test.
+
+    Abuse limits are off unless `limits=True` (then the defaults, or what `env` sets).
+    """
     servers = []
 
-    def start(env: dict[str, str] | None = None, workers: int = 1) -> LiveServer:
+    def start(env: dict[str, str] | None = None, workers: int = 1, limits: bool = False) -> LiveServer:
+        if not limits:
+            env = {**{name.upper(): "0" for name in NO_LIMITS}, **(env or {})}
         server = LiveServer(tmp_path, env, workers).start()
         servers.append(server)
         return server

@@ -35,9 +35,10 @@ class Api:
         self._call = call
 
     @classmethod
-    def over_flask(cls, client) -> Api:
+    def over_flask(cls, client, remote_addr: str = "127.0.0.1") -> Api:
         def call(method, path, headers, body):
-            r = client.open(path, method=method, headers=headers, data=body)
+            r = client.open(path, method=method, headers=headers, data=body,
+                            environ_base={"REMOTE_ADDR": remote_addr})
             return Reply(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.get_data())
 
         return cls(call)

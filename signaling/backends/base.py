@@ -12,6 +12,10 @@ handed back as stored. Seqs of one mailbox are 1, 2, 3, ... with no gaps;
 the mailbox keeps every envelope above the acknowledged seq, oldest first.
 Server events (`peer-joined`, `peer-left`) never count against
 `mailbox_limit` and are never refused.
+
+Abuse limits live here too, so they hold across instances: joins per client
+IP per minute and places leased per IP (`admit`), sends per peer per second
+(`send`, `broadcast`). A setting of 0 turns a limit off.
 """
 
 from __future__ import annotations
@@ -57,16 +61,31 @@ class Backend(ABC):
         """
 
     @abstractmethod
+    def admit(self, client_ip: str, room: str, peer: str, now: float) -> bool:
+        """Count a join attempt from `client_ip` and lease it a place for `peer`.
+
+        Raises `JoinRateLimited` past `joins_per_ip_per_minute`, and, for a
+        place the IP does not hold yet, `TooManyPeers` or `TooManyRooms`
+        past `peers_per_ip` or `rooms_per_ip`. A lease lasts `peer_ttl` and
+        is renewed by the peer's polls from that IP. Returns True when the
+        lease is new, so a join that then fails can `release` it.
+        """
+
+    @abstractmethod
+    def release(self, client_ip: str, room: str, peer: str) -> None:
+        """Give back the lease of `peer` held by `client_ip`, if any."""
+
+    @abstractmethod
     def fetch(
         self, room: str, peer: str, token: str | None, after: int, limit: int, now: float,
-        hold: int | None = None,
+        hold: int | None = None, client_ip: str | None = None,
     ) -> tuple[list[str], int]:
         """Acknowledge seqs <= `after`, return (up to `limit` envelopes, cursor).
 
         Raises `BadCursor` when `after` is beyond the last seq given out.
-        With `hold` (a poll id) and nothing to return, that poll is recorded
-        as the one waiting on this mailbox, so a send wakes it and a newer
-        poll held on another instance supersedes it.
+        With `hold` (a poll id), that poll is recorded as the one waiting on
+        this mailbox, so a send wakes it and a newer poll held on another
+        instance supersedes it. Renews the lease `client_ip` holds for the peer.
         """
 
     @abstractmethod
@@ -76,8 +95,8 @@ class Backend(ABC):
     ) -> int:
         """Store one envelope for `to` and wake its poll; return its seq.
 
-        Raises `PeerNotFound`, `MailboxFull` (nothing stored), and
-        `IdempotencyKeyReused`. A repeated key with the same digest returns
+        Raises `PeerNotFound`, `MailboxFull` (nothing stored),
+        `SendRateLimited` and `IdempotencyKeyReused`. A repeated key with the same digest returns
         the first seq and stores nothing.
         """
 

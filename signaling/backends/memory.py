@@ -41,6 +41,8 @@ class MemoryBackend(Backend):
         self._lock = threading.Lock()
         self._rooms: dict[str, dict[str, _Peer]] = {}
         self._receipts: dict[tuple[str, str, str, str], _Receipt] = {}
+        self._windows: dict[tuple, tuple[int, float]] = {}  # rate key -> (count, window end)
+        self._leases: dict[str, dict[tuple[str, str], float]] = {}  # ip -> (room, peer) -> expiry
 
     # -- helpers; callers hold the lock
 
@@ -94,7 +96,49 @@ class MemoryBackend(Backend):
             raise errors.IdempotencyKeyReused("this Idempotency-Key was used with another body")
         return receipt.result
 
+    def _over_rate(self, key: tuple, limit: int, window: float, now: float) -> float | None:
+        """Count one hit in a fixed window; the seconds until it ends when past `limit`."""
+        if not limit:
+            return None
+        count, ends = self._windows.get(key, (0, 0.0))
+        if ends <= now:
+            count, ends = 0, now + window
+        self._windows[key] = (count + 1, ends)
+        return ends - now if count + 1 > limit else None
+
     # -- the contract
+
+    def admit(self, client_ip, room, peer, now):
+        settings = self.settings
+        with self._lock:
+            wait = self._over_rate(("join", client_ip), settings.joins_per_ip_per_minute, 60, now)
+            if wait is not None:
+                raise errors.JoinRateLimited(
+                    f"more than {settings.joins_per_ip_per_minute} joins a minute from {client_ip}",
+                    retry_after=wait,
+                )
+            if not (settings.peers_per_ip or settings.rooms_per_ip):
+                return False
+            leases = {place: end for place, end in self._leases.get(client_ip, {}).items() if end > now}
+            self._leases[client_ip] = leases
+            new = (room, peer) not in leases
+            if new and leases:
+                wait = min(leases.values()) - now
+                rooms = {r for r, _ in leases}
+                if settings.peers_per_ip and len(leases) >= settings.peers_per_ip:
+                    raise errors.TooManyPeers(
+                        f"{client_ip} already has {len(leases)} peers", retry_after=wait
+                    )
+                if settings.rooms_per_ip and room not in rooms and len(rooms) >= settings.rooms_per_ip:
+                    raise errors.TooManyRooms(
+                        f"{client_ip} already is in {len(rooms)} rooms", retry_after=wait
+                    )
+            leases[(room, peer)] = now + settings.peer_ttl
+            return new
+
+    def release(self, client_ip, room, peer):
+        with self._lock:
+            self._leases.get(client_ip, {}).pop((room, peer), None)
 
     def join(self, room, peer, new_token, token, now):
         with self._lock:
@@ -116,9 +160,12 @@ class MemoryBackend(Backend):
             self._announce(room, peer, "peer-joined", None, now)
             return Joined(created=True, peers=others, cursor=0)
 
-    def fetch(self, room, peer, token, after, limit, now, hold=None):
+    def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None):
         with self._lock:
             p = self._authenticate(room, peer, token, now)
+            leases = self._leases.get(client_ip)
+            if leases and (room, peer) in leases:
+                leases[(room, peer)] = now + self.settings.peer_ttl
             if after > p.seq:
                 raise errors.BadCursor(
                     f"after={after} is beyond the last seq given out ({p.seq})"
@@ -131,9 +178,16 @@ class MemoryBackend(Backend):
             cursor = batch[-1][0] if batch else after
             return [text for _, _, text in batch], cursor
 
+    def _check_send_rate(self, room: str, sender: str, now: float) -> None:
+        limit = self.settings.sends_per_peer_per_second
+        wait = self._over_rate(("send", room, sender), limit, 1.0, now)
+        if wait is not None:
+            raise errors.SendRateLimited(f"more than {limit} sends a second from '{sender}'", retry_after=wait)
+
     def send(self, room, sender, token, to, tail, digest, idempotency_key, now):
         with self._lock:
             self._authenticate(room, sender, token, now)
+            self._check_send_rate(room, sender, now)
             recipient = self._rooms[room].get(to)
             if not self._live(recipient, now):
                 raise errors.PeerNotFound(f"no peer '{to}' in room '{room}'")
@@ -155,6 +209,7 @@ class MemoryBackend(Backend):
     def broadcast(self, room, sender, token, tail, digest, idempotency_key, now):
         with self._lock:
             self._authenticate(room, sender, token, now)
+            self._check_send_rate(room, sender, now)
             key = (room, sender, "*", idempotency_key)
             if idempotency_key is not None:
                 result = self._receipt(key, digest, now)
@@ -192,6 +247,12 @@ class MemoryBackend(Backend):
             removed = [(room, pid) for room in list(self._rooms) for pid in self._reap_room(room, now)]
             for key in [k for k, r in self._receipts.items() if r.expires <= now]:
                 del self._receipts[key]
+            for key in [k for k, (_, ends) in self._windows.items() if ends <= now]:
+                del self._windows[key]
+            for ip in list(self._leases):
+                self._leases[ip] = {p: end for p, end in self._leases[ip].items() if end > now}
+                if not self._leases[ip]:
+                    del self._leases[ip]
             return removed
 
     def ping(self):

@@ -8,6 +8,13 @@ lives on one Redis Cluster shard and a script may touch all of its keys:
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
     sig:{room}:idem:<from>:<to>:<key>   string  "<digest> <answer>", 10 minutes
 
+    sig:{room}:rate:<id>          string  sends in the current second
+
+Abuse limits per client IP use the IP as hash tag:
+
+    sig:ip:{<ip>}:joins           string  joins in the current minute
+    sig:ip:{<ip>}:peers           zset    "<room> <peer>" -> lease expiry
+
 Peer keys expire 2 * PEER_TTL + 10 s after the last heartbeat, so a crash
 leaves nothing behind for long. One global key, `sig:reap` (zset room ->
 when to look for expired peers next), lets any instance find rooms to reap
@@ -45,6 +52,10 @@ WAKE_CHANNEL = "sig:wake:"
 
 def members_key(room: str) -> str:
     return f"sig:{{{room}}}:members"
+
+
+def ip_keys(client_ip: str) -> list[str]:
+    return [f"sig:ip:{{{client_ip}}}:joins", f"sig:ip:{{{client_ip}}}:peers"]
 
 
 # Shared by every script. KEYS[1] is always the room's members key; the
@@ -107,6 +118,16 @@ end
 local function unacked_messages(id)
   local v = redis.call('HMGET', peer_key(id), 'seq', 'acked', 'events')
   return (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0) - (tonumber(v[3]) or 0)
+end
+
+-- sends in a fixed one-second window; the milliseconds left in it when past `limit`
+local function over_rate(id, limit)
+  if limit <= 0 then return nil end
+  local key = prefix .. 'rate:' .. id
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('PEXPIRE', key, 1000) end
+  if n > limit then return redis.call('PTTL', key) end
+  return nil
 end
 
 -- a peer-left (or peer-joined) tail for `id`, from the two halves around its quoted id
@@ -198,14 +219,16 @@ if #items > 0 then cursor = acked + #items end
 return {'ok', tostring(cursor), unpack(items)}
 """
 
-# KEYS[1] members; ARGV: sender, token hash, now, ttl, to, tail, digest, idempotency key ('' for none), mailbox limit.
-# Returns {'ok', seq} or {'err', code}.
+# KEYS[1] members; ARGV: sender, token hash, now, ttl, to, tail, digest, idempotency key ('' for none),
+# mailbox limit, key lifetime, sends per second. Returns {'ok', seq} or {'err', code, detail}.
 SEND = r"""
 local from, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local to, tail, digest, key, limit = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local err = authenticate(from, given, now, ttl)
 if err then return {'err', err} end
 touch(from, now, ttl)
+local wait = over_rate(from, tonumber(ARGV[11]))
+if wait then return {'err', 'send_rate_limited', tostring(wait)} end
 if not is_live(to, now, ttl) then return {'err', 'peer_not_found'} end
 local idem = nil
 if key ~= '' then
@@ -224,13 +247,16 @@ return {'ok', tostring(seq)}
 """
 
 # KEYS[1] members; ARGV: sender, token hash, now, ttl, tail, digest, idempotency key ('' for none),
-# mailbox limit, key lifetime. Returns {'ok', delivered ids joined by ',', full ids joined by ','} or {'err', code}.
+# mailbox limit, key lifetime, sends per second.
+# Returns {'ok', delivered ids joined by ',', full ids joined by ','} or {'err', code, detail}.
 BROADCAST = r"""
 local from, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local tail, digest, key, limit = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 local err = authenticate(from, given, now, ttl)
 if err then return {'err', err} end
 touch(from, now, ttl)
+local wait = over_rate(from, tonumber(ARGV[10]))
+if wait then return {'err', 'send_rate_limited', tostring(wait)} end
 local idem = nil
 if key ~= '' then
   idem = prefix .. 'idem:' .. from .. ':*:' .. key
@@ -287,12 +313,47 @@ if #oldest > 0 then next_look = tonumber(oldest[2]) + ttl end
 return {tostring(next_look), unpack(removed)}
 """
 
+# KEYS[1] sig:ip:{ip}:joins, KEYS[2] sig:ip:{ip}:peers; ARGV: now, "<room> <peer>", room, joins per minute,
+# peers per IP, rooms per IP, lease expiry. Returns {'ok', 1 if the lease is new else 0} or
+# {'err', code, milliseconds to wait}.
+ADMIT = r"""
+local now, place, room = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local joins, max_peers, max_rooms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if joins > 0 then
+  local n = redis.call('INCR', KEYS[1])
+  if n == 1 then redis.call('PEXPIRE', KEYS[1], 60000) end
+  if n > joins then return {'err', 'join_rate_limited', tostring(redis.call('PTTL', KEYS[1]))} end
+end
+if max_peers <= 0 and max_rooms <= 0 then return {'ok', 0} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local new = redis.call('ZSCORE', KEYS[2], place) == false
+if new then
+  local leases = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  if #leases > 0 then
+    local wait = tostring(math.ceil((tonumber(leases[2]) - now) * 1000))
+    if max_peers > 0 and #leases / 2 >= max_peers then return {'err', 'too_many_peers', wait} end
+    local rooms, count = {}, 0
+    for i = 1, #leases, 2 do
+      local r = string.match(leases[i], '^(%S+) ')
+      if not rooms[r] then rooms[r] = true; count = count + 1 end
+    end
+    if max_rooms > 0 and not rooms[room] and count >= max_rooms then return {'err', 'too_many_rooms', wait} end
+  end
+end
+redis.call('ZADD', KEYS[2], ARGV[7], place)
+redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(ARGV[7]) * 1000))
+return {'ok', new and 1 or 0}
+"""
+
 _SCRIPTS = {
-    name: _PRELUDE + body
-    for name, body in {
-        "join": JOIN, "fetch": FETCH, "send": SEND, "broadcast": BROADCAST,
-        "members": MEMBERS, "leave": LEAVE, "reap": REAP,
-    }.items()
+    **{
+        name: _PRELUDE + body
+        for name, body in {
+            "join": JOIN, "fetch": FETCH, "send": SEND, "broadcast": BROADCAST,
+            "members": MEMBERS, "leave": LEAVE, "reap": REAP,
+        }.items()
+    },
+    "admit": ADMIT,
 }
 
 _ERRORS: dict[str, type[errors.SignalingError]] = {
@@ -301,6 +362,10 @@ _ERRORS: dict[str, type[errors.SignalingError]] = {
     "bad_cursor": errors.BadCursor,
     "peer_not_found": errors.PeerNotFound,
     "mailbox_full": errors.MailboxFull,
+    "send_rate_limited": errors.SendRateLimited,
+    "join_rate_limited": errors.JoinRateLimited,
+    "too_many_peers": errors.TooManyPeers,
+    "too_many_rooms": errors.TooManyRooms,
     "idempotency_key_reused": errors.IdempotencyKeyReused,
     "peer_id_taken": errors.PeerIdTaken,
     "room_full": errors.RoomFull,
@@ -350,16 +415,16 @@ class RedisBackend(Backend):
 
     # -- plumbing
 
-    def _pipeline(self, calls: list[tuple[str, str, list]], extra=None) -> list:
-        """Run scripts (name, room, args) and optional extra commands in one round trip.
+    def _pipeline(self, calls: list[tuple[str, list[str], list]], extra=None) -> list:
+        """Run scripts (name, keys, args) and optional extra commands in one round trip.
 
         Scripts go by EVALSHA; after a Redis restart forgot them, they are
         loaded and the batch runs again (a script that got NOSCRIPT did not run).
         """
         def attempt():
             pipe = self.client.pipeline(transaction=False)
-            for name, room, args in calls:
-                pipe.evalsha(self._sha[name], 1, members_key(room), *args)
+            for name, keys, args in calls:
+                pipe.evalsha(self._sha[name], len(keys), *keys, *args)
             if extra:
                 extra(pipe)
             return pipe.execute()
@@ -372,20 +437,38 @@ class RedisBackend(Backend):
                     self.client.script_load(_SCRIPTS[name])
                 return attempt()
 
-    def _run(self, name: str, room: str, args: list, extra=None, **context) -> list:
-        """Run one script; an error reply becomes the API error, described with `context`."""
-        reply = self._pipeline([(name, room, args)], extra)[0]
+    def _run(self, name: str, room: str, args: list, extra=None, keys: list[str] | None = None,
+             **context) -> list:
+        """Run one script on the room's keys (or `keys`); an error reply becomes the API error."""
+        reply = self._pipeline([(name, keys or [members_key(room)], args)], extra)[0]
         if reply and reply[0] == "err":
             raise _error(reply[1], room=room, detail=reply[2:], **context)
         return reply
 
-    def _schedule_reap(self, room: str, now: float):
-        """Make sure `sig:reap` names the room; joins and polls add it when it went missing."""
+    def _schedule_reap(self, room: str, now: float, renew: tuple[str, str] | None = None):
+        """Commands riding along a join or poll: keep the room in `sig:reap`, renew the IP's lease."""
         def add(pipe):
             pipe.zadd(REAP_KEY, {room: now + self.settings.peer_ttl}, nx=True)
+            if renew:
+                client_ip, peer = renew
+                pipe.zadd(ip_keys(client_ip)[1], {f"{room} {peer}": now + self.settings.peer_ttl}, xx=True)
         return add
 
     # -- the contract
+
+    def admit(self, client_ip, room, peer, now):
+        settings = self.settings
+        _, new = self._run(
+            "admit", room,
+            [repr(now), f"{room} {peer}", room, settings.joins_per_ip_per_minute, settings.peers_per_ip,
+             settings.rooms_per_ip, repr(now + settings.peer_ttl)],
+            keys=ip_keys(client_ip), client_ip=client_ip,
+        )
+        return bool(new)
+
+    def release(self, client_ip, room, peer):
+        with _reachable():
+            self.client.zrem(ip_keys(client_ip)[1], f"{room} {peer}")
 
     def join(self, room, peer, new_token, token, now):
         before, after = _halves(envelope_tail("@", "peer-left", {"reason": "timeout"}, now))
@@ -397,12 +480,13 @@ class RedisBackend(Backend):
         )
         return Joined(created=status == "created", peers=others, cursor=int(cursor))
 
-    def fetch(self, room, peer, token, after, limit, now, hold=None):
+    def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None):
         holder = f"{self.instance} {hold}" if hold is not None else ""
+        renew = (client_ip, peer) if client_ip and (self.settings.peers_per_ip or self.settings.rooms_per_ip) else None
         _, cursor, *items = self._run(
             "fetch", room,
             [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl), after, limit, holder],
-            self._schedule_reap(room, now), peer=peer, after=after,
+            self._schedule_reap(room, now, renew), peer=peer, after=after,
         )
         return [item[1:] for item in items], int(cursor)
 
@@ -410,7 +494,8 @@ class RedisBackend(Backend):
         reply = self._run(
             "send", room,
             [sender, _hashed(token), repr(now), repr(self.settings.peer_ttl), to, tail, digest,
-             idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL],
+             idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL,
+             self.settings.sends_per_peer_per_second],
             peer=sender, to=to,
         )
         return int(reply[1])
@@ -419,7 +504,8 @@ class RedisBackend(Backend):
         _, delivered, full = self._run(
             "broadcast", room,
             [sender, _hashed(token), repr(now), repr(self.settings.peer_ttl), tail, digest,
-             idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL],
+             idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL,
+             self.settings.sends_per_peer_per_second],
             peer=sender,
         )
         return Broadcast(delivered.split(",") if delivered else [], full.split(",") if full else [])
@@ -443,7 +529,7 @@ class RedisBackend(Backend):
             return []
         before, after = _halves(envelope_tail("@", "peer-left", {"reason": "timeout"}, now))
         args = [repr(now), repr(self.settings.peer_ttl), before, after]
-        replies = self._pipeline([("reap", room, args) for room in due])
+        replies = self._pipeline([("reap", [members_key(room)], args) for room in due])
         removed, empty, next_look = [], [], {}
         for room, (look, *gone) in zip(due, replies, strict=True):
             removed += [(room, peer) for peer in gone]
@@ -518,7 +604,8 @@ def _hashed(token: str | None) -> str:
     return hash_token(token) if token else ""
 
 
-def _error(code: str, room: str, detail: list, peer: str = "?", to: str = "?", after: int = 0):
+def _error(code: str, room: str, detail: list, peer: str = "?", to: str = "?", after: int = 0,
+           client_ip: str = "?"):
     """The API error for a script's error code, its message naming what was wrong."""
     messages = {
         "not_joined": f"peer '{peer}' is not a member of room '{room}'",
@@ -529,8 +616,14 @@ def _error(code: str, room: str, detail: list, peer: str = "?", to: str = "?", a
         "room_full": f"room '{room}' is full",
         "idempotency_key_reused": "this Idempotency-Key was used with another body",
         "mailbox_full": f"the mailbox of '{to}' is full",
+        "send_rate_limited": f"too many sends a second from '{peer}'",
+        "join_rate_limited": f"too many joins a minute from {client_ip}",
+        "too_many_peers": f"{client_ip} has too many peers",
+        "too_many_rooms": f"{client_ip} is in too many rooms",
     }
     error = _ERRORS[code](messages[code])
     if code == "mailbox_full":
         error.retry_after = 1
+    elif issubclass(_ERRORS[code], errors.TooManyRequests):
+        error.retry_after = int(detail[0]) / 1000
     return error
