@@ -2,8 +2,13 @@
 
 import os
 import sys
+import tempfile
 
-from signaling.config import ConfigError, Settings
+# Before anything imports prometheus_client: every worker writes its metrics here, /metrics sums them.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="signaling-metrics-")
+
+from signaling.config import ConfigError, Settings  # noqa: E402
 
 try:
     _settings = Settings.from_env()
@@ -20,7 +25,7 @@ graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
 keepalive = 75
 accesslog = "-"
 # Never log a query string or header that might hold a token: method, path, status, size, time.
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %(p)s request_id=%({x-request-id}o)s'
 errorlog = "-"
 # gunicorn's control socket sits at one path per user: several instances on one host would collide.
 control_socket_disable = True
@@ -49,3 +54,10 @@ def post_worker_init(worker):
         stop(sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)
+
+
+def child_exit(server, worker):
+    """A dead worker's held-polls gauge must stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
+import uuid
 from pathlib import Path
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -63,13 +65,54 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.register_blueprint(blueprint)
+    _install_request_ids(app)
     _install_error_handlers(app, settings)
     _install_cors(app, settings)
     return app
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on every log record (`-` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+def _install_request_ids(app: Flask) -> None:
+    """Every request gets an id: the caller's `X-Request-Id` if sane, else a new one.
+
+    It comes back in the `X-Request-Id` header and in error bodies, and stands
+    in the app's log lines and gunicorn's access log.
+    """
+
+    @app.before_request
+    def assign():
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+    @app.after_request
+    def echo(response: Response) -> Response:
+        if "request_id" in g:
+            response.headers["X-Request-Id"] = g.request_id
+        return response
+
+    root = logging.getLogger()
+    if not root.handlers:  # under gunicorn: app logs go to stderr beside gunicorn's, with the id
+        handler = logging.StreamHandler()
+        handler.addFilter(RequestIdFilter())
+        handler.setFormatter(logging.Formatter(
+            "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"
+        ))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
 def _error_response(error: errors.SignalingError) -> Response:
-    response = jsonify(error.body())
+    response = jsonify(error.body(g.get("request_id")))
     response.status_code = error.status
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
@@ -133,5 +176,5 @@ def _install_cors(app: Flask, settings: Settings) -> None:
             )
             response.headers["Access-Control-Max-Age"] = "86400"
         else:
-            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After"
+            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After, X-Request-Id"
         return response

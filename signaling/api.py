@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from . import errors, protocol
+from . import errors, metrics, protocol
 from .ice import ice_servers
 
 blueprint = Blueprint("api", __name__)
@@ -133,17 +133,21 @@ def poll(room: str, peer: str):
         messages, cursor = fetch(None)
     else:
         waiter = service.hub.hold(room, peer)
+        started = time.monotonic()
+        metrics.HELD_POLLS.inc()
         try:
-            deadline = time.monotonic() + wait
             messages, cursor = fetch(waiter.poll_id)  # authenticates
             service.hub.claim(waiter)
             while not messages and not waiter.ended:
-                remaining = deadline - time.monotonic()
+                remaining = started + wait - time.monotonic()
                 if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:
                     break
                 messages, cursor = fetch(waiter.poll_id)
+            metrics.POLL_WAIT.observe(time.monotonic() - started)
         finally:
+            metrics.HELD_POLLS.dec()
             service.hub.release(waiter)
+    metrics.DELIVERIES.inc(len(messages))
     return Response(protocol.poll_body(messages, cursor), mimetype="application/json")
 
 
@@ -242,6 +246,22 @@ def openapi():
     if not OPENAPI.exists():
         raise errors.NotFound("no OpenAPI document in this build")
     return Response(OPENAPI.read_bytes(), mimetype="application/json")
+
+
+@blueprint.get("/metrics")
+def prometheus_metrics():
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+@blueprint.after_request
+def count(response: Response) -> Response:
+    """Joins and sends by status, whatever answered them (a view or an error handler)."""
+    if request.endpoint == "api.join":
+        metrics.JOINS.labels(response.status_code).inc()
+    elif request.endpoint in ("api.send", "api.broadcast"):
+        metrics.SENDS.labels(request.endpoint[4:], response.status_code).inc()
+    return response
 
 
 @blueprint.get("/")

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from . import errors
+from . import errors, metrics
 from .backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,9 @@ class Reaper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                for room, peer in self.backend.reap(time.time()):
+                removed = self.backend.reap(time.time())
+                metrics.PEERS_TIMED_OUT.inc(len(removed))
+                for room, peer in removed:
                     log.info("peer %s left room %s: timed out", peer, room)
             except errors.BackendUnavailable:
                 log.warning("reaper: backend unavailable, will retry")
