@@ -21,10 +21,14 @@ when to look for expired peers next), lets any instance find rooms to reap
 without scanning; scripts never touch it, so no script crosses slots.
 
 Wake-ups: a held poll records its `holder` ("<instance> <poll id>") on the
-peer hash. A script that adds to that mailbox publishes "M <room> <peer>" on
-`sig:wake:<instance>`; a poll that replaces a holder of another instance
-publishes "S <room> <peer> <poll id>" there. Each process subscribes to its
-own channel on one connection and hands what arrives to its hub.
+peer hash. A script that adds to that mailbox sends "M <room> <peer>" to
+channel `sig:wake:{<instance>}`; a poll that replaces a holder of another
+instance sends "S <room> <peer> <poll id>" there. Each process subscribes to
+its own channel on one connection and hands what arrives to its hub. On one
+Redis the script PUBLISHes itself (one round trip in all). On Redis Cluster
+(a `redis+cluster://` URL) a script may not reach a channel of another slot,
+so it returns the wake-ups and this module SPUBLISHes them: sharded pub/sub,
+each instance's channel living on the one shard its hash tag picks.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from .base import Backend, Broadcast, Joined
 log = logging.getLogger(__name__)
 
 REAP_KEY = "sig:reap"
-WAKE_CHANNEL = "sig:wake:"
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
 def members_key(room: str) -> str:
@@ -56,6 +60,25 @@ def members_key(room: str) -> str:
 
 def ip_keys(client_ip: str) -> list[str]:
     return [f"sig:ip:{{{client_ip}}}:joins", f"sig:ip:{{{client_ip}}}:peers"]
+
+
+def wake_channel(instance: str) -> str:
+    return f"sig:wake:{{{instance}}}"
+
+
+# Heads every script. Wake-ups go out through `notify`: published at once on
+# one Redis, collected in WAKES (returned beside the result) on a cluster.
+_NOTIFY = r"""
+local WAKES = {}
+local function notify(instance, message)
+  if SHARDED then
+    WAKES[#WAKES + 1] = instance
+    WAKES[#WAKES + 1] = message
+  else
+    redis.call('PUBLISH', 'sig:wake:{' .. instance .. '}', message)
+  end
+end
+"""
 
 
 # Shared by every script. KEYS[1] is always the room's members key; the
@@ -100,8 +123,7 @@ end
 local function wake(id)
   local holder = redis.call('HGET', peer_key(id), 'holder')
   if holder then
-    local instance = string.match(holder, '^(%S+) ')
-    redis.call('PUBLISH', 'sig:wake:' .. instance, 'M ' .. room .. ' ' .. id)
+    notify(string.match(holder, '^(%S+) '), 'M ' .. room .. ' ' .. id)
   end
 end
 
@@ -209,7 +231,7 @@ if hold ~= '' then
   if old and old ~= hold then
     local old_instance, old_poll = string.match(old, '^(%S+) (%S+)$')
     if old_instance ~= string.match(hold, '^(%S+) ') then
-      redis.call('PUBLISH', 'sig:wake:' .. old_instance, 'S ' .. room .. ' ' .. id .. ' ' .. old_poll)
+      notify(old_instance, 'S ' .. room .. ' ' .. id .. ' ' .. old_poll)
     end
   end
 end
@@ -345,16 +367,22 @@ redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(ARGV[7]) * 1000))
 return {'ok', new and 1 or 0}
 """
 
-_SCRIPTS = {
-    **{
-        name: _PRELUDE + body
-        for name, body in {
-            "join": JOIN, "fetch": FETCH, "send": SEND, "broadcast": BROADCAST,
-            "members": MEMBERS, "leave": LEAVE, "reap": REAP,
-        }.items()
-    },
-    "admit": ADMIT,
+_ROOM_SCRIPTS = {
+    "join": JOIN, "fetch": FETCH, "send": SEND, "broadcast": BROADCAST,
+    "members": MEMBERS, "leave": LEAVE, "reap": REAP,
 }
+
+
+def scripts(sharded: bool) -> dict[str, str]:
+    """Every script's full source; each returns {its result, the wake-ups it left to send}."""
+    def build(body: str, prelude: str) -> str:
+        head = f"local SHARDED = {'true' if sharded else 'false'}\n{_NOTIFY}{prelude}"
+        return f"{head}local function main()\n{body}\nend\nreturn {{main(), WAKES}}\n"
+
+    return {
+        **{name: build(body, _PRELUDE) for name, body in _ROOM_SCRIPTS.items()},
+        "admit": build(ADMIT, ""),
+    }
 
 _ERRORS: dict[str, type[errors.SignalingError]] = {
     "not_joined": errors.NotJoined,
@@ -372,12 +400,17 @@ _ERRORS: dict[str, type[errors.SignalingError]] = {
 }
 
 
+#: what a Redis or Redis Cluster that cannot be reached raises
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+               redis.exceptions.RedisClusterException, OSError)
+
+
 @contextlib.contextmanager
 def _reachable():
     """Turn a lost or timed-out Redis into `503 backend_unavailable`."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except UNREACHABLE as exc:
         raise errors.BackendUnavailable(retry_after=1) from exc
 
 
@@ -394,26 +427,39 @@ class RedisBackend(Backend):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        settings = self.settings
         self.instance = secrets.token_hex(8)
-        # No automatic retries: a timed-out send may have run, and running it twice would
-        # store the envelope twice. The client retries, with an Idempotency-Key if it cares.
-        self._pool = redis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
-            timeout=2,
-            socket_timeout=2,
-            socket_connect_timeout=2,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-            client_name=f"signaling:{self.instance}",
-        )
-        self.client = redis.Redis(connection_pool=self._pool)
-        self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SCRIPTS.items()}
+        self.sharded = self.settings.redis_url.startswith(CLUSTER_SCHEMES)
+        self.client = self._connect(f"signaling:{self.instance}", pooled=True)
+        self._scripts = scripts(self.sharded)
+        self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._scripts.items()}
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
 
     # -- plumbing
+
+    def _connect(self, name: str, pooled: bool) -> redis.Redis | redis.RedisCluster:
+        """A client for requests (`pooled`: at most REDIS_MAX_CONNECTIONS, per node) or for pub/sub.
+
+        No automatic retries: a timed-out send may have run, and running it
+        twice would store the envelope twice. The client retries, with an
+        Idempotency-Key if it cares.
+        """
+        options = dict(
+            socket_timeout=2 if pooled else None, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0),
+            decode_responses=True, client_name=name,
+        )
+        if pooled:
+            options.update(max_connections=self.settings.redis_max_connections)
+        else:
+            options.update(health_check_interval=10)
+        url = self.settings.redis_url
+        if self.sharded:
+            if pooled:
+                options.update(connection_pool_class=redis.BlockingConnectionPool)
+            return redis.RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+        if pooled:
+            return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, timeout=2, **options))
+        return redis.Redis.from_url(url, **options)
 
     def _pipeline(self, calls: list[tuple[str, list[str], list]], extra=None) -> list:
         """Run scripts (name, keys, args) and optional extra commands in one round trip.
@@ -424,18 +470,35 @@ class RedisBackend(Backend):
         def attempt():
             pipe = self.client.pipeline(transaction=False)
             for name, keys, args in calls:
-                pipe.evalsha(self._sha[name], len(keys), *keys, *args)
+                # by execute_command: a cluster pipeline refuses .evalsha(), yet routes EVALSHA by its key
+                pipe.execute_command("EVALSHA", self._sha[name], len(keys), *keys, *args)
             if extra:
                 extra(pipe)
             return pipe.execute()
 
         with _reachable():
             try:
-                return attempt()
-            except redis.exceptions.NoScriptError:
+                replies = attempt()
+            except redis.ResponseError as exc:  # a Redis that restarted has forgotten our scripts
+                if not isinstance(exc, redis.exceptions.NoScriptError) and "NOSCRIPT" not in str(exc):
+                    raise
                 for name in {name for name, _, _ in calls}:
-                    self.client.script_load(_SCRIPTS[name])
-                return attempt()
+                    self.client.script_load(self._scripts[name])
+                replies = attempt()
+            results, wakes = [], []
+            for result, notify in replies[: len(calls)]:
+                results.append(result)
+                wakes += notify
+            if wakes:
+                self._spublish(wakes)
+        return results + replies[len(calls):]
+
+    def _spublish(self, wakes: list[str]) -> None:
+        """Send the wake-ups a cluster script returned (instance, message, instance, message, ...)."""
+        pipe = self.client.pipeline(transaction=False)
+        for instance, message in zip(wakes[::2], wakes[1::2], strict=True):
+            pipe.execute_command("SPUBLISH", wake_channel(instance), message)
+        pipe.execute()
 
     def _run(self, name: str, room: str, args: list, extra=None, keys: list[str] | None = None,
              **context) -> list:
@@ -558,28 +621,36 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         self._closed.set()
-        self._pool.disconnect()
+        if self.sharded:
+            self.client.close()
+        else:  # Redis.close() leaves a pool it was given alone
+            self.client.connection_pool.disconnect()
 
     def _listen(self) -> None:
         """Feed this instance's wake-up channel to the hub; reconnect with capped backoff."""
-        channel = WAKE_CHANNEL + self.instance
+        channel = wake_channel(self.instance)
         backoff = 0.1
         while not self._closed.is_set():
-            pubsub = redis.Redis.from_url(
-                self.settings.redis_url, decode_responses=True, socket_connect_timeout=2,
-                health_check_interval=10, retry=Retry(NoBackoff(), 0),
-                client_name=f"signaling:{self.instance}:wake",
-            ).pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
-                pubsub.subscribe(channel)
+                pubsub = self._connect(f"signaling:{self.instance}:wake", pooled=False).pubsub(
+                    ignore_subscribe_messages=True
+                )
+                if self.sharded:
+                    pubsub.ssubscribe(channel)
+                    receive = pubsub.get_sharded_message
+                else:
+                    pubsub.subscribe(channel)
+                    receive = pubsub.get_message
+                receive(timeout=1.0)  # the subscription is confirmed
                 # Wake-ups published while we were not listening are lost: every held poll looks again.
                 self.hub.wake_all()
                 backoff = 0.1
                 while not self._closed.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is not None:
+                    message = receive(timeout=1.0)
+                    if message is not None and message["type"] in ("message", "smessage"):
                         self._dispatch(message["data"])
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except UNREACHABLE as exc:
                 if self._closed.is_set():
                     break
                 self.hub.wake_all()  # held polls look again now: they answer 503 rather than wait it out
@@ -587,8 +658,9 @@ class RedisBackend(Backend):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
 
     def _dispatch(self, data: str) -> None:
         kind, _, rest = data.partition(" ")
