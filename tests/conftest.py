@@ -10,7 +10,7 @@ from signaling import create_app
 from signaling.config import Settings
 
 from .helpers import Api
-from .servers import LiveServer, RedisServer
+from .servers import LiveServer, RedisClusterServers, RedisServer
 
 #: Abuse limits are on by default; tests of other things turn them off, tests of limits set them.
 NO_LIMITS = {"joins_per_ip_per_minute": 0, "sends_per_peer_per_second": 0, "peers_per_ip": 0, "rooms_per_ip": 0}
@@ -30,7 +30,25 @@ def redis_url(redis_server) -> str:
     return redis_server.url
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real three-master Redis Cluster for the whole run; tests empty it through `cluster_url`."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster) -> str:
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+#: The backends every contract test runs on: memory, one Redis, and a Redis Cluster.
+BACKEND_URLS = {"memory": None, "redis": "redis_url", "cluster": "cluster_url"}
+
+
+@pytest.fixture(params=list(BACKEND_URLS))
 def backend_name(request) -> str:
     return request.param
 
@@ -42,8 +60,8 @@ def make_app(request, backend_name):
 
     def make(**overrides):
         overrides = {**NO_LIMITS, **overrides}
-        if backend_name == "redis":
-            overrides.setdefault("redis_url", request.getfixturevalue("redis_url"))
+        if BACKEND_URLS[backend_name]:
+            overrides.setdefault("redis_url", request.getfixturevalue(BACKEND_URLS[backend_name]))
         app = create_app(dataclasses.replace(Settings(), **overrides))
         apps.append(app)
         return app

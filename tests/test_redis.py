@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from signaling import create_app
 from signaling.config import Settings
@@ -15,13 +16,36 @@ from .helpers import Api
 from .servers import RedisServer, free_port
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def store(request) -> str:
+    """The URL of an emptied real store: one Redis, or a three-master Redis Cluster."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
 @pytest.fixture
-def instances(redis_url):
-    """Make independent app instances (own hub, own wake-up channel) on one Redis."""
+def db(store):
+    """A plain client of the store, to look at what the service wrote."""
+    if store.startswith("redis+cluster://"):
+        client = redis.RedisCluster.from_url(store.replace("+cluster", ""), decode_responses=True)
+    else:
+        client = redis.Redis.from_url(store, decode_responses=True)
+    yield client
+    client.close()
+
+
+def all_keys(db) -> list[str]:
+    if isinstance(db, redis.RedisCluster):
+        return db.keys("*", target_nodes=redis.RedisCluster.PRIMARIES)
+    return db.keys("*")
+
+
+@pytest.fixture
+def instances(store):
+    """Make independent app instances (own hub, own wake-up channel) on one store."""
     apps = []
 
     def make(**overrides):
-        app = create_app(dataclasses.replace(Settings(), redis_url=redis_url, **overrides))
+        app = create_app(dataclasses.replace(Settings(), redis_url=store, **overrides))
         apps.append(app)
         return Api.over_flask(app.test_client())
 
@@ -30,12 +54,11 @@ def instances(redis_url):
         app.extensions["signaling"].close()
 
 
-def test_every_key_of_a_room_shares_its_hash_tag_and_has_a_ttl(instances, redis_server):
+def test_every_key_of_a_room_shares_its_hash_tag_and_has_a_ttl(instances, db):
     api = instances()
     alice, bob = api.peer("room-1", "alice"), api.peer("room-1", "bob")
     alice.send("bob", "offer", key="once")
-    db = redis_server.client()
-    keys = [k for k in db.keys("*") if k != "sig:reap"]  # the one global key: rooms to look at
+    keys = [k for k in all_keys(db) if k != "sig:reap"]  # the one global key: rooms to look at
     room_keys = [k for k in keys if not k.startswith("sig:ip:")]
     assert {k.split(":")[1] for k in room_keys} == {"{room-1}"}
     assert {k.split(":")[2] for k in room_keys} == {"members", "peer", "mbox", "idem", "rate"}
@@ -43,15 +66,14 @@ def test_every_key_of_a_room_shares_its_hash_tag_and_has_a_ttl(instances, redis_
     for key in keys:  # peer keys: 2 * PEER_TTL + 10 s; idempotency keys: 10 minutes
         assert 0 < db.pttl(key) <= (600 if ":idem:" in key else 2 * 60 + 10) * 1000, key
     assert bob.leave().status == 204
-    assert not [k for k in db.keys("*") if k.endswith(":bob")]
+    assert not [k for k in all_keys(db) if k.endswith(":bob")]
 
 
-def test_tokens_are_stored_only_hashed(instances, redis_server):
+def test_tokens_are_stored_only_hashed(instances, db):
     api = instances()
     alice = api.peer("r1", "alice")
     secret = alice.token.split(".", 1)[1]
-    db = redis_server.client()
-    dump = repr([(k, db.dump(k)) for k in db.keys("*")])
+    dump = repr([(k, db.dump(k)) for k in all_keys(db)])
     assert secret not in dump
     assert db.hget("sig:{r1}:peer:alice", "token") != alice.token
 
@@ -101,10 +123,10 @@ def test_an_expired_peer_leaves_once_though_every_instance_reaps(instances):
     assert seen[-1]["data"] == {"reason": "timeout"}
 
 
-def test_scripts_come_back_after_redis_forgets_them(instances, redis_server):
+def test_scripts_come_back_after_redis_forgets_them(instances, db):
     api = instances()
     alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
-    redis_server.client().script_flush()
+    db.script_flush()
     assert alice.send("bob").status == 202
     assert len(bob.receive()) == 1
 

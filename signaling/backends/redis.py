@@ -429,6 +429,7 @@ class RedisBackend(Backend):
         super().__init__(*args, **kwargs)
         self.instance = secrets.token_hex(8)
         self.sharded = self.settings.redis_url.startswith(CLUSTER_SCHEMES)
+        self.name = "redis-cluster" if self.sharded else "redis"
         self.client = self._connect(f"signaling:{self.instance}", pooled=True)
         self._scripts = scripts(self.sharded)
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._scripts.items()}
