@@ -117,8 +117,7 @@ function addPeer(id) {
     ignoreOffer: false,
     settingRemoteAnswer: false,
     queue: Promise.resolve(),
-    // Negotiated with the same id on both sides, so neither has to wait for the other's "datachannel".
-    channel: pc.createDataChannel("chat", { negotiated: true, id: 0 }),
+    channel: null,
     li: renderMember(id, false),
     tile: renderTile(id),
   };
@@ -140,14 +139,24 @@ function addPeer(id) {
   pc.onconnectionstatechange = () => showPeerState(peer);
   pc.ontrack = ({ track, streams }) => showRemoteTrack(peer, track, streams[0]);
 
-  peer.channel.onopen = () => showPeerState(peer);
-  peer.channel.onclose = () => showPeerState(peer);
-  peer.channel.onmessage = ({ data }) => addChatLine(id, String(data));
-
-  if (localStream) for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
+  // The impolite side opens the first negotiation; the polite side adds its
+  // channel and tracks when that offer arrives. Both offering at once would be
+  // settled by perfect negotiation, but Chromium sometimes never gathers
+  // candidates after rolling back a brand-new connection's first offer.
+  if (!peer.polite) attachLocal(peer);
   showPeerState(peer);
   updateRoomSummary();
   return peer;
+}
+
+/** Adds the chat channel and any camera tracks; either one makes the connection negotiate. */
+function attachLocal(peer) {
+  // Negotiated with the same id on both sides, so neither has to wait for the other's "datachannel".
+  peer.channel = peer.pc.createDataChannel("chat", { negotiated: true, id: 0 });
+  peer.channel.onopen = () => showPeerState(peer);
+  peer.channel.onclose = () => showPeerState(peer);
+  peer.channel.onmessage = ({ data }) => addChatLine(peer.id, String(data));
+  if (localStream) for (const track of localStream.getTracks()) peer.pc.addTrack(track, localStream);
 }
 
 /** Perfect negotiation: the impolite side ignores a colliding offer, the polite side rolls back. */
@@ -162,6 +171,7 @@ async function handleSignal(peer, type, data) {
     await pc.setRemoteDescription(data);
     peer.settingRemoteAnswer = false;
     if (data.type === "offer") {
+      if (!peer.channel) attachLocal(peer);
       await pc.setLocalDescription();
       signal(peer.id, "description", pc.localDescription.toJSON());
     }
@@ -212,8 +222,9 @@ async function startMedia() {
   $("#local-tile").classList.add("has-video");
   button.textContent = "Stop camera and microphone";
   button.classList.remove("primary");
-  for (const { pc } of peers.values()) {
-    for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
+  // A peer without a channel yet gets the tracks with it, in attachLocal.
+  for (const { pc, channel } of peers.values()) {
+    if (channel) for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
   }
 }
 
@@ -258,7 +269,7 @@ function sendChat(event) {
   const input = $("#chat-input");
   const text = input.value.trim();
   if (!text) return;
-  const open = [...peers.values()].filter((p) => p.channel.readyState === "open");
+  const open = [...peers.values()].filter((p) => p.channel?.readyState === "open");
   for (const peer of open) peer.channel.send(text);
   addChatLine(session.peerId, text);
   input.value = "";
@@ -307,7 +318,7 @@ function renderTile(id) {
 
 function showPeerState(peer) {
   const state = peer.pc.connectionState;
-  const channel = peer.channel.readyState;
+  const channel = peer.channel?.readyState ?? "new";
   peer.li.dataset.state = state;
   peer.li.dataset.channel = channel;
   peer.li.querySelector(".state").textContent = state;
@@ -319,7 +330,7 @@ function showPeerState(peer) {
 function updateRoomSummary() {
   $("#member-count").textContent = String(peers.size + 1);
   $("#empty-hint").hidden = peers.size > 0;
-  $("#chat-send").disabled = ![...peers.values()].some((p) => p.channel.readyState === "open");
+  $("#chat-send").disabled = ![...peers.values()].some((p) => p.channel?.readyState === "open");
 }
 
 function showSessionState({ state, delay }) {
@@ -379,9 +390,10 @@ function logEntry(direction, peer, type, summary) {
   $("#log-count").textContent = String(Number($("#log-count").textContent) + 1);
 }
 
+/** One line about an envelope's data: what it is, not all of it. */
 function summarize(type, data) {
-  if (type === "description") return `${data.type}, ${data.sdp.length} bytes of SDP`;
-  if (type === "candidate") return data.candidate.split(" ").slice(4, 8).join(" ") || "end of candidates";
+  if (type === "description" && data?.sdp) return `${data.type}, ${data.sdp.length} bytes of SDP`;
+  if (type === "candidate" && data?.candidate) return data.candidate.split(" ").slice(4, 8).join(" ");
   return data == null ? "" : JSON.stringify(data).slice(0, 120);
 }
 

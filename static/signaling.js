@@ -18,6 +18,10 @@
  *                    cache), "closed"
  *   - `error`        `{error, fatal}`: a SignalingError; after a fatal one the session is closed
  *
+ * `session.peerId` and `session.token` are this member's id and secret (keep
+ * both to resume after a reload: `join(url, room, {peerId, token})`);
+ * `session.resumed` is true when the join resumed a live member (200) rather
+ * than making a new one (201).
  * `session.peers` is a live Set of the other members' ids, updated before the
  * `peer-joined` and `peer-left` events fire; the members present at the join
  * are in it when `join` resolves. `session.iceServers` is the join's
@@ -26,8 +30,9 @@
  * Reliability: the poll loop acknowledges what it has seen by carrying the
  * cursor, drops envelopes it already delivered (by seq), backs off with jitter
  * on network errors and 5xx, and joins again (same peer id, resuming with its
- * token) when the server no longer knows it. Sends carry an Idempotency-Key and
- * are retried with it on network errors and 5xx. A send refused with
+ * token) when the server no longer knows it. Sends to one peer arrive in the
+ * order they were made; each carries an Idempotency-Key and is retried with it
+ * on network errors and 5xx, so it is stored once. A send refused with
  * `429 mailbox_full` is retried after the server's `Retry-After` up to
  * `sendRetries` times, then rejects with a SignalingError whose code is
  * "mailbox_full". On `pagehide` the session leaves with `navigator.sendBeacon`;
@@ -86,6 +91,7 @@ class Session extends EventTarget {
     this._lastSeq = 0;
     this._closed = false;
     this._suspended = false;
+    this._looping = false;
     this._poll = null; // AbortController of the request the loop is waiting on
     this._stop = new AbortController(); // cuts backoff sleeps short on leave()
     this._outbox = new Map(); // peer id -> its latest send, which the next one waits for
@@ -94,7 +100,7 @@ class Session extends EventTarget {
   }
 
   /**
-   * Sends one envelope to peer `to`; resolves to `{seq}`.
+   * Sends one envelope to peer `to`; resolves to `{seq}`, rejects with a SignalingError.
    * Sends to one peer go out one after another, in call order, so they arrive
    * in that order (an ICE candidate never overtakes the answer before it).
    */
@@ -116,11 +122,16 @@ class Session extends EventTarget {
   async leave() {
     if (this._closed) return;
     this._close();
-    const response = await this._fetch(this._url(`/rooms/${enc(this.room)}/peers/${enc(this.peerId)}`), {
-      method: "DELETE",
-      headers: this._auth(),
-      keepalive: true,
-    });
+    let response;
+    try {
+      response = await this._fetch(this._url(`/rooms/${enc(this.room)}/peers/${enc(this.peerId)}`), {
+        method: "DELETE",
+        headers: this._auth(),
+        keepalive: true,
+      });
+    } catch (error) {
+      throw networkError(error);
+    }
     if (!response.ok) throw await errorFrom(response);
   }
 
@@ -179,6 +190,15 @@ class Session extends EventTarget {
   }
 
   async _loop() {
+    this._looping = true;
+    try {
+      await this._pollUntilStopped();
+    } finally {
+      this._looping = false;
+    }
+  }
+
+  async _pollUntilStopped() {
     let failures = 0;
     while (!this._closed && !this._suspended) {
       let response;
@@ -322,7 +342,8 @@ class Session extends EventTarget {
   _resume() {
     if (this._closed || !this._suspended) return;
     this._suspended = false;
-    this._loop();
+    // The frozen page may not have seen its aborted poll fail yet: that loop then carries on.
+    if (!this._looping) this._loop();
   }
 
   _fail(error) {

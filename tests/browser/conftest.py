@@ -93,6 +93,13 @@ class Demo:
         expect(self.member(other.peer_id)).to_have_attribute("data-channel", "open", timeout=timeout)
         expect(self.member(other.peer_id).locator(".state")).to_have_text("connected", timeout=timeout)
 
+    def signaling_log(self) -> str:
+        """The page's envelope log, oldest first, one line per entry."""
+        return self.page.evaluate(
+            """() => [...document.querySelectorAll('#envelope-log li')].reverse()
+                .map(li => [...li.children].map(span => span.textContent).join('  ')).join('\\n')"""
+        )
+
     def say(self, text: str) -> None:
         self.page.fill("#chat-input", text)
         self.page.press("#chat-input", "Enter")
@@ -117,14 +124,26 @@ class Demo:
         )
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the signaling log of each of its open demo tabs."""
+    report = yield
+    if report.when == "call" and report.failed:
+        for tab in getattr(item, "demo_tabs", []):
+            if not tab.page.is_closed():
+                report.sections.append((f"signaling log of {tab.peer_id}", tab.signaling_log()))
+    return report
+
+
 @pytest.fixture
-def open_demo(browser):
+def open_demo(request, browser):
     """Open the demo in a fresh browser context: `open_demo(server_url, room) -> Demo`.
 
     Fails the test on any uncaught error in a page.
     """
     contexts = []
     errors: list[str] = []
+    request.node.demo_tabs = []
 
     def open_(server_url: str, room: str) -> Demo:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
@@ -134,7 +153,9 @@ def open_demo(browser):
         page.on("pageerror", lambda error: errors.append(f"{page.url}: {error}"))
         page.goto(f"{server_url}/#room={room}")
         expect(page.locator("#session-state")).to_have_attribute("data-state", "connected", timeout=TIMEOUT_MS)
-        return Demo(page)
+        tab = Demo(page)
+        request.node.demo_tabs.append(tab)
+        return tab
 
     yield open_
     for context in contexts:

@@ -27,6 +27,7 @@ def test_two_pages_chat_then_video(live_server, open_demo, room):
     alice.say("There you go.")
     bob.expect_chat(alice, "There you go.")
 
+    bob.page.click("#log-panel summary")
     bob.page.screenshot(path=str(SCREENSHOT))
 
 
@@ -83,3 +84,37 @@ def test_reload_keeps_the_peer_id_and_reconnects(live_server, open_demo, room):
     bob.expect_channel_open(alice)
     bob.say("back again")
     alice.expect_chat(bob, "back again")
+
+
+def test_reload_without_beacon_resumes_and_the_others_start_over(live_server, open_demo, room):
+    alice = open_demo(live_server.url, room)
+    bob = open_demo(live_server.url, room)
+    alice.expect_channel_open(bob)
+    before = bob.peer_id
+
+    # A lost beacon: the reloaded page finds its peer still live and resumes it with its token.
+    bob.page.evaluate("navigator.sendBeacon = () => true")
+    bob.page.reload()
+    expect(bob.page.locator("#session-state")).to_have_attribute("data-state", "connected")
+    assert bob.peer_id == before
+    expect(alice.page.locator('#envelope-log li.in[data-type="hello"]')).to_have_count(1)
+    expect(alice.page.locator('#envelope-log li.in[data-type="peer-left"]')).to_have_count(0)
+    alice.expect_channel_open(bob)
+    bob.expect_channel_open(alice)
+
+
+def test_pages_rejoin_after_a_server_restart(live_server, open_demo, room):
+    alice = open_demo(live_server.url, room)
+    bob = open_demo(live_server.url, room)
+    alice.expect_channel_open(bob)
+
+    live_server.stop()
+    expect(alice.page.locator("#session-state")).to_have_attribute("data-state", "reconnecting")
+    # Same port, empty memory: every poll gets 404 not_joined and the pages join afresh.
+    live_server.start()
+    for tab in (alice, bob):
+        expect(tab.page.locator("#session-state")).to_have_attribute("data-state", "connected", timeout=15_000)
+    alice.expect_channel_open(bob)
+    bob.expect_channel_open(alice)
+    alice.say("still here")
+    bob.expect_chat(alice, "still here")

@@ -26,13 +26,17 @@ function stubService() {
       query: Object.fromEntries(parsed.searchParams),
       headers: init.headers ?? {},
       body: init.body === undefined ? undefined : JSON.parse(init.body),
+      aborted: false,
     };
     requests.push(request);
     for (const watcher of watchers) watcher();
     const responder = queues.get(`${request.method} ${request.path}`)?.shift();
     if (responder) return responder(request);
     return new Promise((_, reject) => {
-      init.signal?.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+      init.signal?.addEventListener("abort", () => {
+        request.aborted = true;
+        reject(new DOMException("aborted", "AbortError"));
+      });
     });
   }
 
@@ -321,6 +325,7 @@ describe("leave", () => {
     const [request] = service.to("DELETE /rooms/r1/peers/alice");
     assert.equal(request.headers.Authorization, "Bearer tok-1");
     assert.equal(service.to(POLL).length, 1);
+    assert.equal(service.to(POLL)[0].aborted, true, "the held poll is cut, freeing its connection");
     assert.deepEqual(seen, [["state", { state: "closed" }]]);
     await assert.rejects(session.send("bob", "chat"), { code: "closed" });
   });
@@ -334,6 +339,59 @@ describe("leave", () => {
     await session.leave();
     await new Promise((resolve) => setTimeout(resolve, 250));
     assert.equal(service.to(POLL).length, 1);
+  });
+});
+
+describe("page lifecycle", () => {
+  let beacons;
+  beforeEach(() => {
+    beacons = [];
+    globalThis.window = new EventTarget();
+    Object.defineProperty(globalThis, "navigator", {
+      value: { sendBeacon: (url, body) => beacons.push({ url, body }) },
+      configurable: true,
+    });
+  });
+  afterEach(() => {
+    delete globalThis.window;
+    delete globalThis.navigator;
+  });
+
+  function pageEvent(type, persisted) {
+    const event = new Event(type);
+    Object.defineProperty(event, "persisted", { value: persisted });
+    window.dispatchEvent(event);
+  }
+
+  test("pagehide leaves by beacon and stops polling; a restore from the cache joins again", async () => {
+    service.on(JOIN, json(201, joined()), json(201, joined({ token: "tok-2" })));
+    service.on(POLL, messages([envelope(1)]));
+    const session = await start();
+    await service.waitFor(POLL, 2);
+
+    pageEvent("pagehide", true);
+    assert.deepEqual(beacons, [{ url: `${BASE}/rooms/r1/peers/alice/leave`, body: JSON.stringify({ token: "tok-1" }) }]);
+    assert.equal(service.to(POLL)[1].aborted, true);
+    assert.equal(session.state, "suspended");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(service.to(POLL).length, 2);
+
+    // The beacon made the server forget us: the next poll is refused, and the session joins again.
+    service.on(POLL, failure(404, "not_joined"));
+    pageEvent("pageshow", true);
+    const poll = await service.waitFor(POLL, 4);
+    assert.equal(service.to(JOIN).length, 2);
+    assert.equal(poll.headers.Authorization, "Bearer tok-2");
+    assert.equal(session.state, "connected");
+  });
+
+  test("after leave(), pagehide sends no beacon", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on("DELETE /rooms/r1/peers/alice", () => new Response(null, { status: 204 }));
+    const session = await start();
+    await session.leave();
+    pageEvent("pagehide", false);
+    assert.deepEqual(beacons, []);
   });
 });
 
