@@ -151,34 +151,30 @@ def poll(room: str, peer: str):
     return Response(protocol.poll_body(messages, cursor), mimetype="application/json")
 
 
-@blueprint.post("/rooms/<room>/peers/<to>/messages")
-def send(room: str, to: str):
-    service = _service()
+def _outgoing(room: str) -> tuple[str, str, str, str, str | None, float]:
+    """A send or broadcast read from the request: (sender, token, tail, digest, idempotency key, now).
+
+    The envelope is encoded here, once; the digest binds the Idempotency-Key to this body.
+    """
     protocol.check_id(room, "room")
-    protocol.check_id(to, "peer")
     sender, token = _caller()
     key = protocol.check_idempotency_key(request.headers.get("Idempotency-Key"))
     kind, data = protocol.parse_envelope(_body())
     now = time.time()
-    tail = protocol.envelope_tail(sender, kind, data, now)
-    seq = service.backend.send(
-        room, sender, token, to, tail, protocol.body_digest(kind, data), key, now
-    )
+    return sender, token, protocol.envelope_tail(sender, kind, data, now), protocol.body_digest(kind, data), key, now
+
+
+@blueprint.post("/rooms/<room>/peers/<to>/messages")
+def send(room: str, to: str):
+    protocol.check_id(to, "peer")
+    sender, token, tail, digest, key, now = _outgoing(room)
+    seq = _service().backend.send(room, sender, token, to, tail, digest, key, now)
     return _json({"seq": seq}, 202)
 
 
 @blueprint.post("/rooms/<room>/messages")
 def broadcast(room: str):
-    service = _service()
-    protocol.check_id(room, "room")
-    sender, token = _caller()
-    key = protocol.check_idempotency_key(request.headers.get("Idempotency-Key"))
-    kind, data = protocol.parse_envelope(_body())
-    now = time.time()
-    tail = protocol.envelope_tail(sender, kind, data, now)
-    result = service.backend.broadcast(
-        room, sender, token, tail, protocol.body_digest(kind, data), key, now
-    )
+    result = _service().backend.broadcast(room, *_outgoing(room))
     return _json({"delivered_to": result.delivered_to, "mailbox_full": result.mailbox_full}, 202)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import threading
+import time
 import urllib.parse
 from typing import Any
 
@@ -121,3 +123,17 @@ class Peer:
 
     def leave(self) -> Reply:
         return self.request("DELETE", f"/rooms/{self.room}/peers/{self.id}")
+
+
+def held_poll(peer: Peer, wait: float = 20, **kwargs) -> dict:
+    """Start `peer.poll(wait=...)` in a thread; the dict gets its `reply` and how long it `took`."""
+    result: dict = {}
+
+    def run():
+        started = time.monotonic()
+        result["reply"] = peer.poll(wait=wait, **kwargs)
+        result["took"] = time.monotonic() - started
+
+    result["thread"] = threading.Thread(target=run, daemon=True)
+    result["thread"].start()
+    return result

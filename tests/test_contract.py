@@ -6,12 +6,11 @@ import base64
 import hashlib
 import hmac
 import re
-import threading
 import time
 
 import pytest
 
-from .helpers import Api
+from .helpers import Api, held_poll
 
 
 def kinds(messages):
@@ -150,21 +149,13 @@ def test_bad_cursor(api):
 
 def test_a_held_poll_returns_when_a_message_arrives(api):
     alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
-    result = {}
-
-    def hold():
-        started = time.monotonic()
-        result["reply"] = bob.poll(wait=10)
-        result["took"] = time.monotonic() - started
-
-    thread = threading.Thread(target=hold)
-    thread.start()
+    poll = held_poll(bob, wait=10)
     time.sleep(0.3)
-    assert thread.is_alive()
+    assert poll["thread"].is_alive()
     alice.send("bob", "offer", "x")
-    thread.join(5)
-    assert [m["type"] for m in result["reply"].body["messages"]] == ["offer"]
-    assert 0.3 <= result["took"] < 2
+    poll["thread"].join(5)
+    assert [m["type"] for m in poll["reply"].body["messages"]] == ["offer"]
+    assert 0.3 <= poll["took"] < 2
 
 
 def test_a_poll_waits_at_most_wait_seconds(api):
@@ -187,31 +178,25 @@ def test_wait_is_capped_at_poll_wait(make_app):
 
 def test_a_newer_poll_ends_the_older_one(api):
     bob = api.peer("r1", "bob")
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("old", bob.poll(wait=10)))
-    thread.start()
+    older = held_poll(bob, wait=10)
     time.sleep(0.3)
-    started = time.monotonic()
-    newer = threading.Thread(target=lambda: result.setdefault("new", bob.poll(wait=1)))
-    newer.start()
-    thread.join(5)
-    assert time.monotonic() - started < 1
-    assert result["old"].status == 200 and result["old"].body["messages"] == []
-    newer.join(5)
+    newer = held_poll(bob, wait=1)
+    older["thread"].join(5)
+    assert older["reply"].status == 200 and older["reply"].body["messages"] == []
+    assert older["took"] < 1.3
+    newer["thread"].join(5)
 
 
 def test_a_poll_without_the_token_ends_no_held_poll(api):
     bob = api.peer("r1", "bob")
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("held", bob.poll(wait=1.5)))
-    thread.start()
+    held = held_poll(bob, wait=1.5)
     time.sleep(0.3)
     for token in (None, "bob.forged"):
         reply = api.request("GET", "/rooms/r1/peers/bob/messages?wait=1", token=token)
         assert reply.status == 401
     time.sleep(0.3)
-    assert thread.is_alive()  # still held: only bob can end bob's poll
-    thread.join(5)
+    assert held["thread"].is_alive()  # still held: only bob can end bob's poll
+    held["thread"].join(5)
 
 
 def test_poll_auth(api):

@@ -7,30 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .helpers import Api, Peer
+from .helpers import Api, Peer, held_poll
 from .servers import ROOT, LiveServer, free_port
 
 pytestmark = pytest.mark.live
-
-
-def held_poll(peer: Peer, wait: float = 20) -> dict:
-    """Start a poll in a thread; the dict gets its reply and how long it took."""
-    result: dict = {}
-
-    def run():
-        started = time.monotonic()
-        result["reply"] = peer.poll(wait=wait)
-        result["took"] = time.monotonic() - started
-
-    result["thread"] = threading.Thread(target=run, daemon=True)
-    result["thread"].start()
-    return result
 
 
 def test_a_held_poll_is_woken_by_a_send(live_server):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 
 import pytest
@@ -12,7 +11,7 @@ import redis
 from signaling import create_app
 from signaling.config import Settings
 
-from .helpers import Api
+from .helpers import Api, held_poll
 from .servers import RedisServer, free_port
 
 
@@ -82,32 +81,25 @@ def test_two_instances_exchange_envelopes_and_wake_each_others_polls(instances):
     one, two = instances(), instances()
     alice = one.peer("r1", "alice")
     bob = two.peer("r1", "bob")
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("reply", bob.poll(wait=10)))
-    thread.start()  # bob's poll is held by instance two
+    poll = held_poll(bob, wait=10)  # held by instance two
     time.sleep(0.3)
     started = time.monotonic()
     assert alice.send("bob", "offer", "sdp").status == 202  # sent through instance one
-    thread.join(5)
+    poll["thread"].join(5)
     assert time.monotonic() - started < 1
-    assert [m["type"] for m in result["reply"].body["messages"]] == ["offer"]
+    assert [m["type"] for m in poll["reply"].body["messages"]] == ["offer"]
 
 
 def test_a_newer_poll_on_another_instance_ends_the_older(instances):
     one, two = instances(), instances()
     bob = one.peer("r1", "bob")
-    bob_there = dataclasses.replace(bob, api=two)
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("old", bob.poll(wait=10)))
-    thread.start()
+    older = held_poll(bob, wait=10)
     time.sleep(0.3)
-    started = time.monotonic()
-    newer = threading.Thread(target=lambda: result.setdefault("new", bob_there.poll(wait=1)))
-    newer.start()
-    thread.join(5)
-    assert time.monotonic() - started < 1
-    assert result["old"].status == 200 and result["old"].body["messages"] == []
-    newer.join(5)
+    newer = held_poll(dataclasses.replace(bob, api=two), wait=1)
+    older["thread"].join(5)
+    assert older["reply"].status == 200 and older["reply"].body["messages"] == []
+    assert older["took"] < 1.3
+    newer["thread"].join(5)
 
 
 def test_an_expired_peer_leaves_once_though_every_instance_reaps(instances):
@@ -137,14 +129,12 @@ def test_unreachable_redis_is_503_and_recovers(tmp_path):
     api = Api.over_flask(app.test_client())
     try:
         alice = api.peer("r1", "alice")
-        held_reply = []
-        held = threading.Thread(target=lambda: held_reply.append(alice.poll(wait=20)))
-        held.start()
+        held = held_poll(alice, wait=20)
         time.sleep(0.3)
         stopped = time.monotonic()
         server.stop()
-        held.join(5)
-        assert held_reply[0].code == "backend_unavailable"  # a held poll does not wait it out
+        held["thread"].join(5)
+        assert held["reply"].code == "backend_unavailable"  # a held poll does not wait it out
         assert time.monotonic() - stopped < 2
         for reply in (api.request("GET", "/healthz"), alice.send("alice"), api.join("r1", "bob"),
                       alice.poll(wait=1)):
