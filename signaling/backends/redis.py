@@ -531,6 +531,8 @@ class RedisBackend(Backend):
         return bool(new)
 
     def release(self, client_ip, room, peer):
+        if not (self.settings.peers_per_ip or self.settings.rooms_per_ip):
+            return
         with _reachable():
             self.client.zrem(ip_keys(client_ip)[1], f"{room} {peer}")
 
