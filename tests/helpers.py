@@ -118,6 +118,17 @@ class Peer:
         self.cursor = reply.body["cursor"]
         return reply.body["messages"]
 
+    def drain(self) -> None:
+        """Receive and acknowledge everything waiting (bounded: a mailbox holds at most 1000)."""
+        for _ in range(20):
+            if not self.receive():
+                return
+        raise AssertionError(f"{self.id}'s mailbox never emptied")
+
+    def on(self, api: Api) -> Peer:
+        """The same peer, talking to another instance."""
+        return dataclasses.replace(self, api=api)
+
     def members(self) -> Reply:
         return self.request("GET", f"/rooms/{self.room}/peers")
 

@@ -57,7 +57,7 @@ def test_two_instances_on_one_redis_wake_each_others_polls(start_server, redis_u
     two = Api.over_http(start_server(env={"REDIS_URL": redis_url}, workers=2).url)
     alice, bob = one.peer("r1", "alice"), two.peer("r1", "bob")
     alice.receive()
-    for sender, receiver in ((alice, bob), (on_instance(bob, one), on_instance(alice, two))):
+    for sender, receiver in ((alice, bob), (bob.on(one), alice.on(two))):
         poll = held_poll(receiver)
         time.sleep(0.5)
         sent = time.monotonic()
@@ -69,24 +69,13 @@ def test_two_instances_on_one_redis_wake_each_others_polls(start_server, redis_u
         receiver.receive()  # acknowledge
 
 
-def drain(peer: Peer) -> None:
-    """Receive and acknowledge everything waiting."""
-    while peer.receive():
-        pass
-
-
-def on_instance(peer: Peer, api: Api) -> Peer:
-    """The same peer, talking to another instance."""
-    return Peer(api, peer.room, peer.id, peer.token, peer.cursor)
-
-
 def test_held_polls_share_a_fixed_few_redis_connections(start_server, redis_url, redis_server):
     server = start_server(env={"REDIS_URL": redis_url, "REDIS_MAX_CONNECTIONS": "4", "ROOM_CAPACITY": "300"})
     api = Api.over_http(server.url)
     host = api.peer("big", "host")
     peers = [api.peer("big", f"p{i}") for i in range(200)]
     with ThreadPoolExecutor(50) as pool:
-        list(pool.map(drain, peers))  # the peer-joined events
+        list(pool.map(Peer.drain, peers))  # the peer-joined events
     polls = [held_poll(p) for p in peers]
     deadline = time.monotonic() + 10
     while api.request("GET", "/healthz").body["held_polls"] < len(peers) and time.monotonic() < deadline:
@@ -111,7 +100,7 @@ def test_sigkill_loses_no_accepted_envelope(start_server, redis_url):
     accepted = [alice.send("bob", "n", i).body["seq"] for i in range(50)]
     first.kill()
     second = Api.over_http(start_server(env={"REDIS_URL": redis_url}).url)
-    bob_again = on_instance(bob, second)
+    bob_again = bob.on(second)
     got = bob_again.receive()
     assert [m["seq"] for m in got] == accepted
     assert [m["data"] for m in got] == list(range(50))

@@ -78,8 +78,7 @@ def test_metrics_are_right_with_two_workers_and_logs_hold_no_token(start_server,
     assert beacon.status == 204
     polls = [threading.Thread(target=p.poll, kwargs={"after": 999, "wait": 3}) for p in peers[:5]]  # 400s
     for peer in peers[5:8]:
-        while peer.receive():  # empty the mailbox, so the next poll is held
-            pass
+        peer.drain()  # so the next poll is held
     held = [threading.Thread(target=p.poll, kwargs={"wait": 3}) for p in peers[5:8]]
     for thread in polls + held:
         thread.start()
