@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 import time
 import urllib.parse
 from pathlib import Path
@@ -54,17 +54,18 @@ def _query_int(name: str, default: int, low: int, high: int | None = None) -> in
     return int(raw)
 
 
+#: a decimal number, as JSON writes one (leading zeros and a bare "." allowed): no "1_0", "inf" or "nan"
+_NUMBER = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def _query_wait(cap: float) -> float:
+    """Seconds to hold the poll: any number >= 0, the larger ones capped at POLL_WAIT."""
     raw = request.args.get("wait")
     if raw is None:
         return cap
-    try:
-        wait = float(raw)
-    except ValueError:
-        wait = math.nan
-    if not math.isfinite(wait) or wait < 0:
-        raise errors.BadQuery(f"'wait' must be a number of seconds >= 0, got {raw!r:.40}")
-    return min(wait, cap)
+    if not _NUMBER.fullmatch(raw):
+        raise errors.BadQuery(f"'wait' must be a number of seconds >= 0 like 25 or 0.5, got {raw!r:.40}")
+    return min(float(raw), cap)
 
 
 def _seconds(value: float) -> float | int:
@@ -175,7 +176,7 @@ def send(room: str, to: str):
 @blueprint.post("/rooms/<room>/messages")
 def broadcast(room: str):
     result = _service().backend.broadcast(room, *_outgoing(room))
-    return _json({"delivered_to": result.delivered_to, "mailbox_full": result.mailbox_full}, 202)
+    return _json({"delivered_to": sorted(result.delivered_to), "mailbox_full": sorted(result.mailbox_full)}, 202)
 
 
 @blueprint.get("/rooms/<room>/peers")
@@ -210,10 +211,10 @@ def _token_from_body(raw: bytes) -> str | None:
     """The token of a JSON `{"token": ...}` or a `token=` form body, whatever the Content-Type."""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("latin-1")).items()}
     token = body.get("token") if isinstance(body, dict) else None
-    return token if isinstance(token, str) and token else None
+    return token if isinstance(token, str) and token and token.isascii() else None
 
 
 @blueprint.get("/rooms/<room>/peers/<peer>/ice-servers")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 from typing import Any
@@ -50,7 +51,7 @@ def token_peer(token: str | None) -> str | None:
 
 def hash_token(token: str) -> str:
     """Tokens are stored only as this hash, so a leaked store reveals no usable token."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def same_hash(stored: str | None, token: str | None) -> bool:
@@ -64,10 +65,17 @@ def _reject_constant(name: str) -> None:
     raise errors.BadJson(f"the body holds {name}, which is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise errors.BadJson(f"the number {text:.40} is out of range")
+    return value
+
+
 def parse_json(raw: bytes) -> Any:
-    """Parse a request body strictly: UTF-8 JSON, no NaN or Infinity."""
+    """Parse a request body strictly: UTF-8 JSON, no NaN or Infinity, no number that overflows to them."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         if isinstance(exc, errors.SignalingError):
             raise

@@ -36,6 +36,12 @@ CASES = [
      "reserved_type"),
     ("send-nan", "POST", SEND, '{"type": "x", "data": NaN}', {}, 400, "bad_json"),
     ("send-infinity", "POST", SEND, '{"type": "x", "data": [-Infinity]}', {}, 400, "bad_json"),
+    ("send-overflowing-number", "POST", SEND, '{"type": "x", "data": 1e400}', {}, 400, "bad_json"),
+    ("broadcast-overflowing-number", "POST", "/rooms/r1/messages", '{"type": "x", "data": -1e999}', {}, 400,
+     "bad_json"),
+    ("poll-wait-underscore", "GET", POLL + "?wait=1_0", None, {}, 400, "bad_query"),
+    ("leave-surrogate-token", "POST", "/rooms/r1/peers/bob/leave", '{"token": "\\ud800"}', {"Authorization": ""},
+     401, "unauthorized"),
     ("send-oversize", "POST", SEND, '{"type": "x", "data": "%s"}' % ("a" * LIMIT), {}, 413, "payload_too_large"),
     ("send-key-65", "POST", SEND, '{"type": "x"}', {"Idempotency-Key": "k" * 65}, 400, "bad_idempotency_key"),
     ("send-bad-to", "POST", "/rooms/r1/peers/b%20b/messages", '{"type": "x"}', {}, 400, "bad_id"),
@@ -104,3 +110,11 @@ def test_unknown_fields_are_ignored(room):
     assert reply.status == 202
     last = bob.receive()[-1]
     assert last["from"] == "alice" and last["seq"] == 2 and "extra" not in last
+
+
+def test_a_deeply_nested_beacon_body_holds_no_token(make_app):
+    api = Api.over_flask(make_app().test_client())
+    api.peer("r1", "bob")
+    reply = api.request("POST", "/rooms/r1/peers/bob/leave", data="[" * 30000)
+    assert reply.status == 401 and reply.code == "unauthorized"
+    assert api.request("POST", "/rooms/r1/peers/nobody/leave", data="[" * 30000).status == 204

@@ -15,6 +15,7 @@ from .base import Backend, Broadcast, Joined
 class _Peer:
     token_hash: str
     last_seen: float
+    since: float  # when it joined: receipts of an earlier peer with its id do not apply
     seq: int = 0  # the last seq given out
     acked: int = 0
     events: int = 0  # server events among the stored envelopes
@@ -40,7 +41,7 @@ class MemoryBackend(Backend):
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._rooms: dict[str, dict[str, _Peer]] = {}
-        self._receipts: dict[tuple[str, str, str, str], _Receipt] = {}
+        self._receipts: dict[tuple, _Receipt] = {}
         self._windows: dict[tuple, tuple[int, float]] = {}  # rate key -> (count, window end)
         self._leases: dict[str, dict[tuple[str, str], float]] = {}  # ip -> (room, peer) -> expiry
 
@@ -156,7 +157,7 @@ class MemoryBackend(Backend):
                     f"room '{room}' is full ({self.settings.room_capacity} members)"
                 )
             others = list(members)
-            self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(new_token), now)
+            self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(new_token), now, now)
             self._announce(room, peer, "peer-joined", None, now)
             return Joined(created=True, peers=others, cursor=0)
 
@@ -186,12 +187,12 @@ class MemoryBackend(Backend):
 
     def send(self, room, sender, token, to, tail, digest, idempotency_key, now):
         with self._lock:
-            self._authenticate(room, sender, token, now)
+            me = self._authenticate(room, sender, token, now)
             self._check_send_rate(room, sender, now)
             recipient = self._rooms[room].get(to)
             if not self._live(recipient, now):
                 raise errors.PeerNotFound(f"no peer '{to}' in room '{room}'")
-            key = (room, sender, to, idempotency_key)
+            key = (room, sender, me.since, to, recipient.since, idempotency_key)
             if idempotency_key is not None:
                 seq = self._receipt(key, digest, now)
                 if seq is not None:
@@ -208,9 +209,9 @@ class MemoryBackend(Backend):
 
     def broadcast(self, room, sender, token, tail, digest, idempotency_key, now):
         with self._lock:
-            self._authenticate(room, sender, token, now)
+            me = self._authenticate(room, sender, token, now)
             self._check_send_rate(room, sender, now)
-            key = (room, sender, "*", idempotency_key)
+            key = (room, sender, me.since, "*", 0, idempotency_key)
             if idempotency_key is not None:
                 result = self._receipt(key, digest, now)
                 if result is not None:

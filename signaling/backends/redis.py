@@ -4,9 +4,9 @@ Key layout. Every key of a room carries the hash tag `{room}`, so a room
 lives on one Redis Cluster shard and a script may touch all of its keys:
 
     sig:{room}:members            zset  peer id -> last heartbeat (unix s)
-    sig:{room}:peer:<id>          hash  token (sha256), seq, acked, events, holder
+    sig:{room}:peer:<id>          hash  token (sha256), since (join time), seq, acked, events, holder
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
-    sig:{room}:idem:<from>:<to>:<key>   string  "<digest> <answer>", 10 minutes
+    sig:{room}:idem:<from>@<since>:<to>@<since>:<key>   string  "<digest> <answer>", 10 minutes
 
     sig:{room}:rate:<id>          string  sends in the current second
 
@@ -137,6 +137,11 @@ local function push(id, tail, is_event, ttl)
   return seq
 end
 
+-- a peer's id and join time: an Idempotency-Key receipt is bound to these two peers' lives
+local function incarnation(id)
+  return id .. '@' .. (redis.call('HGET', peer_key(id), 'since') or '0')
+end
+
 local function unacked_messages(id)
   local v = redis.call('HMGET', peer_key(id), 'seq', 'acked', 'events')
   return (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0) - (tonumber(v[3]) or 0)
@@ -194,7 +199,7 @@ end
 if redis.call('ZCARD', members) >= capacity then return {'err', 'room_full'} end
 local others = others_of(id)
 redis.call('DEL', pk, mbox_key(id))
-redis.call('HSET', pk, 'token', new_hash, 'seq', 0, 'acked', 0, 'events', 0)
+redis.call('HSET', pk, 'token', new_hash, 'since', ARGV[4], 'seq', 0, 'acked', 0, 'events', 0)
 touch(id, now, ttl)
 for _, m in ipairs(others) do push(m, ARGV[7], true, ttl) end
 return {'created', '0', unpack(others)}
@@ -254,7 +259,7 @@ if wait then return {'err', 'send_rate_limited', tostring(wait)} end
 if not is_live(to, now, ttl) then return {'err', 'peer_not_found'} end
 local idem = nil
 if key ~= '' then
-  idem = prefix .. 'idem:' .. from .. ':' .. to .. ':' .. key
+  idem = prefix .. 'idem:' .. incarnation(from) .. ':' .. incarnation(to) .. ':' .. key
   local seen = redis.call('GET', idem)
   if seen then
     local d, answer = string.match(seen, '^(%S+) (.*)$')
@@ -281,7 +286,7 @@ local wait = over_rate(from, tonumber(ARGV[10]))
 if wait then return {'err', 'send_rate_limited', tostring(wait)} end
 local idem = nil
 if key ~= '' then
-  idem = prefix .. 'idem:' .. from .. ':*:' .. key
+  idem = prefix .. 'idem:' .. incarnation(from) .. ':*:' .. key
   local seen = redis.call('GET', idem)
   if seen then
     local d, delivered, full = string.match(seen, '^(%S+) ([^|]*)|(.*)$')
