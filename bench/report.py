@@ -1,0 +1,197 @@
+"""The one table of results, its targets, and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from pathlib import Path
+
+from .procs import Setup
+from .scenarios import HeldStep, PingPong, Throughput
+
+#: the setup the targets are for: one gevent worker pinned to one core, Redis backend
+TARGET_SETUP = Setup("redis", 1)
+
+Results = dict[Setup, dict[str, list]]  # setup -> {"held": [HeldStep], "pingpong": [PingPong], "throughput": [...]}
+
+
+class Row:
+    """One line of the table: a label, a target (text and test) and how to show each setup's figure."""
+
+    def __init__(self, label: str, show: Callable[[dict], str | None], target: str = "",
+                 value: Callable[[dict], float | None] | None = None, test: Callable[[float], bool] | None = None):
+        self.label, self.show, self.target, self.value, self.test = label, show, target, value, test
+
+    def verdict(self, results: Results) -> str:
+        if self.test is None or TARGET_SETUP not in results:
+            return ""
+        value = self.value(results[TARGET_SETUP])
+        if value is None:
+            return "not measured"
+        return "met" if self.test(value) else "**missed**"
+
+
+def _held(result: dict, clients: int) -> HeldStep | None:
+    return next((s for s in result.get("held", []) if s.clients == clients), None)
+
+
+def _pp(result: dict, pairs: int) -> PingPong | None:
+    return next((p for p in result.get("pingpong", []) if p.pairs == pairs), None)
+
+
+def _best(result: dict) -> Throughput | None:
+    runs = result.get("throughput", [])
+    return max(runs, key=lambda t: t.per_second) if runs else None
+
+
+def _tp(result: dict, pairs: int) -> Throughput | None:
+    return next((t for t in result.get("throughput", []) if t.pairs == pairs), None)
+
+
+def _failures(failed: dict[str, int]) -> str:
+    """What was refused and retried, e.g. " (12× poll 503)"."""
+    return f" ({', '.join(f'{n:,}× {what}' for what, n in sorted(failed.items()))})" if failed else ""
+
+
+def _cpu(shares: dict[str, float]) -> str:
+    return " / ".join(f"{round(shares[k] * 100)}" if k in shares else "–" for k in ("server", "redis", "load", "other"))
+
+
+def rows(held_steps, pingpong_pairs, throughput_pairs) -> list[Row]:
+    out: list[Row] = []
+    for n in held_steps:
+        out.append(Row(
+            f"held polls, {n:,} clients: held / answered (time to answer all)",
+            lambda r, n=n: (s := _held(r, n)) and f"{s.held:,} / {s.answered:,} ({s.answer_seconds:.2f} s)"
+            + _failures(s.failed),
+        ))
+    for n in held_steps:
+        ten_k = n == 10_000
+        out.append(Row(
+            f"server RSS per held poll at {n:,}",
+            lambda r, n=n: (s := _held(r, n)) and f"{s.rss_per_poll_kib:.1f} KiB",
+            "≤ 15 KiB" if ten_k else "",
+            (lambda r, n=n: (s := _held(r, n)) and s.rss_per_poll_kib) if ten_k else None,
+            (lambda v: v <= 15) if ten_k else None,
+        ))
+    redis_at = 5_000 if 5_000 in held_steps else held_steps[-1]
+    out.append(Row(
+        f"Redis connections of the server (`CLIENT LIST`, `signaling*`) at {redis_at:,} held polls",
+        lambda r: (s := _held(r, redis_at)) and (str(s.redis_clients) if s.redis_clients is not None else "–"),
+    ))
+    targets = {1: 1.5, 100: 50.0}
+    for n in pingpong_pairs:
+        limit = targets.get(n)
+        out.append(Row(
+            f"ping-pong 2 KB, {n:,} pair{'s' if n > 1 else ''}: round trip p50 / p99",
+            lambda r, n=n: (p := _pp(r, n)) and f"{p.p50_ms:.2f} / {p.p99_ms:.2f} ms" + _failures(p.failed),
+            f"p50 ≤ {limit:g} ms" if limit else "",
+            (lambda r, n=n: (p := _pp(r, n)) and p.p50_ms) if limit else None,
+            (lambda v, limit=limit: v <= limit) if limit else None,
+        ))
+    biggest = max(n for n in pingpong_pairs if n <= 100)
+    out.append(Row(
+        f"CPU % during ping-pong, {biggest} pairs: server / redis / load / other",
+        lambda r: (p := _pp(r, biggest)) and _cpu(p.cpu),
+    ))
+    for n in throughput_pairs:
+        out.append(Row(
+            f"throughput, {n} senders → {n} receivers: delivered envelopes/s",
+            lambda r, n=n: (t := _tp(r, n)) and f"{t.per_second:,.0f}"
+            + (f" ({t.refused:,}× 429)" if t.refused else "") + _failures(t.failed),
+        ))
+    out.append(Row(
+        "throughput, best: delivered envelopes/s",
+        lambda r: (t := _best(r)) and f"{t.per_second:,.0f} ({t.pairs} pairs)",
+        "≥ 6,000",
+        lambda r: (t := _best(r)) and t.per_second,
+        lambda v: v >= 6000,
+    ))
+    out.append(Row(
+        "CPU % at best throughput: server / redis / load / other",
+        lambda r: (t := _best(r)) and _cpu(t.cpu),
+    ))
+    out.append(Row(
+        "most CPU % used by other processes in any ping-pong or throughput window",
+        lambda r: (shares := [run.cpu.get("other", 0.0) for run in r.get("pingpong", []) + r.get("throughput", [])])
+        and f"{max(shares) * 100:.0f}",
+    ))
+    out.append(Row(
+        "server CPU per request at best throughput (sends and polls)",
+        lambda r: (t := _best(r)) and f"{t.server_us_per_request:,.0f} µs",
+    ))
+    return out
+
+
+def table(results: Results, table_rows: list[Row]) -> str:
+    setups = list(results)
+    head = ["measure", "target"] + [s.name for s in setups] + [f"target met ({TARGET_SETUP.name})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table_rows:
+        cells = [row.label, row.target]
+        cells += [row.show(results[s]) or "–" for s in setups]
+        cells.append(row.verdict(results))
+        lines.append("| " + " | ".join(cells) + " |")
+    failures = [f"- {setup.name}, {error}" for setup in setups for error in results[setup].get("errors", [])]
+    if failures:
+        lines += ["", "Parts that failed (their rows show –):", *failures]
+    return "\n".join(lines)
+
+
+NOTES = "## Notes"
+
+
+def document(results: Results, table_text: str, versions: dict[str, str], plan_text: str, command: str,
+             quick: bool, seconds: float, waited: float, old: str = "") -> str:
+    """docs/benchmarks.md: when, on what, how, and the table; a `## Notes` section of `old` is kept."""
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = "\n".join(f"- {name}: {value}" for name, value in versions.items())
+    warning = "\n**A quick run: small numbers, for smoke-testing only.**\n" if quick else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""
+    return f"""# Benchmarks
+
+Measured by `{command.strip()}` on {when}, in {seconds / 60:.1f} minutes
+({waited / 60:.1f} of them waiting for other processes on the machine to go quiet).
+Every figure below is from that run. `make bench` measures again and prints the
+table; `make bench WRITE=docs/benchmarks.md` rewrites this file (keeping its
+"Notes" section).
+{warning}
+## Machine and versions
+
+{machine}
+
+## How
+
+- The bench (`bench/`) starts everything itself: one `redis-server` (valkey) for
+  the Redis setups, and for each measurement a fresh
+  `gunicorn -c gunicorn.conf.py app:app` (gevent workers) under `taskset -c 0`.
+  The load generator is one asyncio process pinned to CPU 1 (plain sockets, one
+  small Protocol per connection); redis-server is pinned to CPU 1 too, so the
+  worker has CPU 0 to itself. With 2 workers both share CPU 0.
+- The memory backend runs with 1 worker only (the server refuses more without Redis).
+- Server settings: the defaults, but `WORKER_CONNECTIONS=20000`; the per-IP abuse
+  limits off (`JOINS_PER_IP_PER_MINUTE`, `SENDS_PER_PEER_PER_SECOND`, `PEERS_PER_IP`,
+  `ROOMS_PER_IP` = 0), since every client here comes from 127.0.0.1; and for the
+  held polls `POLL_WAIT=120`, `PEER_TTL=300`, so early clients stay held while later
+  ones join. Access logging stays on (to a file), as `gunicorn.conf.py` sets it.
+{plan_text}
+- RSS is that of the worker process(es) (`/proc/<pid>/statm`), minus their RSS just
+  after start, divided by the number of held polls: everything a worker keeps for a
+  client (connection, greenlet, request, and for the memory backend the peer state).
+- CPU % is the share of one core used during the measured window (`/proc/<pid>/stat`):
+  server (all workers), redis-server, the load process, and "other": the rest of the
+  machine on both CPUs, kernel included. Other work on this 2-core machine slows the
+  server and the load, so a high "other" means the figures in that column are pessimistic.
+- Targets are for one gevent worker on one core with the Redis backend; the last
+  column compares that column with them.
+
+## Results
+
+{table_text}
+
+{notes}"""
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n")
