@@ -453,3 +453,15 @@ def test_errors_are_json(api):
         assert reply.headers["content-type"].startswith("application/json")
         assert reply.body["error"]["code"] in ("not_found", "method_not_allowed")
         assert reply.body["error"]["message"]
+
+
+def test_an_unexpected_error_is_a_json_500_without_a_trace(make_app):
+    app = make_app()
+
+    def broken():
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/broken", view_func=broken)
+    reply = Api.over_flask(app.test_client()).request("GET", "/broken")
+    assert reply.status == 500 and reply.code == "internal_error"
+    assert b"secret internals" not in reply.raw and b"Traceback" not in reply.raw
