@@ -186,7 +186,9 @@ def test_redis_down_answers_503_at_once_and_the_service_recovers_by_itself(start
 
 def test_sigterm_ends_held_polls_and_loses_no_accepted_envelope(start_server, redis_url):
     graceful = 10
-    server = start_server(env={"REDIS_URL": redis_url, "GRACEFUL_TIMEOUT": str(graceful)}, workers=2)
+    # room for every send the loop below can make, so it ends on the stop, not on a full mailbox
+    server = start_server(env={"REDIS_URL": redis_url, "GRACEFUL_TIMEOUT": str(graceful), "MAILBOX_LIMIT": "10000"},
+                          workers=2)
     api = Api.over_http(server.url, timeout=5)
     alice, dave = api.peer("r1", "alice"), api.peer("r1", "dave")
     waiting = [api.peer("r1", f"p{i}") for i in range(3)]
@@ -209,6 +211,7 @@ def test_sigterm_ends_held_polls_and_loses_no_accepted_envelope(start_server, re
             if reply.status != 202:
                 return reply
             accepted[n] = reply.body["seq"]
+            time.sleep(0.002)  # a steady stream, not a flood: the stop must land mid-stream
         return "count"
 
     polls = [Call(lambda p=p: p.poll(wait=20)) for p in waiting]
