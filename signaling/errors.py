@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 
+class _Unknown(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
 class SignalingError(Exception):
-    """An error the client gets as `{"error": {"code", "message"}}` with `status`."""
+    """An error the client gets as `{"error": {"code", "message"}}` with `status`.
+
+    `template` is the message both backends give, filled in by `about`;
+    `retry_after` (seconds) becomes a Retry-After header.
+    """
 
     status = 500
     code = "internal_error"
     default_message = "the server failed to handle the request"
+    template: str | None = None
+    retry_after: float | None = None
 
     def __init__(self, message: str | None = None, *, retry_after: float | None = None):
         super().__init__(message or self.default_message)
         self.message = message or self.default_message
-        self.retry_after = retry_after
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    @classmethod
+    def about(cls, retry_after: float | None = None, **context) -> SignalingError:
+        """This error with its template filled from `context` (room, peer, to, settings, ...)."""
+        message = cls.template.format_map(_Unknown(context)) if cls.template else None
+        return cls(message, retry_after=retry_after)
 
     def body(self, request_id: str | None = None) -> dict:
         error = {"code": self.code, "message": self.message}
@@ -44,6 +62,7 @@ class BadQuery(BadRequest):
 
 class BadCursor(BadRequest):
     code = "bad_cursor"
+    template = "after={after} is beyond the last seq given out ({seq})"
 
 
 class ReservedType(BadRequest):
@@ -56,6 +75,7 @@ class BadIdempotencyKey(BadRequest):
 
 class Unauthorized(SignalingError):
     status, code, default_message = 401, "unauthorized", "missing or wrong token"
+    template = "missing or wrong token for peer '{peer}'"
 
 
 class NotFound(SignalingError):
@@ -64,10 +84,12 @@ class NotFound(SignalingError):
 
 class NotJoined(NotFound):
     code = "not_joined"
+    template = "peer '{peer}' is not a member of room '{room}'"
 
 
 class PeerNotFound(NotFound):
     code = "peer_not_found"
+    template = "no peer '{to}' in room '{room}'"
 
 
 class MethodNotAllowed(SignalingError):
@@ -80,10 +102,12 @@ class Conflict(SignalingError):
 
 class PeerIdTaken(Conflict):
     code = "peer_id_taken"
+    template = "peer id '{peer}' is taken in room '{room}'"
 
 
 class RoomFull(Conflict):
     code = "room_full"
+    template = "room '{room}' is full ({settings.room_capacity} members)"
 
 
 class PayloadTooLarge(SignalingError):
@@ -92,6 +116,7 @@ class PayloadTooLarge(SignalingError):
 
 class IdempotencyKeyReused(SignalingError):
     status, code = 422, "idempotency_key_reused"
+    default_message = "this Idempotency-Key was used with another body"
 
 
 class TooManyRequests(SignalingError):
@@ -102,24 +127,31 @@ class TooManyRequests(SignalingError):
 
 class MailboxFull(TooManyRequests):
     code = "mailbox_full"
+    template = "the mailbox of '{to}' is full ({settings.mailbox_limit} envelopes)"
+    retry_after = 1
 
 
 class JoinRateLimited(TooManyRequests):
     code = "join_rate_limited"
+    template = "more than {settings.joins_per_ip_per_minute} joins a minute from {client_ip}"
 
 
 class SendRateLimited(TooManyRequests):
     code = "send_rate_limited"
+    template = "more than {settings.sends_per_peer_per_second} sends a second from '{peer}'"
 
 
 class TooManyPeers(TooManyRequests):
     code = "too_many_peers"
+    template = "{client_ip} has {settings.peers_per_ip} peers already"
 
 
 class TooManyRooms(TooManyRequests):
     code = "too_many_rooms"
+    template = "{client_ip} has peers in {settings.rooms_per_ip} rooms already"
 
 
 class BackendUnavailable(SignalingError):
     status, code = 503, "backend_unavailable"
     default_message = "the state store cannot be reached; try again shortly"
+    retry_after = 1

@@ -34,7 +34,9 @@ def test_joins_per_ip_per_minute(make_app):
     host = api.peer("r1", "host")
     api.peer("r1", "b")
     api.peer("r2", "c")
-    assert_limited(api.join("r1", "d"), "join_rate_limited", 60)
+    refused = api.join("r1", "d")
+    assert_limited(refused, "join_rate_limited", 60)
+    assert refused.body["error"]["message"] == "more than 3 joins a minute from 10.0.0.1"  # every backend
     assert host.members().body["peers"] == ["b", "host"]  # nothing changed
     assert from_ip(app, "10.0.0.2").join("r1", "d").status == 201  # another address is not affected
 

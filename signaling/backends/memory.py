@@ -53,9 +53,9 @@ class MemoryBackend(Backend):
     def _authenticate(self, room: str, peer_id: str, token: str | None, now: float) -> _Peer:
         peer = self._rooms.get(room, {}).get(peer_id)
         if not self._live(peer, now):
-            raise errors.NotJoined(f"peer '{peer_id}' is not a member of room '{room}'")
+            raise errors.NotJoined.about(room=room, peer=peer_id)
         if not same_hash(peer.token_hash, token):
-            raise errors.Unauthorized(f"missing or wrong token for peer '{peer_id}'")
+            raise errors.Unauthorized.about(peer=peer_id)
         peer.last_seen = now
         return peer
 
@@ -94,7 +94,7 @@ class MemoryBackend(Backend):
         if receipt is None or receipt.expires <= now:
             return None
         if receipt.digest != digest:
-            raise errors.IdempotencyKeyReused("this Idempotency-Key was used with another body")
+            raise errors.IdempotencyKeyReused()
         return receipt.result
 
     def _over_rate(self, key: tuple, limit: int, window: float, now: float) -> float | None:
@@ -114,10 +114,7 @@ class MemoryBackend(Backend):
         with self._lock:
             wait = self._over_rate(("join", client_ip), settings.joins_per_ip_per_minute, 60, now)
             if wait is not None:
-                raise errors.JoinRateLimited(
-                    f"more than {settings.joins_per_ip_per_minute} joins a minute from {client_ip}",
-                    retry_after=wait,
-                )
+                raise errors.JoinRateLimited.about(client_ip=client_ip, settings=settings, retry_after=wait)
             if not (settings.peers_per_ip or settings.rooms_per_ip):
                 return False
             leases = {place: end for place, end in self._leases.get(client_ip, {}).items() if end > now}
@@ -127,13 +124,9 @@ class MemoryBackend(Backend):
                 wait = min(leases.values()) - now
                 rooms = {r for r, _ in leases}
                 if settings.peers_per_ip and len(leases) >= settings.peers_per_ip:
-                    raise errors.TooManyPeers(
-                        f"{client_ip} already has {len(leases)} peers", retry_after=wait
-                    )
+                    raise errors.TooManyPeers.about(client_ip=client_ip, settings=settings, retry_after=wait)
                 if settings.rooms_per_ip and room not in rooms and len(rooms) >= settings.rooms_per_ip:
-                    raise errors.TooManyRooms(
-                        f"{client_ip} already is in {len(rooms)} rooms", retry_after=wait
-                    )
+                    raise errors.TooManyRooms.about(client_ip=client_ip, settings=settings, retry_after=wait)
             leases[(room, peer)] = now + settings.peer_ttl
             return new
 
@@ -148,14 +141,12 @@ class MemoryBackend(Backend):
             existing = members.get(peer)
             if existing is not None:
                 if not same_hash(existing.token_hash, token):
-                    raise errors.PeerIdTaken(f"peer id '{peer}' is taken in room '{room}'")
+                    raise errors.PeerIdTaken.about(room=room, peer=peer)
                 existing.last_seen = now
                 others = [pid for pid in members if pid != peer]
                 return Joined(created=False, peers=others, cursor=existing.acked)
             if len(members) >= self.settings.room_capacity:
-                raise errors.RoomFull(
-                    f"room '{room}' is full ({self.settings.room_capacity} members)"
-                )
+                raise errors.RoomFull.about(room=room, settings=self.settings)
             others = list(members)
             self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(new_token), now, now)
             self._announce(room, peer, "peer-joined", None, now)
@@ -168,9 +159,7 @@ class MemoryBackend(Backend):
             if leases and (room, peer) in leases:
                 leases[(room, peer)] = now + self.settings.peer_ttl
             if after > p.seq:
-                raise errors.BadCursor(
-                    f"after={after} is beyond the last seq given out ({p.seq})"
-                )
+                raise errors.BadCursor.about(after=after, seq=p.seq)
             while p.mailbox and p.mailbox[0][0] <= after:
                 _, is_event, _ = p.mailbox.popleft()
                 p.events -= is_event
@@ -183,7 +172,7 @@ class MemoryBackend(Backend):
         limit = self.settings.sends_per_peer_per_second
         wait = self._over_rate(("send", room, sender), limit, 1.0, now)
         if wait is not None:
-            raise errors.SendRateLimited(f"more than {limit} sends a second from '{sender}'", retry_after=wait)
+            raise errors.SendRateLimited.about(peer=sender, settings=self.settings, retry_after=wait)
 
     def send(self, room, sender, token, to, tail, digest, idempotency_key, now):
         with self._lock:
@@ -191,17 +180,14 @@ class MemoryBackend(Backend):
             self._check_send_rate(room, sender, now)
             recipient = self._rooms[room].get(to)
             if not self._live(recipient, now):
-                raise errors.PeerNotFound(f"no peer '{to}' in room '{room}'")
+                raise errors.PeerNotFound.about(room=room, to=to)
             key = (room, sender, me.since, to, recipient.since, idempotency_key)
             if idempotency_key is not None:
                 seq = self._receipt(key, digest, now)
                 if seq is not None:
                     return seq
             if self._is_full(recipient):
-                raise errors.MailboxFull(
-                    f"the mailbox of '{to}' is full ({self.settings.mailbox_limit} envelopes)",
-                    retry_after=1,
-                )
+                raise errors.MailboxFull.about(to=to, settings=self.settings)
             seq = self._push(room, to, recipient, tail, is_event=False)
             if idempotency_key is not None:
                 self._receipts[key] = _Receipt(digest, seq, now + IDEMPOTENCY_TTL)

@@ -416,7 +416,7 @@ def _reachable():
     try:
         yield
     except UNREACHABLE as exc:
-        raise errors.BackendUnavailable(retry_after=1) from exc
+        raise errors.BackendUnavailable() from exc
 
 
 def _halves(peer_tail: str) -> tuple[str, str]:
@@ -511,7 +511,11 @@ class RedisBackend(Backend):
         """Run one script on the room's keys (or `keys`); an error reply becomes the API error."""
         reply = self._pipeline([(name, keys or [members_key(room)], args)], extra)[0]
         if reply and reply[0] == "err":
-            raise _error(reply[1], room=room, detail=reply[2:], **context)
+            kind, detail = _ERRORS[reply[1]], reply[2:]
+            # the detail is the last seq given out (bad_cursor), or the milliseconds to wait (a limit)
+            waits = detail and issubclass(kind, errors.TooManyRequests)
+            raise kind.about(room=room, settings=self.settings, seq=detail[0] if detail else "?",
+                             retry_after=int(detail[0]) / 1000 if waits else None, **context)
         return reply
 
     def _schedule_reap(self, room: str, now: float, renew: tuple[str, str] | None = None):
@@ -682,28 +686,3 @@ class RedisBackend(Backend):
 
 def _hashed(token: str | None) -> str:
     return hash_token(token) if token else ""
-
-
-def _error(code: str, room: str, detail: list, peer: str = "?", to: str = "?", after: int = 0,
-           client_ip: str = "?"):
-    """The API error for a script's error code, its message naming what was wrong."""
-    messages = {
-        "not_joined": f"peer '{peer}' is not a member of room '{room}'",
-        "unauthorized": f"missing or wrong token for peer '{peer}'",
-        "bad_cursor": f"after={after} is beyond the last seq given out ({detail[0] if detail else '?'})",
-        "peer_not_found": f"no peer '{to}' in room '{room}'",
-        "peer_id_taken": f"peer id '{peer}' is taken in room '{room}'",
-        "room_full": f"room '{room}' is full",
-        "idempotency_key_reused": "this Idempotency-Key was used with another body",
-        "mailbox_full": f"the mailbox of '{to}' is full",
-        "send_rate_limited": f"too many sends a second from '{peer}'",
-        "join_rate_limited": f"too many joins a minute from {client_ip}",
-        "too_many_peers": f"{client_ip} has too many peers",
-        "too_many_rooms": f"{client_ip} is in too many rooms",
-    }
-    error = _ERRORS[code](messages[code])
-    if code == "mailbox_full":
-        error.retry_after = 1
-    elif issubclass(_ERRORS[code], errors.TooManyRequests):
-        error.retry_after = int(detail[0]) / 1000
-    return error
