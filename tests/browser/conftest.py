@@ -93,6 +93,14 @@ class Demo:
         expect(self.member(other.peer_id)).to_have_attribute("data-channel", "open", timeout=timeout)
         expect(self.member(other.peer_id).locator(".state")).to_have_text("connected", timeout=timeout)
 
+    def expect_linked(self, other: Demo) -> None:
+        """The data channel between the two tabs is open, seen from both sides."""
+        self.expect_channel_open(other)
+        other.expect_channel_open(self)
+
+    def expect_session(self, state: str, timeout: int = TIMEOUT_MS) -> None:
+        expect(self.page.locator("#session-state")).to_have_attribute("data-state", state, timeout=timeout)
+
     def signaling_log(self) -> str:
         """The page's envelope log, oldest first, one line per entry."""
         return self.page.evaluate(
@@ -152,8 +160,8 @@ def open_demo(request, browser):
         page.set_default_timeout(TIMEOUT_MS)
         page.on("pageerror", lambda error: errors.append(f"{page.url}: {error}"))
         page.goto(f"{server_url}/#room={room}")
-        expect(page.locator("#session-state")).to_have_attribute("data-state", "connected", timeout=TIMEOUT_MS)
         tab = Demo(page)
+        tab.expect_session("connected")
         request.node.demo_tabs.append(tab)
         return tab
 

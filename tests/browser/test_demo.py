@@ -13,8 +13,7 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo.png"
 def test_two_pages_chat_then_video(live_server, open_demo, room):
     alice = open_demo(live_server.url, room)
     bob = open_demo(live_server.url, room)
-    alice.expect_channel_open(bob)
-    bob.expect_channel_open(alice)
+    alice.expect_linked(bob)
 
     alice.say("Hello Bob, can you read me?")
     bob.expect_chat(alice, "Hello Bob, can you read me?")
@@ -34,8 +33,7 @@ def test_two_pages_chat_then_video(live_server, open_demo, room):
 def test_remote_video_plays_both_ways(live_server, open_demo, room):
     alice = open_demo(live_server.url, room)
     bob = open_demo(live_server.url, room)
-    alice.expect_channel_open(bob)
-    bob.expect_channel_open(alice)
+    alice.expect_linked(bob)
 
     # Both start at once: both sides offer, and perfect negotiation settles the glare.
     alice.page.click("#media-toggle")
@@ -67,8 +65,7 @@ def test_closed_page_is_dropped_by_its_beacon_and_can_come_back(live_server, ope
     expect(alice.page.locator(f'video[data-peer="{gone}"]')).to_have_count(0)
 
     carol = open_demo(live_server.url, room)
-    alice.expect_channel_open(carol)
-    carol.expect_channel_open(alice)
+    alice.expect_linked(carol)
 
 
 def test_reload_keeps_the_peer_id_and_reconnects(live_server, open_demo, room):
@@ -78,10 +75,9 @@ def test_reload_keeps_the_peer_id_and_reconnects(live_server, open_demo, room):
     before = bob.peer_id
 
     bob.page.reload()
-    expect(bob.page.locator("#session-state")).to_have_attribute("data-state", "connected")
+    bob.expect_session("connected")
     assert bob.peer_id == before
-    alice.expect_channel_open(bob)
-    bob.expect_channel_open(alice)
+    alice.expect_linked(bob)
     bob.say("back again")
     alice.expect_chat(bob, "back again")
 
@@ -95,12 +91,11 @@ def test_reload_without_beacon_resumes_and_the_others_start_over(live_server, op
     # A lost beacon: the reloaded page finds its peer still live and resumes it with its token.
     bob.page.evaluate("navigator.sendBeacon = () => true")
     bob.page.reload()
-    expect(bob.page.locator("#session-state")).to_have_attribute("data-state", "connected")
+    bob.expect_session("connected")
     assert bob.peer_id == before
     expect(alice.page.locator('#envelope-log li.in[data-type="hello"]')).to_have_count(1)
     expect(alice.page.locator('#envelope-log li.in[data-type="peer-left"]')).to_have_count(0)
-    alice.expect_channel_open(bob)
-    bob.expect_channel_open(alice)
+    alice.expect_linked(bob)
 
 
 def test_pages_rejoin_after_a_server_restart(live_server, open_demo, room):
@@ -109,12 +104,11 @@ def test_pages_rejoin_after_a_server_restart(live_server, open_demo, room):
     alice.expect_channel_open(bob)
 
     live_server.stop()
-    expect(alice.page.locator("#session-state")).to_have_attribute("data-state", "reconnecting")
+    alice.expect_session("reconnecting")
     # Same port, empty memory: every poll gets 404 not_joined and the pages join afresh.
     live_server.start()
     for tab in (alice, bob):
-        expect(tab.page.locator("#session-state")).to_have_attribute("data-state", "connected", timeout=15_000)
-    alice.expect_channel_open(bob)
-    bob.expect_channel_open(alice)
+        tab.expect_session("connected", timeout=15_000)
+    alice.expect_linked(bob)
     alice.say("still here")
     bob.expect_chat(alice, "still here")

@@ -10,7 +10,6 @@ def test_pages_on_two_instances_connect(start_server, redis_url, open_demo, room
     b = start_server(env={"REDIS_URL": redis_url})
     alice = open_demo(a.url, room)
     bob = open_demo(b.url, room)
-    alice.expect_channel_open(bob)
-    bob.expect_channel_open(alice)
+    alice.expect_linked(bob)
     bob.say("from instance B")
     alice.expect_chat(bob, "from instance B")
