@@ -56,6 +56,18 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, handle_exit)
 
 
+def post_request(worker, req, environ, resp):
+    """Let other greenlets run between two requests of one connection.
+
+    A keep-alive connection whose next request is already buffered never
+    blocks in recv, so without this its greenlet would keep the worker until
+    the client paused, and woken polls would wait behind a flood of sends.
+    """
+    import gevent
+
+    gevent.sleep(0)
+
+
 def child_exit(server, worker):
     """A dead worker's held-polls gauge must stop counting."""
     from prometheus_client import multiprocess

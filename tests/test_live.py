@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,30 @@ def test_a_held_poll_is_woken_by_a_send(live_server):
     poll["thread"].join(5)
     assert time.monotonic() - sent < 0.5
     assert [m["type"] for m in poll["reply"].body["messages"]] == ["offer"]
+
+
+def test_a_held_poll_is_answered_while_another_connection_floods_sends(live_server):
+    """A connection whose next request is already buffered must not keep the worker to itself."""
+    api = Api.over_http(live_server.url)
+    alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+    bob.receive()
+    poll = held_poll(bob)
+    time.sleep(0.5)
+    body = '{"type":"n"}'
+    request = (
+        f"POST /rooms/r1/peers/bob/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {alice.token}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    sends = 200
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=10) as flood:
+        flood.sendall(request * sends)  # pipelined: the worker never waits for this connection's next request
+        poll["thread"].join(10)
+        answers = b""
+        while answers.count(b"HTTP/1.1 202") < sends:
+            answers += flood.recv(65536)
+    got = poll["reply"].body["messages"]
+    # answered as the first sends landed, not once the worker had worked through the whole flood
+    assert 1 <= len(got) < 20, len(got)
 
 
 def test_the_memory_backend_refuses_several_workers(tmp_path):
