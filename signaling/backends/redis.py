@@ -1,4 +1,4 @@
-"""The Redis backend: each operation is one Lua script, one round trip.
+"""The Redis backend: each operation is one Lua script, in one round trip shared with concurrent requests.
 
 Key layout. Every key of a room carries the hash tag `{room}`, so a room
 lives on one Redis Cluster shard and a script may touch all of its keys:
@@ -29,6 +29,11 @@ Redis the script PUBLISHes itself (one round trip in all). On Redis Cluster
 (a `redis+cluster://` URL) a script may not reach a channel of another slot,
 so it returns the wake-ups and this module SPUBLISHes them: sharded pub/sub,
 each instance's channel living on the one shard its hash tag picks.
+
+Round trips: requests do not borrow a connection each; their commands queue
+for a few lanes, and one round trip carries everything waiting
+(`autopipeline.py`), so a burst of woken polls costs a few pipelines, not a
+queue for the connection pool.
 """
 
 from __future__ import annotations
@@ -46,12 +51,17 @@ from redis.retry import Retry
 
 from .. import errors
 from ..protocol import IDEMPOTENCY_TTL, envelope_tail, hash_token
+from .autopipeline import Autopipeline
 from .base import Backend, Broadcast, Joined
 
 log = logging.getLogger(__name__)
 
 REAP_KEY = "sig:reap"
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+#: seconds a Redis that does not answer (or a request waiting for a round trip) may take before 503
+TIMEOUT = 2
+#: round trips in flight at once per process (each on a pooled connection), carrying every request's commands
+LANES = 4
 
 
 def members_key(room: str) -> str:
@@ -438,6 +448,8 @@ class RedisBackend(Backend):
         self.client = self._connect(f"signaling:{self.instance}", pooled=True)
         self._scripts = scripts(self.sharded)
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._scripts.items()}
+        self._loading = threading.Lock()
+        self._round_trips = Autopipeline(self.client, min(LANES, self.settings.redis_max_connections), TIMEOUT)
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
 
@@ -451,7 +463,7 @@ class RedisBackend(Backend):
         Idempotency-Key if it cares.
         """
         options = dict(
-            socket_timeout=2 if pooled else None, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0),
+            socket_timeout=TIMEOUT if pooled else None, socket_connect_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0),
             decode_responses=True, client_name=name,
         )
         if pooled:
@@ -464,49 +476,42 @@ class RedisBackend(Backend):
                 options.update(connection_pool_class=redis.BlockingConnectionPool)
             return redis.RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
         if pooled:
-            return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, timeout=2, **options))
+            return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, timeout=TIMEOUT, **options))
         return redis.Redis.from_url(url, **options)
 
-    def _pipeline(self, calls: list[tuple[str, list[str], list]], extra=None) -> list:
+    def _pipeline(self, calls: list[tuple[str, list[str], list]], extra: list[tuple] = ()) -> list:
         """Run scripts (name, keys, args) and optional extra commands in one round trip.
 
         Scripts go by EVALSHA; after a Redis restart forgot them, they are
-        loaded and the batch runs again (a script that got NOSCRIPT did not run).
+        loaded and the ones that got NOSCRIPT (and so did not run) run again.
         """
-        def attempt():
-            pipe = self.client.pipeline(transaction=False)
-            for name, keys, args in calls:
-                # by execute_command: a cluster pipeline refuses .evalsha(), yet routes EVALSHA by its key
-                pipe.execute_command("EVALSHA", self._sha[name], len(keys), *keys, *args)
-            if extra:
-                extra(pipe)
-            return pipe.execute()
-
+        commands = [("EVALSHA", self._sha[name], len(keys), *keys, *args) for name, keys, args in calls]
+        commands += extra
         with _reachable():
-            try:
-                replies = attempt()
-            except redis.ResponseError as exc:  # a Redis that restarted has forgotten our scripts
-                if not isinstance(exc, redis.exceptions.NoScriptError) and "NOSCRIPT" not in str(exc):
-                    raise
-                for name in {name for name, _, _ in calls}:
-                    self.client.script_load(self._scripts[name])
-                replies = attempt()
+            replies = self._round_trips.execute(commands)
+            forgotten = [i for i, reply in enumerate(replies[: len(calls)]) if _noscript(reply)]
+            if forgotten:
+                with self._loading:  # one connection loads them, not every request that found them gone
+                    for name in {calls[i][0] for i in forgotten}:
+                        self.client.script_load(self._scripts[name])
+                again = self._round_trips.execute([commands[i] for i in forgotten])
+                for i, reply in zip(forgotten, again, strict=True):
+                    replies[i] = reply
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
             results, wakes = [], []
             for result, notify in replies[: len(calls)]:
                 results.append(result)
                 wakes += notify
-            if wakes:
-                self._spublish(wakes)
-        return results + replies[len(calls):]
+            if wakes:  # Redis Cluster: the script could not publish to another slot's channel
+                self._round_trips.execute(
+                    [("SPUBLISH", wake_channel(instance), message)
+                     for instance, message in zip(wakes[::2], wakes[1::2], strict=True)]
+                )
+        return results
 
-    def _spublish(self, wakes: list[str]) -> None:
-        """Send the wake-ups a cluster script returned (instance, message, instance, message, ...)."""
-        pipe = self.client.pipeline(transaction=False)
-        for instance, message in zip(wakes[::2], wakes[1::2], strict=True):
-            pipe.execute_command("SPUBLISH", wake_channel(instance), message)
-        pipe.execute()
-
-    def _run(self, name: str, room: str, args: list, extra=None, keys: list[str] | None = None,
+    def _run(self, name: str, room: str, args: list, extra: list[tuple] = (), keys: list[str] | None = None,
              **context) -> list:
         """Run one script on the room's keys (or `keys`); an error reply becomes the API error."""
         reply = self._pipeline([(name, keys or [members_key(room)], args)], extra)[0]
@@ -518,14 +523,14 @@ class RedisBackend(Backend):
                              retry_after=int(detail[0]) / 1000 if waits else None, **context)
         return reply
 
-    def _schedule_reap(self, room: str, now: float, renew: tuple[str, str] | None = None):
+    def _schedule_reap(self, room: str, now: float, renew: tuple[str, str] | None = None) -> list[tuple]:
         """Commands riding along a join or poll: keep the room in `sig:reap`, renew the IP's lease."""
-        def add(pipe):
-            pipe.zadd(REAP_KEY, {room: now + self.settings.peer_ttl}, nx=True)
-            if renew:
-                client_ip, peer = renew
-                pipe.zadd(ip_keys(client_ip)[1], {f"{room} {peer}": now + self.settings.peer_ttl}, xx=True)
-        return add
+        until = repr(now + self.settings.peer_ttl)
+        commands = [("ZADD", REAP_KEY, "NX", until, room)]
+        if renew:
+            client_ip, peer = renew
+            commands.append(("ZADD", ip_keys(client_ip)[1], "XX", until, f"{room} {peer}"))
+        return commands
 
     # -- the contract
 
@@ -682,6 +687,12 @@ class RedisBackend(Backend):
         elif kind == "S":
             room, peer, poll_id = rest.split(" ")
             self.hub.supersede(room, peer, int(poll_id))
+
+
+def _noscript(reply) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError) or (
+        isinstance(reply, redis.ResponseError) and str(reply).startswith("NOSCRIPT")
+    )
 
 
 def _hashed(token: str | None) -> str:

@@ -1,0 +1,131 @@
+"""Many requests, few Redis round trips: the commands of concurrent requests travel together.
+
+With a plain connection pool each request borrows a connection for its own
+round trip. When thousands of held polls woke at once they queued for the
+pool, and the late ones timed out into 503s while Redis sat mostly idle.
+
+Here at most `lanes` round trips are in flight. A request that finds a lane
+free sends its commands at once, itself. One that finds every lane busy
+queues; when a round trip ends, the request at the head of the queue is
+handed that lane and sends, in one pipeline, its own commands and those of
+every request queued behind it. Alone, a request costs one round trip as
+before; under load one round trip carries hundreds of requests.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import redis
+
+#: most commands in one round trip
+BATCH = 512
+
+
+class _Call:
+    """The commands of one request, waiting for their replies."""
+
+    __slots__ = ("commands", "replies", "error", "state", "done")
+
+    def __init__(self, commands: list[tuple]):
+        self.commands = commands
+        self.replies: list | None = None
+        self.error: BaseException | None = None
+        # "queued" -> "lead" (handed a lane) or "sent" (carried by another) or "dropped" (stopped waiting)
+        self.state = "queued"
+        self.done = threading.Event()
+
+
+class Autopipeline:
+    """Run command lists from any number of greenlets (or threads) in at most `lanes` concurrent round trips."""
+
+    def __init__(self, client: redis.Redis | redis.RedisCluster, lanes: int, queue_wait: float):
+        self.client, self.lanes, self.queue_wait = client, lanes, queue_wait
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._queued: collections.deque[_Call] = collections.deque()
+
+    def execute(self, commands: list[tuple]) -> list:
+        """Send `commands` together, in order; their replies, a command's error reply as an exception object.
+
+        A request still queued after `queue_wait` seconds is withdrawn (it never
+        reaches Redis) and gets `redis.TimeoutError`; one already sent waits for
+        its replies, which the connection's socket timeout bounds.
+        """
+        call = _Call(commands)
+        with self._lock:
+            if self._busy < self.lanes:
+                self._busy += 1
+                call.state = "lead"
+            else:
+                self._queued.append(call)
+        if call.state != "lead":
+            try:
+                if not call.done.wait(self.queue_wait):
+                    with self._lock:
+                        if call.state == "queued":
+                            call.state = "dropped"
+                            raise redis.TimeoutError(f"no Redis round trip free within {self.queue_wait:g}s")
+                    call.done.wait()
+            except BaseException:  # killed while queued: never keep a lane that was handed over
+                with self._lock:
+                    lead, call.state = call.state == "lead", "dropped"
+                if lead:
+                    self._hand_over()
+                raise
+        if call.state == "lead":
+            self._carry(call)
+        if call.error is not None:
+            raise call.error
+        return call.replies
+
+    def _carry(self, call: _Call) -> None:
+        """Send `call` and everything queued behind it, then hand the lane to the next queued request."""
+        with self._lock:
+            batch, size = [call], len(call.commands)
+            while self._queued and size < BATCH:
+                other = self._queued.popleft()
+                if other.state == "queued":
+                    other.state = "sent"
+                    batch.append(other)
+                    size += len(other.commands)
+        try:
+            self._send(batch)
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """A round trip ended: its lane goes to the request at the head of the queue, or becomes free."""
+        with self._lock:
+            successor = None
+            while self._queued and successor is None:
+                successor = self._queued.popleft()
+                if successor.state != "queued":
+                    successor = None
+            if successor is None:
+                self._busy -= 1
+            else:
+                successor.state = "lead"
+        if successor is not None:
+            successor.done.set()
+
+    def _send(self, batch: list[_Call]) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for call in batch:
+                for command in call.commands:
+                    pipe.execute_command(*command)
+            replies = pipe.execute(raise_on_error=False)
+            at = 0
+            for call in batch:
+                call.replies = replies[at:at + len(call.commands)]
+                at += len(call.commands)
+        except BaseException as exc:  # the round trip failed: every request in it gets the error
+            for call in batch:
+                call.error = exc if isinstance(exc, Exception) else redis.ConnectionError("round trip cut short")
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for call in batch[1:]:
+                call.done.set()
