@@ -24,8 +24,8 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
 keepalive = 75
 accesslog = "-"
-# Never log a query string or header that might hold a token: method, path, status, size, time.
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms %(p)s request_id=%({x-request-id}o)s'
+# One line per request, never a query string or header that might hold a token (see signaling/accesslog.py).
+logger_class = "signaling.accesslog.AccessLogger"
 errorlog = "-"
 # gunicorn's control socket sits at one path per user: several instances on one host would collide.
 control_socket_disable = True
