@@ -143,7 +143,7 @@ def poll(room: str, peer: str):
                 remaining = started + wait - time.monotonic()
                 if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:
                     break
-                messages, cursor = fetch(waiter.poll_id)
+                messages, cursor = waiter.carried(after, limit) or fetch(waiter.poll_id)
             metrics.POLL_WAIT.observe(time.monotonic() - started)
         finally:
             metrics.HELD_POLLS.dec()

@@ -10,16 +10,23 @@ from __future__ import annotations
 import itertools
 import threading
 
+from .protocol import seq_of
+
 
 class Waiter:
-    """One held poll: woken when its mailbox changes, ended when superseded."""
+    """One held poll: woken when its mailbox changes, ended when superseded.
 
-    __slots__ = ("room", "peer", "poll_id", "ended", "_event")
+    A wake-up may carry the envelope that caused it (the Redis backend's do on
+    one Redis); then the poll can answer without looking in the backend.
+    """
+
+    __slots__ = ("room", "peer", "poll_id", "ended", "_event", "_carried")
 
     def __init__(self, room: str, peer: str, poll_id: int):
         self.room, self.peer, self.poll_id = room, peer, poll_id
         self.ended = False
         self._event = threading.Event()
+        self._carried: list[str] | None = []  # None: a wake-up came without its envelope
 
     def wait(self, timeout: float) -> bool:
         """Block until woken or ended (True) or `timeout` passes (False); re-arms."""
@@ -27,8 +34,29 @@ class Waiter:
         self._event.clear()
         return woken
 
-    def wake(self) -> None:
+    def wake(self, envelope: str | None = None) -> None:
+        if envelope is None:
+            self._carried = None
+        elif self._carried is not None:
+            self._carried.append(envelope)
         self._event.set()
+
+    def carried(self, after: int, limit: int) -> tuple[list[str], int] | None:
+        """(envelopes, cursor) from what the wake-ups since the last call carried, or None: look in the backend.
+
+        Call it before each look in the backend. Wake-ups of one holder come in
+        seq order, and an envelope stored before the last look was found by it;
+        so carried envelopes past `after` are exactly the newest ones. Anything
+        unexpected (a wake-up without its envelope, a gap) means: look.
+        """
+        carried, self._carried = self._carried, []
+        fresh = [envelope for envelope in carried or () if seq_of(envelope) > after][:limit]
+        if not fresh:
+            return None
+        first = seq_of(fresh[0])
+        if any(seq_of(envelope) != first + i for i, envelope in enumerate(fresh)):
+            return None
+        return fresh, first + len(fresh) - 1
 
     def end(self) -> None:
         self.ended = True
@@ -71,9 +99,9 @@ class Hub:
                 if not waiters:
                     del self._held[key]
 
-    def wake(self, room: str, peer: str) -> None:
+    def wake(self, room: str, peer: str, envelope: str | None = None) -> None:
         for waiter in tuple(self._held.get((room, peer), ())):
-            waiter.wake()
+            waiter.wake(envelope)
 
     def supersede(self, room: str, peer: str, poll_id: int) -> None:
         """End the held poll `poll_id` of that peer: a newer poll started on another instance."""

@@ -135,5 +135,10 @@ def with_seq(seq: int, tail: str) -> str:
     return f'{{"seq":{seq},{tail}'
 
 
+def seq_of(envelope: str) -> int:
+    """The seq of an envelope made by `with_seq`, without parsing its JSON."""
+    return int(envelope[7:envelope.index(",", 7)])
+
+
 def poll_body(messages: list[str], cursor: int) -> str:
     return f'{{"messages":[{",".join(messages)}],"cursor":{cursor}}}'

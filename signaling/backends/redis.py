@@ -30,6 +30,11 @@ Redis the script PUBLISHes itself (one round trip in all). On Redis Cluster
 so it returns the wake-ups and this module SPUBLISHes them: sharded pub/sub,
 each instance's channel living on the one shard its hash tag picks.
 
+On one Redis, "M" carries the new envelope too ("M <room> <peer> <envelope>"):
+a holder's wake-ups arrive in the order of their seqs, so the woken poll
+answers with what they carried, without a second round trip. On a cluster
+two requests may SPUBLISH out of order, so there the poll fetches.
+
 Round trips: requests do not borrow a connection each; their commands queue
 for a few lanes, and one round trip carries everything waiting
 (`autopipeline.py`), so a burst of woken polls costs a few pipelines, not a
@@ -130,20 +135,25 @@ local function touch(id, now, ttl)
   redis.call('PEXPIRE', mbox_key(id), ms)
 end
 
-local function wake(id)
+-- On one Redis a holder's wake-ups arrive in the order of their seqs, so a new
+-- envelope rides along and the woken poll answers without a second round trip.
+local function wake(id, envelope)
   local holder = redis.call('HGET', peer_key(id), 'holder')
   if holder then
-    notify(string.match(holder, '^(%S+) '), 'M ' .. room .. ' ' .. id)
+    local message = 'M ' .. room .. ' ' .. id
+    if envelope and not SHARDED then message = message .. ' ' .. envelope end
+    notify(string.match(holder, '^(%S+) '), message)
   end
 end
 
 local function push(id, tail, is_event, ttl)
   local pk, mb = peer_key(id), mbox_key(id)
   local seq = redis.call('HINCRBY', pk, 'seq', 1)
-  redis.call('RPUSH', mb, (is_event and 'E' or 'M') .. '{"seq":' .. seq .. ',' .. tail)
+  local envelope = '{"seq":' .. seq .. ',' .. tail
+  redis.call('RPUSH', mb, (is_event and 'E' or 'M') .. envelope)
   if is_event then redis.call('HINCRBY', pk, 'events', 1) end
   redis.call('PEXPIRE', mb, keep_ms(ttl))
-  wake(id)
+  wake(id, envelope)
   return seq
 end
 
@@ -681,9 +691,9 @@ class RedisBackend(Backend):
 
     def _dispatch(self, data: str) -> None:
         kind, _, rest = data.partition(" ")
-        if kind == "M":
-            room, _, peer = rest.partition(" ")
-            self.hub.wake(room, peer)
+        if kind == "M":  # "M room peer", or "M room peer envelope" from one Redis
+            room, peer, *envelope = rest.split(" ", 2)
+            self.hub.wake(room, peer, envelope[0] if envelope else None)
         elif kind == "S":
             room, peer, poll_id = rest.split(" ")
             self.hub.supersede(room, peer, int(poll_id))
