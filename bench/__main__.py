@@ -56,7 +56,7 @@ class Plan:
   and the worker idle, RSS is read; then each room's first member broadcasts and its
   second sends to the first, and the clients whose poll brings that envelope are counted.
   A client whose poll (or send) is answered 503 retries as `static/signaling.js` does:
-  after the server's `Retry-After` (at most 10 s), else after a back-off of 0.5 s
+  after the server's `Retry-After` plus up to half again (at most 10 s), else after a back-off of 0.5 s
   doubling to 10 s with equal jitter; every such 503 is counted (so in ping-pong and
   throughput).
 - Ping-pong: {pingpong} pairs, fresh pairs each time, {self.warmup:g} s warm-up then

@@ -89,9 +89,10 @@ async def healthz_held(server: PinnedServer) -> int:
 
 def backoff(failures: int, reply: Reply) -> float:
     """Seconds to wait after the `failures`-th failure in a row (0, 1, ...), as static/signaling.js does:
-    the server's Retry-After (at most 10 s), else 0.5 s doubling up to 10 s, with equal jitter."""
+    the server's Retry-After plus up to half again (at most 10 s), else 0.5 s doubling up to 10 s,
+    with equal jitter."""
     if reply.retry_after is not None:
-        return min(reply.retry_after, 10.0)
+        return min(reply.retry_after * (1 + random.random() / 2), 10.0)
     step = min(10.0, 0.5 * 2 ** failures)
     return step / 2 + random.random() * step / 2
 

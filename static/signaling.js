@@ -299,9 +299,13 @@ class Session extends EventTarget {
     return failures + 1;
   }
 
-  /** The server's Retry-After when it gave one (capped), else the jittered backoff. */
+  /**
+   * The server's Retry-After when it gave one, plus up to half again so that
+   * the clients one outage turned away do not all come back in the same
+   * instant (capped); else the jittered backoff.
+   */
   _retryDelay(error, failures) {
-    if (error.retryAfter != null) return Math.min(error.retryAfter * 1000, this._backoff.max);
+    if (error.retryAfter != null) return Math.min(error.retryAfter * 1000 * (1 + Math.random() / 2), this._backoff.max);
     return backoffDelay(this._backoff, failures);
   }
 
