@@ -21,12 +21,18 @@ from .servers import ROOT, LiveServer, free_port
 pytestmark = pytest.mark.live
 
 
-def test_a_held_poll_is_woken_by_a_send(live_server):
-    api = Api.over_http(live_server.url)
+def alice_and_a_held_poll_of_bob(server: LiveServer) -> tuple[Peer, dict]:
+    """Alice, and a poll of Bob's (who joined second, so has nothing to read) held on `server`."""
+    api = Api.over_http(server.url)
     alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
     bob.receive()
     poll = held_poll(bob)
     time.sleep(0.5)
+    return alice, poll
+
+
+def test_a_held_poll_is_woken_by_a_send(live_server):
+    alice, poll = alice_and_a_held_poll_of_bob(live_server)
     assert poll["thread"].is_alive()
     sent = time.monotonic()
     alice.send("bob", "offer", {"sdp": "v=0"})
@@ -37,11 +43,7 @@ def test_a_held_poll_is_woken_by_a_send(live_server):
 
 def test_a_held_poll_is_answered_while_another_connection_floods_sends(live_server):
     """A connection whose next request is already buffered must not keep the worker to itself."""
-    api = Api.over_http(live_server.url)
-    alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
-    bob.receive()
-    poll = held_poll(bob)
-    time.sleep(0.5)
+    alice, poll = alice_and_a_held_poll_of_bob(live_server)
     body = '{"type":"n"}'
     request = (
         f"POST /rooms/r1/peers/bob/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {alice.token}\r\n"
