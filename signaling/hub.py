@@ -16,8 +16,8 @@ from .protocol import seq_of
 class Waiter:
     """One held poll: woken when its mailbox changes, ended when superseded.
 
-    A wake-up may carry the envelope that caused it (the Redis backend's do on
-    one Redis); then the poll can answer without looking in the backend.
+    A wake-up may carry the envelope that caused it (the Redis backend's do,
+    on one Redis); then the poll can answer without looking in the backend.
     """
 
     __slots__ = ("room", "peer", "poll_id", "ended", "_event", "_carried")
