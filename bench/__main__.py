@@ -175,39 +175,44 @@ class Bench:
                 result["errors"].append(f"{part}: {str(exc).splitlines()[0]}")
         return result
 
-    def ping_pong(self, setup: Setup, redis: PinnedRedis | None, slug: str) -> list[scenarios.PingPong]:
-        plan, runs = self.plan, []
-        log(f"== {setup.name}: ping-pong")
+    def series(self, setup: Setup, slug: str, part: str, pair_counts: tuple[int, ...], run_one, describe) -> list:
+        """One server, then `run_one(server, pairs)` for each pair count, each logged by `describe(run)`."""
+        runs = []
+        log(f"== {setup.name}: {part}")
         with self.server(setup) as server:
-            for pairs in plan.pingpong_pairs:
+            for pairs in pair_counts:
                 self.quiet()
-                with self.profiled(server, f"{slug}-pingpong-{pairs}"):
-                    run = asyncio.run(scenarios.ping_pong(
-                        server, redis, pairs, plan.pingpong_seconds, plan.warmup, plan.pingpong_bytes, POLL_WAIT,
-                        tag=str(pairs),
-                    ))
-                log(f"  {pairs} pairs: p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, {run.samples} round trips,"
-                    f" {cpu_text(run.cpu)}, retried: {run.failed or 'none'}")
+                with self.profiled(server, f"{slug}-{part}-{pairs}"):
+                    run = asyncio.run(run_one(server, pairs))
+                log(f"  {pairs} pairs: {describe(run)}")
                 runs.append(run)
         return runs
 
+    def ping_pong(self, setup: Setup, redis: PinnedRedis | None, slug: str) -> list[scenarios.PingPong]:
+        plan = self.plan
+        return self.series(
+            setup, slug, "ping-pong", plan.pingpong_pairs,
+            lambda server, pairs: scenarios.ping_pong(
+                server, redis, pairs, plan.pingpong_seconds, plan.warmup, plan.pingpong_bytes, POLL_WAIT,
+                tag=str(pairs),
+            ),
+            lambda run: f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, {run.samples} round trips,"
+                        f" {cpu_text(run.cpu)}, retried: {run.failed or 'none'}",
+        )
+
     def throughput(self, setup: Setup, redis: PinnedRedis | None, slug: str) -> list[scenarios.Throughput]:
-        plan, runs = self.plan, []
-        log(f"== {setup.name}: throughput")
-        with self.server(setup) as server:
-            for pairs in plan.throughput_pairs:
-                self.quiet()
-                with self.profiled(server, f"{slug}-throughput-{pairs}"):
-                    run = asyncio.run(scenarios.throughput(
-                        server, redis, pairs, plan.throughput_seconds, plan.warmup, plan.throughput_bytes, POLL_WAIT,
-                        tag=str(pairs),
-                    ))
-                log(f"  {pairs} pairs: {run.per_second:,.0f} delivered/s, {run.sent / run.seconds:,.0f} sent/s,"
-                    f" {run.polls / run.seconds:,.0f} poll answers/s, {run.server_us_per_request:,.0f} µs server CPU"
-                    " per request,"
-                    f" {run.refused} refused, {cpu_text(run.cpu)}, retried: {run.failed or 'none'}")
-                runs.append(run)
-        return runs
+        plan = self.plan
+        return self.series(
+            setup, slug, "throughput", plan.throughput_pairs,
+            lambda server, pairs: scenarios.throughput(
+                server, redis, pairs, plan.throughput_seconds, plan.warmup, plan.throughput_bytes, POLL_WAIT,
+                tag=str(pairs),
+            ),
+            lambda run: f"{run.per_second:,.0f} delivered/s, {run.sent / run.seconds:,.0f} sent/s,"
+                        f" {run.polls / run.seconds:,.0f} poll answers/s, {run.server_us_per_request:,.0f} µs"
+                        f" server CPU per request, {run.refused} refused, {cpu_text(run.cpu)},"
+                        f" retried: {run.failed or 'none'}",
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

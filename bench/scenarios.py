@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 from .client import BenchError, Conn, Peer, Reply, call, connect, connect_many, drain_all, envelope, join_all, within
 from .procs import CpuMeter, PinnedRedis, PinnedServer, demand_seconds
@@ -264,6 +266,62 @@ async def next_answer(conn: Conn, peer: Peer, held: asyncio.Future, poll_wait: f
 
 
 @dataclasses.dataclass
+class Side:
+    """One peer of each pair, each with a connection for its polls and one for its sends."""
+
+    peers: list[Peer]
+    polls: list[Conn]
+    sends: list[Conn]
+
+
+@contextlib.asynccontextmanager
+async def joined_pairs(server: PinnedServer, pairs: int, rooms: str, names: tuple[str, str]):
+    """`pairs` rooms (`<rooms>-<i>`) of two joined peers named `names`, their events read: the two Sides."""
+    conns = await connect_many(server.port, 4 * pairs)
+    lines = [conns[k * pairs:(k + 1) * pairs] for k in range(4)]
+    sides = [Side([Peer(f"{rooms}-{i}", name) for i in range(pairs)], lines[2 * n], lines[2 * n + 1])
+             for n, name in enumerate(names)]
+    try:
+        for side in sides:
+            await join_all(side.polls, side.peers)
+        for side in sides:
+            await drain_all(side.polls, side.peers)
+        yield sides
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+async def measured(server: PinnedServer, redis_server: PinnedRedis | None, pairs: int,
+                   listen: Callable[[int], Awaitable], drive: Callable[[int], Awaitable],
+                   window_start: float, limit: float, what: str, linger: float = 0.0) -> dict[str, float]:
+    """Run listen(i) for every pair in the background, then drive(i) for every pair to their end.
+
+    Returns the CPU shares from `window_start` until the drivers ended; waits
+    `linger` more for answers still on their way. A listener that failed fails
+    the run; the listeners are cancelled at the end.
+    """
+    listeners = [asyncio.create_task(listen(i)) for i in range(pairs)]
+    try:
+        await asyncio.sleep(0.2)  # every listener holds its poll before the first send
+        cpu = meter(server, redis_server)
+        driving = asyncio.gather(*(drive(i) for i in range(pairs)))
+        await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
+        cpu.start()
+        await within(driving, limit, what)
+        shares = cpu.stop()
+        await asyncio.sleep(linger)
+        for task in listeners:
+            if task.done() and task.exception():
+                raise task.exception()
+        return shares
+    finally:
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+
+
+@dataclasses.dataclass
 class PingPong:
     pairs: int
     samples: int
@@ -281,41 +339,32 @@ async def ping_pong(server: PinnedServer, redis_server: PinnedRedis | None, pair
     answer that holds B's reply. Each peer has a connection for its polls and
     one for its sends; a poll is held again as soon as its answer is read.
     """
-    a_peers = [Peer(f"pp{tag}-{i}", "a") for i in range(pairs)]
-    b_peers = [Peer(f"pp{tag}-{i}", "b") for i in range(pairs)]
-    conns = await connect_many(server.port, 4 * pairs)
-    a_poll, a_send, b_poll, b_send = (conns[k * pairs:(k + 1) * pairs] for k in range(4))
-    tasks: list[asyncio.Task] = []
     failed: collections.Counter = collections.Counter()
-    try:
-        await join_all(a_poll, a_peers)
-        await join_all(b_poll, b_peers)
-        await drain_all(a_poll, a_peers)
-        await drain_all(b_poll, b_peers)
+    async with joined_pairs(server, pairs, f"pp{tag}", ("a", "b")) as (a, b):
         ping, pong = envelope("ping", size), envelope("pong", size)
         samples: list[float] = []
         start = time.perf_counter()
         measure_from, end = start + warmup, start + warmup + seconds
 
         async def echo(i: int) -> None:
-            peer, conn = b_peers[i], b_poll[i]
+            peer, conn = b.peers[i], b.polls[i]
             request = peer.send_request("a", pong)
             held = conn.request(peer.poll_request(poll_wait))
             while True:
                 _, messages, held = await next_answer(conn, peer, held, poll_wait, failed)
                 for message in messages:
                     if message["type"] == "ping":
-                        await send_until_accepted(b_send[i], request, failed)
+                        await send_until_accepted(b.sends[i], request, failed)
 
         async def pinger(i: int) -> None:
-            peer, conn = a_peers[i], a_poll[i]
+            peer, conn = a.peers[i], a.polls[i]
             request = peer.send_request("b", ping)
             held = conn.request(peer.poll_request(poll_wait))
             for _ in range(10_000_000):
                 sent = time.perf_counter()
                 if sent >= end:
                     return
-                await send_until_accepted(a_send[i], request, failed)
+                await send_until_accepted(a.sends[i], request, failed)
                 for _ in range(100):
                     reply, messages, held = await next_answer(conn, peer, held, poll_wait, failed)
                     if any(m["type"] == "pong" for m in messages):
@@ -325,27 +374,13 @@ async def ping_pong(server: PinnedServer, redis_server: PinnedRedis | None, pair
                 if sent >= measure_from:
                     samples.append(reply.at - sent)
 
-        tasks = [asyncio.create_task(echo(i)) for i in range(pairs)]
-        await asyncio.sleep(0.2)  # every B holds its poll before the first ping
-        cpu = meter(server, redis_server)
-        pingers = asyncio.gather(*(pinger(i) for i in range(pairs)))
-        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-        cpu.start()
-        await within(pingers, warmup + seconds + 60, "end of the ping-pong run")
-        shares = cpu.stop()
-        for task in tasks:
-            if task.done() and task.exception():
-                raise task.exception()
-        if not samples:
-            raise BenchError(f"no round trip completed with {pairs} pairs in {seconds:g} s")
-        return PingPong(pairs, len(samples), percentile(samples, 0.5) * 1e3, percentile(samples, 0.99) * 1e3,
-                        shares, dict(failed))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for conn in conns:
-            conn.close()
+        shares = await measured(server, redis_server, pairs, echo, pinger, measure_from, warmup + seconds + 60,
+                                "end of the ping-pong run")
+    if not samples:
+        raise BenchError(f"no round trip completed with {pairs} pairs in {seconds:g} s")
+    return PingPong(pairs, len(samples), percentile(samples, 0.5) * 1e3, percentile(samples, 0.99) * 1e3,
+                    shares, dict(failed))
+
 
 
 @dataclasses.dataclass
@@ -377,16 +412,8 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
     Counted: distinct seqs that arrive at the receivers in a window of `seconds`
     after `warmup`, each when the last byte of its poll answer arrived.
     """
-    senders = [Peer(f"tp{tag}-{i}", "s") for i in range(pairs)]
-    receivers = [Peer(f"tp{tag}-{i}", "r") for i in range(pairs)]
-    conns = await connect_many(server.port, 2 * pairs)
-    send_conns, poll_conns = conns[:pairs], conns[pairs:]
-    tasks: list[asyncio.Task] = []
     failed: collections.Counter = collections.Counter()
-    try:
-        await join_all(poll_conns, receivers)
-        await join_all(send_conns, senders)
-        await drain_all(poll_conns, receivers)
+    async with joined_pairs(server, pairs, f"tp{tag}", ("r", "s")) as (receivers, senders):
         body = envelope("candidate", size)
         seen: list[set[int]] = [set() for _ in range(pairs)]
         counts = {"sent": 0, "refused": 0, "polls": 0}
@@ -394,7 +421,7 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
         window_start, window_end = start + warmup, start + warmup + seconds
 
         async def receive(i: int) -> None:
-            peer, conn = receivers[i], poll_conns[i]
+            peer, conn = receivers.peers[i], receivers.polls[i]
             held = conn.request(peer.poll_request(poll_wait))
             while True:
                 reply, messages, held = await next_answer(conn, peer, held, poll_wait, failed)
@@ -403,8 +430,8 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
                     counts["polls"] += 1
 
         async def send(i: int) -> None:
-            request = senders[i].send_request("r", body)
-            conn = send_conns[i]
+            request = senders.peers[i].send_request("r", body)
+            conn = senders.sends[i]
             for _ in range(100_000_000):
                 if time.perf_counter() >= window_end:
                     return
@@ -414,24 +441,8 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
                 if reply.status == 429:
                     await asyncio.sleep(0.01)
 
-        tasks = [asyncio.create_task(receive(i)) for i in range(pairs)]
-        await asyncio.sleep(0.2)
-        cpu = meter(server, redis_server)
-        sending = asyncio.gather(*(send(i) for i in range(pairs)))
-        await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
-        cpu.start()
-        await within(sending, warmup + seconds + 60, "end of the throughput run")
-        shares = cpu.stop()
-        await asyncio.sleep(0.5)  # answers of the window's last moments
-        for task in tasks:
-            if task.done() and task.exception():
-                raise task.exception()
-        delivered = sum(len(s) for s in seen)
-        return Throughput(pairs, seconds, delivered, counts["sent"], counts["refused"], counts["polls"], shares,
-                          dict(failed))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for conn in conns:
-            conn.close()
+        shares = await measured(server, redis_server, pairs, receive, send, window_start, warmup + seconds + 60,
+                                "end of the throughput run", linger=0.5)  # answers of the window's last moments
+    delivered = sum(len(s) for s in seen)
+    return Throughput(pairs, seconds, delivered, counts["sent"], counts["refused"], counts["polls"], shares,
+                      dict(failed))
