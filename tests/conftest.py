@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import hypothesis
 import pytest
 
 from signaling import create_app
@@ -11,6 +12,11 @@ from signaling.config import Settings
 
 from .helpers import Api
 from .servers import LiveServer, RedisClusterServers, RedisServer
+
+# Every property-based test here is reproducible (derandomized, no example database), and has no
+# deadline: its examples talk to real servers, whose timings vary.
+hypothesis.settings.register_profile("signaling", derandomize=True, database=None, deadline=None)
+hypothesis.settings.load_profile("signaling")
 
 #: Abuse limits are on by default; tests of other things turn them off, tests of limits set them.
 NO_LIMITS = {"joins_per_ip_per_minute": 0, "sends_per_peer_per_second": 0, "peers_per_ip": 0, "rooms_per_ip": 0}

@@ -41,22 +41,8 @@ SERVER_ENV = {
     "JOINS_PER_IP_PER_MINUTE": "0", "PEERS_PER_IP": "0", "ROOMS_PER_IP": "0",
 }
 
-FUZZ_SETTINGS = hypothesis.settings(
-    max_examples=100,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
-
-STATEFUL_SETTINGS = hypothesis.settings(
-    max_examples=100,
-    stateful_step_count=15,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+FUZZ_SETTINGS = hypothesis.settings(max_examples=100, suppress_health_check=list(HealthCheck))
+STATEFUL_SETTINGS = hypothesis.settings(FUZZ_SETTINGS, stateful_step_count=15)
 
 
 # What a schema cannot say. Leaving when not a member is 204 whatever the body holds

@@ -44,14 +44,7 @@ SETTINGS = {
     "peer_ttl": TTL, "poll_wait": 1.0, "mailbox_limit": 2, "room_capacity": 3,
     "reap_interval": 3600.0,  # the reaper thread never runs: the test reaps with its own clock
 }
-RUN = hypothesis.settings(
-    max_examples=200,
-    stateful_step_count=40,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+RUN = hypothesis.settings(max_examples=200, stateful_step_count=40, suppress_health_check=[HealthCheck.too_slow])
 EVENTS = ("peer-joined", "peer-left")
 
 
