@@ -46,7 +46,9 @@ def post_worker_init(worker):
 
     import gevent
 
-    service = worker.wsgi.extensions["signaling"]
+    from signaling.service import Service
+
+    service = Service.of(worker.wsgi)
     stop = worker.handle_exit
 
     def handle_exit(sig, frame):

@@ -12,12 +12,13 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import errors, metrics, protocol
 from .ice import ice_servers
+from .service import Service
 
 blueprint = Blueprint("api", __name__)
 
 
-def _service():
-    return current_app.extensions["signaling"]
+def _service() -> Service:
+    return Service.of(current_app)
 
 
 def _bearer() -> str | None:

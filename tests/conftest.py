@@ -7,8 +7,8 @@ import dataclasses
 import hypothesis
 import pytest
 
-from signaling import create_app
 from signaling.config import Settings
+from signaling.service import Service, create_app
 
 from .helpers import Api
 from .servers import LiveServer, RedisClusterServers, RedisServer
@@ -74,7 +74,7 @@ def make_app(request, backend_name):
 
     yield make
     for app in apps:
-        app.extensions["signaling"].close()
+        Service.of(app).close()
 
 
 @pytest.fixture

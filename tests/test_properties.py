@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 import signaling.api
-from signaling import create_app
 from signaling.config import Settings
+from signaling.service import Service, create_app
 
 from .conftest import BACKEND_URLS, NO_LIMITS
 from .helpers import Api, Reply
@@ -166,7 +166,7 @@ class Mailboxes(RuleBasedStateMachine):
         self.model = Model(self.clock)
 
     def teardown(self):
-        self.app.extensions["signaling"].close()
+        Service.of(self.app).close()
 
     # -- helpers
 
@@ -411,7 +411,7 @@ class Mailboxes(RuleBasedStateMachine):
             self.reap()
 
     def reap(self):
-        removed = self.app.extensions["signaling"].backend.reap(self.clock.now)
+        removed = Service.of(self.app).backend.reap(self.clock.now)
         expected = [(room, pid) for room in list(self.model.rooms) for pid in self.model.reap_room(room)]
         assert sorted(removed) == sorted(expected)
 

@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from signaling import create_app
 from signaling.config import Settings
+from signaling.service import Service, create_app
 
 from .helpers import Api, held_poll
 from .servers import RedisServer, free_port
@@ -50,7 +50,7 @@ def instances(store):
 
     yield make
     for app in apps:
-        app.extensions["signaling"].close()
+        Service.of(app).close()
 
 
 def test_every_key_of_a_room_shares_its_hash_tag_and_has_a_ttl(instances, db):
@@ -176,5 +176,5 @@ def test_unreachable_redis_is_503_and_recovers(tmp_path):
         assert alice.send("alice").code == "not_joined"
         assert api.join("r1", "alice").status == 201
     finally:
-        app.extensions["signaling"].close()
+        Service.of(app).close()
         server.stop()

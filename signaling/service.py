@@ -1,0 +1,186 @@
+"""The server: `create_app` builds the Flask app and the `Service` it runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import uuid
+from pathlib import Path
+
+from flask import Flask, Response, g, has_request_context, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import errors
+from .backends import Backend, create_backend
+from .config import Settings
+from .hub import Hub
+from .presence import Reaper
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+#: werkzeug's own HTTP errors, answered in our JSON shape
+_HTTP_ERRORS: dict[int, type[errors.SignalingError]] = {
+    400: errors.BadRequest,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge,
+}
+
+
+@dataclasses.dataclass
+class Service:
+    """The parts one process runs: settings, backend, held polls, reaper."""
+
+    settings: Settings
+    backend: Backend
+    hub: Hub
+    reaper: Reaper
+
+    @staticmethod
+    def of(app: Flask) -> Service:
+        """The service an app made by `create_app` runs: the one way to reach it."""
+        return app.extensions["signaling"]
+
+    def close(self) -> None:
+        self.hub.close()
+        self.reaper.stop()
+        self.backend.close()
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app; without `settings` they come from the environment."""
+    from .api import blueprint  # the views reach the service through Service.of
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
+    app.json.sort_keys = False
+
+    hub = Hub()
+    backend = create_backend(settings, hub)
+    backend.start()
+    reaper = Reaper(backend, settings.reap_interval)
+    reaper.start()
+    app.extensions["signaling"] = Service(settings, backend, hub, reaper)
+
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
+    app.register_blueprint(blueprint)
+    _install_request_ids(app)
+    _install_error_handlers(app, settings)
+    _install_cors(app, settings)
+    return app
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on every log record (`-` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+def _install_request_ids(app: Flask) -> None:
+    """Every request gets an id: the caller's `X-Request-Id` if sane, else a new one.
+
+    It comes back in the `X-Request-Id` header and in error bodies, and stands
+    in the app's log lines and gunicorn's access log.
+    """
+
+    @app.before_request
+    def assign():
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+    @app.after_request
+    def echo(response: Response) -> Response:
+        if "request_id" in g:
+            response.headers["X-Request-Id"] = g.request_id
+        return response
+
+    root = logging.getLogger()
+    if not root.handlers:  # under gunicorn: app logs go to stderr beside gunicorn's, with the id
+        handler = logging.StreamHandler()
+        handler.addFilter(RequestIdFilter())
+        handler.setFormatter(logging.Formatter(
+            "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"
+        ))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+def _error_response(error: errors.SignalingError) -> Response:
+    response = jsonify(error.body(g.get("request_id")))
+    response.status_code = error.status
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return response
+
+
+def _install_error_handlers(app: Flask, settings: Settings) -> None:
+    """Every error is JSON: ours, werkzeug's, and anything unexpected (a 500 is a bug)."""
+
+    @app.errorhandler(errors.SignalingError)
+    def signaling_error(error: errors.SignalingError):
+        return _error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        kind = _HTTP_ERRORS.get(error.code or 500)
+        if error.code == 413:
+            message = f"the body is larger than MAX_MESSAGE_BYTES ({settings.max_message_bytes} bytes)"
+        elif error.code == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        elif error.code == 404:
+            message = f"no such resource: {request.path}"
+        else:
+            message = error.description
+        signaling_error = (kind or errors.SignalingError)(message)
+        if kind is None:
+            signaling_error.status, signaling_error.code = error.code or 500, "http_error"
+        response = _error_response(signaling_error)
+        if error.code == 405 and getattr(error, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(errors.SignalingError())
+
+
+def _install_cors(app: Flask, settings: Settings) -> None:
+    """CORS for every response; preflights answer 204 before any view runs."""
+    allow_any = "*" in settings.allowed_origins
+
+    @app.before_request
+    def preflight():
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return Response(status=204)
+        return None
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if allow_any:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin in settings.allowed_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.vary.add("Origin")
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = (
+                "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
+            )
+            response.headers["Access-Control-Max-Age"] = "86400"
+        else:
+            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After, X-Request-Id"
+        return response
