@@ -134,8 +134,9 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
         lambda r: (t := _best(r)) and _cpu(t.cpu),
     ))
     out.append(Row(
-        "most CPU % used by other processes in any ping-pong or throughput window",
-        lambda r: (shares := [run.cpu.get("other", 0.0) for run in r.get("pingpong", []) + r.get("throughput", [])])
+        "most CPU % used by other processes in any ping-pong, throughput or call set-up window",
+        lambda r: (shares := [run.cpu.get("other", 0.0) for part in ("pingpong", "throughput", "batched", "setups")
+                              for run in r.get(part, [])])
         and f"{max(shares) * 100:.0f}",
     ))
     out.append(Row(

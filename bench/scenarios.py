@@ -465,7 +465,7 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
         body = envelope("candidate", size)
         seen: list[set[int]] = [set() for _ in range(pairs)]
         counts = {"sent": 0, "sends": 0, "refused": 0, "polls": 0}
-        credits = [asyncio.Semaphore(window or 1) for _ in range(pairs)]
+        credits = [asyncio.Semaphore(window) for _ in range(pairs)] if window else []
         start = time.perf_counter()
         window_start, window_end = start + warmup, start + warmup + seconds
 
@@ -599,10 +599,6 @@ class CallSetups:
     @property
     def server_us_per_request(self) -> float:
         return self.cpu.get("server", 0.0) * self.seconds / self.requests * 1e6 if self.requests else 0.0
-
-    @property
-    def server_ms_per_setup(self) -> float:
-        return self.cpu.get("server", 0.0) * self.seconds / self.completed * 1e3 if self.completed else 0.0
 
 
 async def call_setups(server: PinnedServer, redis_server: PinnedRedis | None, calls: int, seconds: float,
