@@ -6,6 +6,7 @@ import asyncio
 import collections
 import http.client
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -32,13 +33,20 @@ def test_the_floor_is_the_bare_app_on_one_gevent_worker_pinned_to_the_cpu(tmp_pa
         server.stop()
 
 
+def run(scenario) -> None:
+    """asyncio.run(scenario()) in a thread of its own: Playwright (the browser tests) may keep an event
+    loop running in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(scenario())).result(timeout=120)
+
+
 async def joined(port: int, room: str, *names: str) -> list[tuple[Peer, object]]:
     """Peers joined in order, each with its connection, polling with `Last-Event-ID`."""
     peers = []
     for name in names:
         conn = await connect(port)
         peer = Peer(room, name, cursor_header=True)
-        peer.joined(await call(conn, peer.join_request(), 10, (201,)))
+        peer.joined(await call(conn, peer.join_request(), 30, (201,)))
         peers.append((peer, conn))
     return peers
 
@@ -50,17 +58,17 @@ def test_the_outbox_sends_the_first_envelope_alone_and_what_follows_as_one_batch
         outbox = Outbox(alice_conn, alice, "bob", collections.Counter(), lambda reply, n: answered.append(n))
         seqs = [outbox.send(envelope(f"c{i}", 40)) for i in range(5)]
         assert alice_conn.waiter is not None  # the first is on its way before send() returns
-        assert await asyncio.wait_for(asyncio.gather(*seqs), 10) == [2, 3, 4, 5, 6]  # 1: alice's peer-joined
+        assert await asyncio.wait_for(asyncio.gather(*seqs), 30) == [2, 3, 4, 5, 6]  # 1: alice's peer-joined
         await outbox.idle()
         assert (outbox.requests, answered) == (2, [1, 4])
-        messages = bob.polled(await call(bob_conn, bob.poll_request(5), 10))
+        messages = bob.polled(await call(bob_conn, bob.poll_request(5), 30))
         assert [m["type"] for m in messages] == ["peer-joined", "c0", "c1", "c2", "c3", "c4"]
-        again = bob.polled(await call(bob_conn, bob.poll_request(0), 10))  # the header acknowledged them
+        again = bob.polled(await call(bob_conn, bob.poll_request(0), 30))  # the header acknowledged them
         assert again == [] and bob.cursor == 6
         for conn in (bob_conn, alice_conn):
             conn.close()
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_a_batch_refused_fails_every_send_waiting_and_every_later_one(live_server):
@@ -70,8 +78,8 @@ def test_a_batch_refused_fails_every_send_waiting_and_every_later_one(live_serve
         outbox = Outbox(alice_conn, alice, "bob", collections.Counter(), on_error=errors.append)
         first = outbox.send(envelope("offer", 40))
         batch = [outbox.send(envelope("candidate", 40)), outbox.send(envelope("peer-joined", 40))]  # reserved: 400
-        assert isinstance(await asyncio.wait_for(first, 10), int)
-        done, _ = await asyncio.wait(batch, timeout=10)
+        assert isinstance(await asyncio.wait_for(first, 30), int)
+        done, _ = await asyncio.wait(batch, timeout=30)
         assert len(done) == 2 and all(isinstance(f.exception(), BenchError) for f in done)
         assert "HTTP 400" in str(errors[0]) and "1.1 batch" in str(errors[0])
         with pytest.raises(BenchError):
@@ -79,7 +87,7 @@ def test_a_batch_refused_fails_every_send_waiting_and_every_later_one(live_serve
         for conn in (bob_conn, alice_conn):
             conn.close()
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_every_cpu_per_request_figure_is_also_a_multiple_of_the_floor():
