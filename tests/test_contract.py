@@ -466,6 +466,30 @@ def test_cors_with_listed_origins(make_app):
     assert "access-control-allow-origin" not in bad.headers
 
 
+def test_a_preflight_lists_every_allowed_header_whatever_it_asks(make_app):
+    """One cached preflight covers every later request of the URL; one listed origin still varies the answer."""
+    api = Api.over_flask(make_app(allowed_origins=("https://a.example",)).test_client())
+    for origin in ("https://a.example", "https://evil.example"):
+        preflight = api.request("OPTIONS", "/rooms/r1/peers/bob/messages", headers={
+            "Origin": origin, "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status == 204
+        assert "Origin" in preflight.headers["vary"]
+    assert preflight.headers["access-control-allow-headers"] == (
+        "Authorization, Content-Type, Idempotency-Key, Last-Event-ID")
+    assert preflight.headers["access-control-max-age"] == "86400"
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_error_answers_carry_cors_headers(make_app):
+    api = Api.over_flask(make_app(allowed_origins=("https://a.example",)).test_client())
+    for method, path in [("GET", "/rooms/r1/peers"), ("GET", "/nowhere"), ("PUT", "/rooms/r1/peers")]:
+        reply = api.request(method, path, headers={"Origin": "https://a.example"})
+        assert reply.status >= 400 and reply.code
+        assert reply.headers["access-control-allow-origin"] == "https://a.example"
+        assert "x-request-id" in reply.headers["access-control-expose-headers"].lower()
+
+
 def test_errors_are_json(api):
     for method, path, status in [("GET", "/nowhere", 404), ("PUT", "/rooms/r1/peers", 405),
                                  ("GET", "/rooms/r1/peers/a", 405)]:
