@@ -27,6 +27,7 @@ run: $(BIN)/gunicorn  ## start the service on $PORT (memory backend unless REDIS
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m signaling
 
 test: $(VENV)/.dev  ## run every test: contract on both backends, live server, browser, client
+	@.ci/system-packages
 	$(BIN)/python -m pytest
 	@if [ -d tests/js ]; then node --test tests/js/; fi
 
