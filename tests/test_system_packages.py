@@ -14,7 +14,7 @@ import pytest
 from .servers import ROOT
 
 SCRIPT = ROOT / ".ci" / "system-packages"
-COMMANDS = ["chromium", "ip", "nginx", "node", "curl", "jq"]
+COMMANDS = ["chromium", "ip", "nginx", "openssl", "node", "curl", "jq"]
 
 
 def shim(directory: Path, name: str, body: str = "exit 0") -> None:
@@ -33,8 +33,8 @@ def run(tmp_path: Path, present: list[str], uid: int = 0, apt: bool = True) -> t
     shim(shims, "id", f'[ "$1" = -u ] && echo {uid}')
     if apt:
         shim(shims, "apt-get", f'echo "$DEBIAN_FRONTEND $*" >> {calls}')
-    result = subprocess.run(["/bin/bash", str(SCRIPT)], env={"PATH": str(shims)}, capture_output=True, text=True,
-                            timeout=30)
+    env = {"PATH": str(shims), "SBIN_PATH": ""}  # nothing but the shims: not even /usr/sbin's nginx
+    result = subprocess.run(["/bin/bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
     return result, calls.read_text() if calls.exists() else ""
 
 
@@ -64,7 +64,7 @@ def test_not_root_it_stops_naming_exactly_what_to_install(tmp_path):
 def test_without_apt_it_stops_naming_every_missing_package(tmp_path, uid):
     result, _ = run(tmp_path, ["ip", "curl"], uid=uid, apt=False)
     assert result.returncode != 0
-    assert "apt-get install -y chromium nginx nodejs jq" in result.stderr
+    assert "apt-get install -y chromium nginx openssl nodejs jq" in result.stderr
 
 
 def test_make_test_and_ci_run_it_before_any_test():
