@@ -8,11 +8,13 @@ to the per-IP limits (TRUSTED_PROXIES=1).
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
 from .helpers import Api, held_poll
+from .servers import ROOT, NginxServer
 
 pytestmark = pytest.mark.live
 
@@ -76,3 +78,9 @@ def test_x_forwarded_for_reaches_the_per_ip_limits(start_behind_nginx):
     forged = first.request("POST", "/rooms/r1/peers", {"peer_id": "c"}, headers={"X-Forwarded-For": "198.51.100.7"})
     assert forged.code == "too_many_peers"
     assert second.join("r1", "c").status == 201
+
+
+def test_the_readme_shows_the_configuration_that_is_tested():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```nginx\n(.*?)```", readme, re.S)
+    assert blocks == [NginxServer.CONF.read_text()]
