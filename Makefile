@@ -23,7 +23,7 @@ $(VENV)/.dev: $(BIN)/gunicorn requirements-dev.txt
 	@touch $@
 
 run: $(BIN)/gunicorn  ## start the service on $PORT (memory backend unless REDIS_URL is set)
-	@echo "signaling: http://$(HOST):$(PORT)/  backend: $(if $(REDIS_URL),redis ($(REDIS_URL)),memory)"
+	@echo "signaling: http://$(if $(filter 127.0.0.1,$(HOST)),localhost,$(HOST)):$(PORT)/  backend: $(if $(REDIS_URL),redis ($(REDIS_URL)),memory)"
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m signaling
 
 test: $(VENV)/.dev  ## run every test: contract on both backends, live server, browser, client

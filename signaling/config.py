@@ -16,7 +16,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The service's configuration (PROTOCOL.md, "Configuration")."""
+    """The service's configuration (docs/protocol.md, "Configuration", and the README's operator settings)."""
 
     port: int = 8000
     redis_url: str | None = None
@@ -79,8 +79,8 @@ class Settings:
         if self.web_concurrency > 1 and not self.redis_url:
             raise ConfigError(
                 f"WEB_CONCURRENCY={self.web_concurrency} needs REDIS_URL: without it every worker would keep "
-                "its own rooms in memory and peers on different workers could not see each other "
-                "(set REDIS_URL, or use WEB_CONCURRENCY=1)"
+                "its own rooms in memory and peers on different workers could not see each other. "
+                "Set REDIS_URL to run several workers, or use WEB_CONCURRENCY=1"
             )
 
 

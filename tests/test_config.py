@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
 
 from signaling.config import CHECKS, ConfigError, Settings
 
-from .servers import ROOT, free_port
+from .servers import ROOT
 
 #: (environment, the variable the message must name, words of what it accepts)
 BAD = {
@@ -139,27 +136,3 @@ def test_the_procfile_listens_on_every_interface_of_the_platforms_port():
     assert run.returncode == 0, run.stderr
     assert print_config(run.stdout)["bind"] == "['0.0.0.0:5123']"
 
-
-@pytest.mark.live
-def test_make_run_listens_on_this_machine_only():
-    """The Quick start's `make run` serves localhost, not every interface (a laptop on a café network)."""
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "HOST", "WEB_CONCURRENCY")}
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(["make", "--no-print-directory", "run", f"PORT={port}"], cwd=ROOT, env=environ,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 30
-            while f"Listening at: http://127.0.0.1:{port}" not in read(log) and process.poll() is None:
-                assert time.monotonic() < deadline, read(log)
-                time.sleep(0.1)
-            assert process.poll() is None, read(log)
-            assert f"signaling: http://127.0.0.1:{port}/" in read(log)
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(20)
-
-
-def read(log) -> str:
-    log.seek(0)
-    return log.read()
