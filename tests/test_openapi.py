@@ -9,7 +9,7 @@ import jsonschema
 import referencing
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from signaling import errors, protocol
+from signaling import errors, messages, protocol
 from signaling.api import OPENAPI
 
 from .helpers import Api, Peer, Reply
@@ -63,13 +63,7 @@ def documented_errors() -> set[tuple[int, str]]:
 
 def error_classes() -> list[type[errors.SignalingError]]:
     """Every error the app can answer with: classes that name their own code (not mere groupings)."""
-    found, todo = [], [errors.SignalingError]
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        if "code" in vars(cls) or cls is errors.SignalingError:
-            found.append(cls)
-    return found
+    return list(errors.by_code().values())
 
 
 def shape(path: str) -> str:
@@ -111,7 +105,7 @@ def test_every_route_is_documented_and_vice_versa(app):
         (shape(rule.rule), method.lower())
         for rule in app.url_map.iter_rules()
         for method in rule.methods - AUTOMATIC
-    }
+    } | {(shape(path), method.lower()) for path, methods in messages.ROUTES.items() for method in methods}
     documented = {(shape(path), method) for path, method, _ in operations()}
     assert routes - documented == set(), "routes the document lacks"
     assert documented - routes == set(), "operations the app does not serve"
