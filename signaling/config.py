@@ -27,6 +27,9 @@ class Settings:
     turn_secret: str | None = None
     turn_ttl: int = 86400
     allowed_origins: tuple[str, ...] = ("*",)
+    # Join tickets (signaling/tickets.py): either set, every fresh join needs one.
+    join_secret: tuple[str, ...] = ()  # HS256 secrets, comma-separated: any of them verifies (rotation)
+    join_public_key: str | None = None  # a PEM public key, inline or a file's path
     # Beyond the protocol's table: operator knobs, documented in the README.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
@@ -73,11 +76,28 @@ class Settings:
         for name, ok in positive.items():
             if not ok:
                 raise ConfigError(f"{name} is out of range: {getattr(self, name.lower())!r}")
+        self._validate_tickets()
         if self.poll_wait >= self.peer_ttl:
             raise ConfigError(
                 f"POLL_WAIT ({self.poll_wait:g}) must be below PEER_TTL ({self.peer_ttl:g}), "
                 "or a peer waiting in a poll would time out"
             )
+
+    def _validate_tickets(self) -> None:
+        if not (self.join_secret or self.join_public_key):
+            return
+        from .tickets import check_secret, load_public_key  # PyJWT and cryptography load only when asked for
+
+        try:
+            for secret in self.join_secret:
+                check_secret(secret)
+        except ValueError as exc:
+            raise ConfigError(f"JOIN_SECRET is not valid: {exc}") from None
+        if self.join_public_key:
+            try:
+                load_public_key(self.join_public_key)
+            except ValueError as exc:
+                raise ConfigError(f"JOIN_PUBLIC_KEY is not valid: {exc}") from None
 
 
 def _parse(name: str, raw: str, default: object) -> object:

@@ -18,6 +18,7 @@ from .backends import Backend, create_backend
 from .config import Settings
 from .hub import Hub
 from .presence import Reaper
+from .tickets import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,13 @@ _HTTP_ERRORS: dict[int, type[errors.SignalingError]] = {
 
 @dataclasses.dataclass
 class Service:
-    """The parts one process runs: settings, backend, held polls, reaper."""
+    """The parts one process runs: settings, backend, held polls, reaper, and the join ticket check."""
 
     settings: Settings
     backend: Backend
     hub: Hub
     reaper: Reaper
+    tickets: Verifier | None  # None: tickets are off, anyone may join
 
     @staticmethod
     def of(app: Flask) -> Service:
@@ -61,12 +63,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     app.json.sort_keys = False
 
+    tickets = Verifier.from_settings(settings)
     hub = Hub()
     backend = create_backend(settings, hub)
     backend.start()
     reaper = Reaper(backend, settings.reap_interval)
     reaper.start()
-    app.extensions["signaling"] = Service(settings, backend, hub, reaper)
+    app.extensions["signaling"] = Service(settings, backend, hub, reaper, tickets)
 
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)

@@ -7,6 +7,7 @@ lives on one Redis Cluster shard and a script may touch all of its keys:
     sig:{room}:peer:<id>          hash  token (sha256), since (join time), seq, acked, events, holder
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
     sig:{room}:idem:<from>@<since>:<to>@<since>:<key>   string  "<digest> <answer>", 10 minutes
+    sig:{room}:jti:<jti>          string  the peer a single-use join ticket admitted, until its exp (+ leeway)
 
     sig:{room}:rate:<id>          string  sends in the current second
 
@@ -46,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import secrets
 import threading
 import time
@@ -202,14 +204,33 @@ local function reap_room(now, ttl, before, after)
 end
 """
 
-# KEYS[1] members; ARGV: peer, new token hash, presented token hash, now, ttl,
-# capacity, peer-joined tail, peer-left (timeout) halves before/after the id.
-# Returns {'created'|'resumed', cursor, other ids...} or {'err', code}.
+# A join: one script, so that no other request comes between its checks and its writes; two joins with
+# one single-use ticket cannot both find its jti unused, and a refused join leaves nothing behind.
+#   KEYS[1]   sig:{room}:members
+#   ARGV[1]   the peer id
+#   ARGV[2]   sha256 of the new token
+#   ARGV[3]   sha256 of the presented token ('' for none)
+#   ARGV[4]   now (unix s), also kept as the peer's `since`
+#   ARGV[5]   PEER_TTL (s)
+#   ARGV[6]   ROOM_CAPACITY
+#   ARGV[7]   the peer-joined tail
+#   ARGV[8]   ARGV[9]  the peer-left (timeout) tail's halves before and after the id
+#   ARGV[10]  the error code a fresh join gets ('' when it may be fresh: tickets off, or the ticket passed)
+#   ARGV[11]  the ticket's jti ('' for none), kept at sig:{room}:jti:<jti> once it admitted a join
+#   ARGV[12]  until when the jti is kept (unix ms: the ticket's exp plus the leeway)
+# returns {'created'|'resumed', cursor, other ids...} or {'err', code}
 JOIN = r"""
 local id, new_hash, given = ARGV[1], ARGV[2], ARGV[3]
-local now, ttl, capacity = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-reap_room(now, ttl, ARGV[8], ARGV[9])
+local since, now, ttl, capacity = ARGV[4], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local joined_tail, left_before, left_after = ARGV[7], ARGV[8], ARGV[9]
+local refused, jti, jti_until = ARGV[10], ARGV[11], ARGV[12]
 local pk = peer_key(id)
+local jti_key = prefix .. 'jti:' .. jti
+if not (is_live(id, now, ttl) and same(redis.call('HGET', pk, 'token'), given)) then  -- not a resume
+  if refused ~= '' then return {'err', refused} end
+  if jti ~= '' and redis.call('EXISTS', jti_key) == 1 then return {'err', 'bad_ticket'} end
+end
+reap_room(now, ttl, left_before, left_after)
 if redis.call('ZSCORE', members, id) then
   if not same(redis.call('HGET', pk, 'token'), given) then return {'err', 'peer_id_taken'} end
   touch(id, now, ttl)
@@ -219,9 +240,10 @@ end
 if redis.call('ZCARD', members) >= capacity then return {'err', 'room_full'} end
 local others = others_of(id)
 redis.call('DEL', pk, mbox_key(id))
-redis.call('HSET', pk, 'token', new_hash, 'since', ARGV[4], 'seq', 0, 'acked', 0, 'events', 0)
+redis.call('HSET', pk, 'token', new_hash, 'since', since, 'seq', 0, 'acked', 0, 'events', 0)
 touch(id, now, ttl)
-for _, m in ipairs(others) do push(m, ARGV[7], true, ttl) end
+for _, m in ipairs(others) do push(m, joined_tail, true, ttl) end
+if jti ~= '' then redis.call('SET', jti_key, id, 'PXAT', jti_until) end
 return {'created', '0', unpack(others)}
 """
 
@@ -422,6 +444,8 @@ _ERRORS: dict[str, type[errors.SignalingError]] = {
     "idempotency_key_reused": errors.IdempotencyKeyReused,
     "peer_id_taken": errors.PeerIdTaken,
     "room_full": errors.RoomFull,
+    "ticket_required": errors.TicketRequired,
+    "bad_ticket": errors.BadTicket,
 }
 
 
@@ -560,14 +584,21 @@ class RedisBackend(Backend):
         with _reachable():
             self.client.zrem(ip_keys(client_ip)[1], f"{room} {peer}")
 
-    def join(self, room, peer, new_token, token, now):
+    def join(self, room, peer, new_token, token, now, jti=None, jti_until=0.0, refusal=None):
         before, after = _halves(envelope_tail("@", "peer-left", {"reason": "timeout"}, now))
-        status, cursor, *others = self._run(
-            "join", room,
-            [peer, hash_token(new_token), _hashed(token), repr(now), repr(self.settings.peer_ttl),
-             self.settings.room_capacity, envelope_tail(peer, "peer-joined", None, now), before, after],
-            self._schedule_reap(room, now), peer=peer,
-        )
+        try:
+            status, cursor, *others = self._run(
+                "join", room,
+                [peer, hash_token(new_token), _hashed(token), repr(now), repr(self.settings.peer_ttl),
+                 self.settings.room_capacity, envelope_tail(peer, "peer-joined", None, now), before, after,
+                 refusal.code if refusal else "", jti or "", math.ceil(jti_until * 1000) if jti else 0],
+                self._schedule_reap(room, now), peer=peer,
+                check="already used (this ticket's jti admitted a join before)",
+            )
+        except (errors.TicketRequired, errors.BadTicket):
+            if refusal is None:
+                raise  # the jti was used
+            raise refusal from None  # the script names its code; the view's error says which check failed
         return Joined(created=status == "created", peers=others, cursor=int(cursor))
 
     def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None):
