@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
+
+from signaling.tickets import Verifier
 
 from .servers import ROOT
 
@@ -45,18 +49,39 @@ def steps(block: str) -> list[tuple[str, str | None]]:
     return result
 
 
+#: the JOIN_SECRET of the server (and the curl terminal) for the walkthrough's block about join tickets
+JOIN_SECRET = "the-readme-walkthrough-join-secret-32b"
+
+
 @pytest.mark.parametrize("section", ["Walk through it with curl"])
-def test_curl_walkthrough_runs_as_written(live_server, section):
+def test_curl_walkthrough_runs_as_written(live_server, start_server, section):
     assert shutil.which("curl") and shutil.which("jq"), "the walkthrough needs curl and jq"
-    host = live_server.url.removeprefix("http://")
     for block in shell_blocks(section):
         pairs = steps(block)
         assert pairs
+        env = dict(os.environ)
+        server = live_server
+        if "signaling.tickets" in block:  # the block for a server started with JOIN_SECRET
+            env["JOIN_SECRET"] = JOIN_SECRET
+            server = start_server(env={"JOIN_SECRET": JOIN_SECRET})
         script = "set -e\n" + "".join(f"{cmd}\necho {STEP}\n" for cmd, _ in pairs)
-        script = script.replace("localhost:8000", host)
-        run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+        script = script.replace("localhost:8000", server.url.removeprefix("http://"))
+        script = script.replace(".venv/bin/python", sys.executable)
+        run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
         assert run.returncode == 0, run.stderr
         outputs = run.stdout.split(STEP + "\n")
         for (command, expected), output in zip(pairs, outputs, strict=False):
             if expected is not None:
                 assert output.strip() == expected, command
+
+
+def test_the_python_example_mints_a_ticket_the_server_takes(monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Join tickets\n", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    monkeypatch.setenv("JOIN_SECRET", JOIN_SECRET)
+    namespace: dict = {}
+    exec(example, namespace)
+    ticket = namespace["join_ticket"]("demo", "alice")
+    checked = Verifier([JOIN_SECRET]).check(ticket, "demo", None)
+    assert checked.sub == "alice" and checked.jti
