@@ -91,12 +91,16 @@ class BadTicket(Unauthorized):
 
     code = "bad_ticket"
     default_message = "the ticket failed a check"
-    template = "bad ticket: {check}"
 
     @classmethod
     def failed(cls, check: str, detail: str | None = None) -> BadTicket:
         """The error for the named check: signature, expired, not yet valid, another room, ..."""
         return cls(f"bad ticket: {check}" + (f" ({detail})" if detail else ""))
+
+    @classmethod
+    def used(cls) -> BadTicket:
+        """A single-use ticket's second fresh join: both backends say it so."""
+        return cls.failed("already used", "this ticket's jti admitted a join before")
 
 
 class NotFound(SignalingError):
@@ -176,3 +180,15 @@ class BackendUnavailable(SignalingError):
     status, code = 503, "backend_unavailable"
     default_message = "the state store cannot be reached; try again shortly"
     retry_after = 1
+
+
+def by_code() -> dict[str, type[SignalingError]]:
+    """Every error class by its code: the Redis scripts answer with codes, and the OpenAPI test lists them."""
+    found: dict[str, type[SignalingError]] = {}
+    classes = [SignalingError]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        if "code" in vars(cls):
+            assert found.setdefault(cls.code, cls) is cls, f"two error classes share the code {cls.code!r}"
+    return found
