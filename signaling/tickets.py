@@ -37,8 +37,8 @@ LEEWAY = 30
 MAX_JTI = 128
 #: the latest `exp` taken (the year 5138): a used jti is stored until then, and Redis must be able to say so
 MAX_EXP = 10**11
-#: what every ticket must carry
-REQUIRED = ["exp", "room"]
+#: what every ticket must carry; claims the protocol does not name (`aud`, `iss`, ...) are ignored
+OPTIONS = {"require": ["exp", "room"], "verify_aud": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Verifier:
         """
         if raw is None:
             raise errors.TicketRequired.about(room=room)
-        if not isinstance(raw, str) or not raw:
+        if not isinstance(raw, str) or not raw or not raw.isascii():  # a JWT is ASCII: base64url parts and dots
             raise errors.BadTicket.failed("malformed", "'ticket' must be a JWT string")
         claims = self._decode(raw)
         ticket_room, sub, jti = claims["room"], claims.get("sub"), claims.get("jti")
@@ -102,7 +102,7 @@ class Verifier:
             raise errors.BadTicket.failed("signature", f"algorithm {algorithm!r:.20} is not accepted here")
         for key in keys:
             try:
-                return jwt.decode(raw, key, algorithms=[algorithm], leeway=LEEWAY, options={"require": REQUIRED})
+                return jwt.decode(raw, key, algorithms=[algorithm], leeway=LEEWAY, options=OPTIONS)
             except jwt.InvalidSignatureError:
                 continue  # another of the rotated secrets may have signed it
             except jwt.ExpiredSignatureError:
@@ -160,6 +160,10 @@ def check_secret(secret: str) -> None:
             "each secret must be at least 32 bytes; make one with "
             "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
+    try:
+        jwt.get_algorithm_by_name("HS256").prepare_key(secret)
+    except jwt.InvalidKeyError as exc:  # PyJWT refuses a PEM or SSH key as an HMAC secret
+        raise ValueError(str(exc)) from None
 
 
 def mint(secret: str, room: str, peer: str | None = None, ttl: float = 60, once: bool = False,

@@ -106,6 +106,10 @@ def test_without_sub_any_peer_id_may_join_with_it(api):
     assert anonymous.status == 201 and anonymous.body["peer_id"] not in ("alice", "")
 
 
+def test_claims_the_protocol_does_not_name_are_ignored(api):
+    assert api.join("r1", "alice", ticket=ticket(aud="my-app", iss="https://app.example", role="host")).status == 201
+
+
 def test_a_ticket_is_for_one_room(api):
     reply = api.join("r2", "alice", ticket=ticket("r1"))
     refused(reply, "bad_ticket", "another room")
@@ -139,6 +143,7 @@ def test_signature(api):
 
 @pytest.mark.parametrize("body", [
     {"ticket": "not-a-jwt"}, {"ticket": "a.b.c"}, {"ticket": ""}, {"ticket": 42}, {"ticket": ["x"]},
+    {"ticket": "\ud800"}, {"ticket": "eyJhbGciOiJIUzI1NiJ9.\ud800.x"}, {"ticket": "é.é.é"},
     {"ticket": jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256")},  # no room
     {"ticket": jwt.encode({"room": "r1"}, SECRET, algorithm="HS256")},  # no exp
     {"ticket": ticket(exp="soon")}, {"ticket": ticket(exp=10**12)}, {"ticket": ticket(iat="today")},
@@ -314,6 +319,8 @@ def test_settings_read_the_secret_list_and_the_key_inline_or_from_a_file(tmp_pat
     ({"JOIN_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----"}, "JOIN_PUBLIC_KEY"),
     ({"JOIN_PUBLIC_KEY": "/no/such/key.pem"}, "JOIN_PUBLIC_KEY"),
     ({"JOIN_SECRET": "short"}, "JOIN_SECRET"),
+    ({"JOIN_SECRET": "-----BEGIN PUBLIC KEY-----MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE-----END PUBLIC KEY-----"},
+     "JOIN_SECRET"),
 ])
 def test_unusable_ticket_settings_are_refused_at_start(env, names):
     with pytest.raises(ConfigError) as refused_setting:
