@@ -21,9 +21,10 @@
  * Join tickets: a server that sets JOIN_SECRET or JOIN_PUBLIC_KEY admits a
  * fresh join only with a ticket that the application's backend issued. Pass
  * it as `join(url, room, {ticket})`, or pass `{getTicket: async () => ticket}`,
- * which is called for every fresh join the session makes (the first one, and
- * each after the server forgot this peer: `404 not_joined`), so a long-lived
- * page keeps going with short-lived, single-use tickets. A join refused with
+ * which is called before each join the session makes (the first one, and each
+ * after the server forgot this peer: `404 not_joined`), so a long-lived page
+ * keeps going with short-lived, single-use tickets (a join that resumes with
+ * the session's token leaves its ticket unused). A join refused with
  * `ticket_required` or `bad_ticket` is not retried: the first join rejects
  * with that code, a later one is a fatal `error` event.
  *
@@ -72,7 +73,7 @@ const DEFAULTS = {
  * Options: `peerId` (else the server picks one, or the ticket's `sub` names
  * it), `token` (a previous session's token, to resume it after a page
  * reload), `ticket` (a join ticket), `getTicket` (an async function returning
- * a fresh ticket for each fresh join), `fetch` (a stand-in for tests),
+ * a fresh ticket before each join), `fetch` (a stand-in for tests),
  * `backoff` `{base, max}` in ms, `sendRetries`.
  * Rejects with a SignalingError when the join is refused (`401 ticket_required`,
  * `401 bad_ticket`, `409 peer_id_taken`, `409 room_full`, …) or the service
