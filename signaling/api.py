@@ -54,14 +54,20 @@ def join(room: str):
     protocol.check_id(room, "room")
     body = protocol.parse_object(_body(), empty_ok=True)
     requested = body.get("peer_id")
-    peer = protocol.new_peer_id() if requested is None else protocol.check_id(requested, "peer_id")
+    if requested is not None:
+        protocol.check_id(requested, "peer_id")
+    ticket, refusal = _ticket(service, body, room, requested)
+    peer = requested or (ticket and ticket.sub) or protocol.new_peer_id()
     token = _bearer()
     new_token = protocol.new_token(peer)
     now = time.time()
     client_ip = _client_ip()
     leased = service.backend.admit(client_ip, room, peer, now)
     try:
-        joined = service.backend.join(room, peer, new_token, token, now)
+        joined = service.backend.join(
+            room, peer, new_token, token, now,
+            jti=ticket and ticket.jti, jti_until=ticket.usable_until if ticket else 0.0, refusal=refusal,
+        )
     except errors.SignalingError:
         if leased:
             service.backend.release(client_ip, room, peer)
@@ -81,6 +87,20 @@ def join(room: str):
         201 if joined.created else 200,
         Location=f"/rooms/{room}/peers/{peer}",
     )
+
+
+def _ticket(service: Service, body: dict, room: str, peer: str | None):
+    """(the join's checked ticket, or the error a fresh join gets): (None, None) when tickets are off.
+
+    A failed check is not raised here: a resume needs no ticket, and only the
+    backend knows whether this join resumes.
+    """
+    if service.tickets is None:
+        return None, None
+    try:
+        return service.tickets.check(body.get("ticket"), room, peer), None
+    except (errors.TicketRequired, errors.BadTicket) as refusal:
+        return None, refusal
 
 
 @blueprint.get("/rooms/<room>/peers")

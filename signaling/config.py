@@ -30,6 +30,9 @@ class Settings:
     turn_secret: str | None = None
     turn_ttl: int = 86400
     allowed_origins: tuple[str, ...] = ("*",)
+    # Join tickets (signaling/tickets.py): either set, every fresh join needs one.
+    join_secret: tuple[str, ...] = ()  # HS256 secrets, comma-separated: any of them verifies (rotation)
+    join_public_key: str | None = None  # a PEM public key, inline or a file's path
     # Beyond the protocol's table: operator knobs, documented in the README.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
@@ -66,6 +69,7 @@ class Settings:
             value = getattr(self, name.lower())
             if value is not None and not check.ok(value):
                 raise ConfigError(f"{name}={_shown(value)} ({check.accepts})")
+        self._validate_tickets()
         if self.poll_wait >= self.peer_ttl:
             raise ConfigError(
                 f"POLL_WAIT={self.poll_wait:g} must be below PEER_TTL={self.peer_ttl:g}, "
@@ -82,6 +86,23 @@ class Settings:
                 "its own rooms in memory and peers on different workers could not see each other. "
                 "Set REDIS_URL to run several workers, or use WEB_CONCURRENCY=1"
             )
+
+    def _validate_tickets(self) -> None:
+        """A JOIN_SECRET or JOIN_PUBLIC_KEY that could never verify a ticket is refused at start."""
+        if not (self.join_secret or self.join_public_key):
+            return
+        from .tickets import check_secret, load_public_key  # PyJWT and cryptography load only when asked for
+
+        try:
+            for secret in self.join_secret:
+                check_secret(secret)
+        except ValueError as exc:
+            raise ConfigError(f"JOIN_SECRET is not valid: {exc}") from None
+        if self.join_public_key:
+            try:
+                load_public_key(self.join_public_key)
+            except ValueError as exc:
+                raise ConfigError(f"JOIN_PUBLIC_KEY is not valid: {exc}") from None
 
 
 class Check(NamedTuple):
@@ -149,7 +170,6 @@ CHECKS: dict[str, Check] = {
 def _shown(value: object) -> str:
     """A value as the environment would spell it, quoted."""
     return repr(",".join(value) if isinstance(value, tuple) else value)
-
 
 def _parse(name: str, raw: str, default: object) -> object:
     """Convert one raw value to the type of its default."""

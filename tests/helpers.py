@@ -79,12 +79,15 @@ class Api:
             data = data.encode()
         return self._call(method, path, headers, data)
 
-    def join(self, room: str, peer: str | None = None, token: str | None = None) -> Reply:
-        return self.request("POST", f"/rooms/{room}/peers", {} if peer is None else {"peer_id": peer}, token=token)
+    def join(self, room: str, peer: str | None = None, token: str | None = None, ticket: str | None = None) -> Reply:
+        body = {} if peer is None else {"peer_id": peer}
+        if ticket is not None:
+            body["ticket"] = ticket
+        return self.request("POST", f"/rooms/{room}/peers", body, token=token)
 
-    def peer(self, room: str, peer: str | None = None) -> Peer:
+    def peer(self, room: str, peer: str | None = None, ticket: str | None = None) -> Peer:
         """Join and return the member, failing the test unless the join succeeds."""
-        reply = self.join(room, peer)
+        reply = self.join(room, peer, ticket=ticket)
         assert reply.status == 201, (reply.status, reply.raw)
         return Peer(self, room, reply.body["peer_id"], reply.body["token"])
 
