@@ -16,7 +16,8 @@ except ConfigError as exc:
     sys.exit(f"signaling: bad configuration: {exc}")
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_settings.port}"
-worker_class = "gevent"
+# gevent's worker, with JSON answers of its own and REQUEST_READ_TIMEOUT on slow requests.
+worker_class = "signaling.worker.SignalingWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # One held poll is one open connection: leave room for thousands per worker.
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))

@@ -42,7 +42,8 @@ def _client_ip() -> str:
 
 
 def _body() -> bytes:
-    return request.get_data(cache=False)
+    """The body, read whole and held to MAX_MESSAGE_BYTES before any view ran (service.py)."""
+    return request.get_data()
 
 
 def _query_int(name: str, default: int, low: int, high: int | None = None) -> int:

@@ -30,6 +30,8 @@ class Settings:
     # Beyond the protocol's table: operator knobs, documented in the README.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
+    # Seconds a request may take to arrive whole, headers and body (signaling/worker.py); past it: 408.
+    request_read_timeout: float = 10.0
     # Abuse limits, kept in the backend so they hold across instances; 0 turns one off.
     joins_per_ip_per_minute: int = 60
     sends_per_peer_per_second: int = 50
@@ -63,6 +65,7 @@ class Settings:
             "TURN_TTL": self.turn_ttl > 0,
             "REDIS_MAX_CONNECTIONS": self.redis_max_connections > 0,
             "REAP_INTERVAL": self.reap_interval > 0,
+            "REQUEST_READ_TIMEOUT": self.request_read_timeout > 0,
             "PORT": 0 < self.port < 65536,
             "JOINS_PER_IP_PER_MINUTE": self.joins_per_ip_per_minute >= 0,
             "SENDS_PER_PEER_PER_SECOND": self.sends_per_peer_per_second >= 0,

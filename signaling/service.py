@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from flask import Flask, Response, g, has_request_context, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import errors
@@ -72,12 +72,18 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.register_blueprint(blueprint)
     _install_request_ids(app)
+    _install_body_limit(app, settings)
     _install_error_handlers(app, settings)
     _install_cors(app, settings)
     return app
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def request_id(given: str | None) -> str:
+    """The caller's `X-Request-Id` if sane, else a new one."""
+    return given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class RequestIdFilter(logging.Filter):
@@ -97,8 +103,7 @@ def _install_request_ids(app: Flask) -> None:
 
     @app.before_request
     def assign():
-        given = request.headers.get("X-Request-Id", "")
-        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        g.request_id = request_id(request.headers.get("X-Request-Id"))
 
     @app.after_request
     def echo(response: Response) -> Response:
@@ -115,6 +120,28 @@ def _install_request_ids(app: Flask) -> None:
         ))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+
+
+def _install_body_limit(app: Flask, settings: Settings) -> None:
+    """No body past MAX_MESSAGE_BYTES is accepted, with a Content-Length or without one (chunked).
+
+    Every body is read here, before any view, so a view that ignores its body
+    (a leave with its token in the header) cannot act on a refused request.
+    werkzeug stops reading a body without a length at the limit without a
+    word; one byte more from the server's stream tells a body of exactly the
+    limit from a longer one.
+    """
+
+    @app.before_request
+    def read_body():
+        try:
+            body = request.get_data()  # kept for the view
+        except (HTTPException, errors.SignalingError):  # 413 for a Content-Length over the limit, 408
+            raise
+        except Exception as exc:  # the server's reader found the body malformed, e.g. a bad chunk size
+            raise errors.BadRequest(f"the body could not be read: {exc}") from None
+        if request.content_length is None and len(body) >= settings.max_message_bytes and request.input_stream.read(1):
+            raise RequestEntityTooLarge()
 
 
 def _error_response(error: errors.SignalingError) -> Response:
@@ -157,9 +184,19 @@ def _install_error_handlers(app: Flask, settings: Settings) -> None:
         return _error_response(errors.SignalingError())
 
 
+#: the response headers a page's scripts may read
+EXPOSED_HEADERS = "Location, Retry-After, X-Request-Id"
+
+
+def allowed_origin(settings: Settings, origin: str | None) -> str | None:
+    """`Access-Control-Allow-Origin` for a request from `origin`: `*`, the origin itself, or none."""
+    if "*" in settings.allowed_origins:
+        return "*"
+    return origin if origin in settings.allowed_origins else None
+
+
 def _install_cors(app: Flask, settings: Settings) -> None:
     """CORS for every response; preflights answer 204 before any view runs."""
-    allow_any = "*" in settings.allowed_origins
 
     @app.before_request
     def preflight():
@@ -169,12 +206,11 @@ def _install_cors(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if allow_any:
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        elif origin in settings.allowed_origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.vary.add("Origin")
+        allowed = allowed_origin(settings, request.headers.get("Origin"))
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            if allowed != "*":
+                response.vary.add("Origin")
         if request.method == "OPTIONS":
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = (
@@ -182,5 +218,5 @@ def _install_cors(app: Flask, settings: Settings) -> None:
             )
             response.headers["Access-Control-Max-Age"] = "86400"
         else:
-            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After, X-Request-Id"
+            response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         return response
