@@ -53,10 +53,12 @@ class SignalingWorker(GeventWorker):
     settings: Settings
 
     def load_wsgi(self):
+        """The worker's settings are the app's: read from the environment once, in one place."""
         super().load_wsgi()
         self.settings = Service.of(self.wsgi).settings
 
     def handle(self, listener, client, addr):
+        """Serve one connection, its reads timed by a `RequestClock`."""
         clock = RequestClock(client, self.settings.request_read_timeout, self.cfg.keepalive)
         super().handle(listener, clock, addr)
 
@@ -65,6 +67,7 @@ class SignalingWorker(GeventWorker):
         return contextlib.nullcontext()
 
     def handle_request(self, listener_name, req, sock, addr):
+        """Run the app on one request; once answered, the connection waits for the next under `keepalive`."""
         try:
             return super().handle_request(listener_name, req, sock, addr)
         finally:
