@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import re
-import uuid
 from pathlib import Path
 
 from flask import Flask, Response, g, has_request_context, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import errors
+from . import cors, errors, protocol
 from .backends import Backend, create_backend
 from .config import Settings
 from .hub import Hub
@@ -55,6 +52,7 @@ class Service:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; without `settings` they come from the environment."""
     from .api import blueprint  # the views reach the service through Service.of
+    from .messages import MessagesApp
 
     settings = settings or Settings.from_env()
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
@@ -66,8 +64,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     backend.start()
     reaper = Reaper(backend, settings.reap_interval)
     reaper.start()
-    app.extensions["signaling"] = Service(settings, backend, hub, reaper)
+    service = app.extensions["signaling"] = Service(settings, backend, hub, reaper)
 
+    app.wsgi_app = MessagesApp(service, app.wsgi_app)
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.register_blueprint(blueprint)
@@ -76,14 +75,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     _install_error_handlers(app, settings)
     _install_cors(app, settings)
     return app
-
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def request_id(given: str | None) -> str:
-    """The caller's `X-Request-Id` if sane, else a new one."""
-    return given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class RequestIdFilter(logging.Filter):
@@ -103,7 +94,7 @@ def _install_request_ids(app: Flask) -> None:
 
     @app.before_request
     def assign():
-        g.request_id = request_id(request.headers.get("X-Request-Id"))
+        g.request_id = protocol.request_id(request.headers.get("X-Request-Id"))
 
     @app.after_request
     def echo(response: Response) -> Response:
@@ -127,28 +118,17 @@ def _install_body_limit(app: Flask, settings: Settings) -> None:
 
     Every body is read here, before any view, so a view that ignores its body
     (a leave with its token in the header) cannot act on a refused request.
-    werkzeug stops reading a body without a length at the limit without a
-    word; one byte more from the server's stream tells a body of exactly the
-    limit from a longer one.
     """
 
     @app.before_request
     def read_body():
-        try:
-            body = request.get_data()  # kept for the view
-        except (HTTPException, errors.SignalingError):  # 413 for a Content-Length over the limit, 408
-            raise
-        except Exception as exc:  # the server's reader found the body malformed, e.g. a bad chunk size
-            raise errors.BadRequest(f"the body could not be read: {exc}") from None
-        if request.content_length is None and len(body) >= settings.max_message_bytes and request.input_stream.read(1):
-            raise RequestEntityTooLarge()
+        g.body = protocol.read_body(request.environ, settings.max_message_bytes)
 
 
 def _error_response(error: errors.SignalingError) -> Response:
     response = jsonify(error.body(g.get("request_id")))
     response.status_code = error.status
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    response.headers.extend(error.headers())
     return response
 
 
@@ -173,26 +153,14 @@ def _install_error_handlers(app: Flask, settings: Settings) -> None:
         signaling_error = (kind or errors.SignalingError)(message)
         if kind is None:
             signaling_error.status, signaling_error.code = error.code or 500, "http_error"
-        response = _error_response(signaling_error)
         if error.code == 405 and getattr(error, "valid_methods", None):
-            response.headers["Allow"] = ", ".join(error.valid_methods)
-        return response
+            signaling_error = errors.MethodNotAllowed(message, allow=tuple(error.valid_methods))
+        return _error_response(signaling_error)
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error_response(errors.SignalingError())
-
-
-#: the response headers a page's scripts may read
-EXPOSED_HEADERS = "Location, Retry-After, X-Request-Id"
-
-
-def allowed_origin(settings: Settings, origin: str | None) -> str | None:
-    """`Access-Control-Allow-Origin` for a request from `origin`: `*`, the origin itself, or none."""
-    if "*" in settings.allowed_origins:
-        return "*"
-    return origin if origin in settings.allowed_origins else None
 
 
 def _install_cors(app: Flask, settings: Settings) -> None:
@@ -205,18 +173,10 @@ def _install_cors(app: Flask, settings: Settings) -> None:
         return None
 
     @app.after_request
-    def cors(response: Response) -> Response:
-        allowed = allowed_origin(settings, request.headers.get("Origin"))
-        if allowed:
-            response.headers["Access-Control-Allow-Origin"] = allowed
-            if allowed != "*":
-                response.vary.add("Origin")
-        if request.method == "OPTIONS":
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = (
-                "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
-            )
-            response.headers["Access-Control-Max-Age"] = "86400"
-        else:
-            response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    def add_cors(response: Response) -> Response:
+        for name, value in cors.headers(settings, request.headers.get("Origin"), request.method == "OPTIONS"):
+            if name == "Vary":
+                response.vary.add(value)
+            else:
+                response.headers[name] = value
         return response

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import http
-import json
 import socket
 import time
 from datetime import timedelta
@@ -29,9 +28,9 @@ from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.ggevent import GeventWorker
 
-from . import errors
+from . import cors, errors, protocol
 from .config import Settings
-from .service import EXPOSED_HEADERS, Service, allowed_origin, request_id
+from .service import Service
 
 #: gunicorn's complaints about a request, as the protocol's errors: the first that matches counts
 _GUNICORN_ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], type[errors.SignalingError]], ...] = (
@@ -79,7 +78,7 @@ class SignalingWorker(GeventWorker):
             req = exc.req  # the request whose header it was, when known
         headers = dict(req.headers) if req is not None else {}
         error = _as_error(exc)
-        rid = request_id(headers.get("X-REQUEST-ID"))
+        rid = protocol.request_id(headers.get("X-REQUEST-ID"))
         ip = addr[0] if addr else "-"
         if error.status >= 500 and not isinstance(error, errors.UnsupportedTransferCoding):
             self.log.exception("Error handling request (request_id=%s)", rid)
@@ -98,7 +97,7 @@ class SignalingWorker(GeventWorker):
         environ["REMOTE_ADDR"] = ip
         resp = Response(req, client, self.cfg)
         resp.status, resp.status_code = f"{status} {http.HTTPStatus(status).phrase}", status
-        resp.headers, resp.sent = list(headers.items()), len(body)
+        resp.headers, resp.sent = headers, len(body)
         self.log.access(resp, req, environ, timedelta(0))
 
 
@@ -155,25 +154,17 @@ def _as_error(exc: BaseException) -> errors.SignalingError:
 
 def _error_response(
     error: errors.SignalingError, settings: Settings, origin: str | None, rid: str,
-) -> tuple[int, dict[str, str], bytes]:
+) -> tuple[int, list[tuple[str, str]], bytes]:
     """(status, headers, body) as the app's error handler would answer; the connection then closes."""
-    body = json.dumps(error.body(rid)).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "Content-Length": str(len(body)),
-        "Connection": "close",
-        "X-Request-Id": rid,
-    }
-    allowed = allowed_origin(settings, origin)
-    if allowed:
-        headers["Access-Control-Allow-Origin"] = allowed
-        if allowed != "*":
-            headers["Vary"] = "Origin"
-    headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    body = protocol.dumps(error.body(rid)).encode()
+    headers = [
+        ("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close"),
+        ("X-Request-Id", rid), *cors.headers(settings, origin), *error.headers(),
+    ]
     return error.status, headers, body
 
 
-def _http_bytes(status: int, headers: dict[str, str], body: bytes) -> bytes:
+def _http_bytes(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes:
     head = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers)
     return (head + "\r\n").encode("latin-1") + body

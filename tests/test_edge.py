@@ -109,6 +109,8 @@ TABLE = [
      + chunked(b"{}"), 400, "bad_request"),
     ("chunk-size-bad", head("POST", "/rooms/r/peers", "Transfer-Encoding: chunked") + b"zz\r\n{}\r\n0\r\n\r\n",
      400, "bad_request"),
+    ("send-chunk-size-bad", head("POST", "/rooms/r/peers/bob/messages", "Authorization: Bearer alice.x",
+                                 "Transfer-Encoding: chunked") + b"zz\r\n{}\r\n0\r\n\r\n", 400, "bad_request"),
     ("chunk-unterminated", head("POST", "/rooms/r/peers", "Transfer-Encoding: chunked") + b"2\r\n{}xx0\r\n\r\n",
      400, "bad_request"),
     ("chunked-over-limit", head("POST", "/rooms/r/peers", "Transfer-Encoding: chunked") + chunked(b" " * FAR_OVER),
@@ -291,15 +293,21 @@ def test_the_clock_runs_from_the_first_byte_not_from_the_last(slow):
     assert took < READ_TIMEOUT + 5
 
 
-def test_a_body_that_stops_halfway_is_answered_408_and_nothing_is_stored(slow):
+@pytest.mark.parametrize("what", ["send", "join"])
+def test_a_body_that_stops_halfway_is_answered_408_and_nothing_is_stored(slow, what):
     alice, bob = pair(slow)
+    if what == "send":
+        start = head("POST", f"/rooms/{alice.room}/peers/bob/messages", f"Authorization: Bearer {alice.token}",
+                     "Content-Length: 40") + b'{"type": "offer", "da'
+    else:
+        start = head("POST", f"/rooms/{alice.room}/peers", "Content-Length: 40") + b'{"peer_id": "car'
     with connect(slow) as sock:
-        sock.sendall(head("POST", f"/rooms/{alice.room}/peers/bob/messages", f"Authorization: Bearer {alice.token}",
-                          "Content-Length: 40") + b'{"type": "offer", "da')
+        sock.sendall(start)
         reply = read_reply(sock)
         assert wait_closed(sock, 20) == b""
     assert_json_error(reply, 408, "request_timeout")
     assert bob.receive() == []
+    assert alice.members().body["peers"] == ["alice", "bob"]
 
 
 def test_a_connection_that_sends_nothing_is_closed_after_the_timeout(slow):

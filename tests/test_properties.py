@@ -7,9 +7,9 @@ acknowledged cursor to the last seq seen (and beyond it), list members, leave (D
 passes so that peers expire and are reaped. Every answer is compared with the model: nothing accepted (202)
 is lost, nothing acknowledged comes back, order per mailbox is kept, and seqs have no gaps.
 
-Time is a fake clock: the views read `time.time()` of `signaling.api`, which the test replaces, and the
-reaper is driven by hand with `backend.reap(now)`. Each example gets a fresh app and an emptied store; the
-run is derandomized and bounded (about 5 s on memory, 10 s on Redis, 30 s on the Redis Cluster).
+Time is a fake clock: the views read `time.time()` of `signaling.api` and `signaling.messages`, which the
+test replaces, and the reaper is driven by hand with `backend.reap(now)`. Each example gets a fresh app and
+an emptied store; the run is derandomized and bounded (about 5 s on memory, 10 s on Redis, 30 s on the Redis Cluster).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 import signaling.api
+import signaling.messages
 from signaling.config import Settings
 from signaling.service import Service, create_app
 
@@ -491,5 +492,5 @@ def test_mailboxes_match_the_model(app_factory, flush):
     fake_time = types.SimpleNamespace(time=None, monotonic=signaling.api.time.monotonic)
     machine = type("Mailboxes", (Mailboxes,), {"make_app": staticmethod(app_factory), "flush": staticmethod(flush),
                                                "fake_time": fake_time})
-    with mock.patch.object(signaling.api, "time", fake_time):
+    with mock.patch.object(signaling.api, "time", fake_time), mock.patch.object(signaling.messages, "time", fake_time):
         hypothesis.stateful.run_state_machine_as_test(machine, settings=RUN)
