@@ -104,6 +104,7 @@ def poll(service: Service, call: Call, room: str, peer: str) -> tuple[int, str]:
     protocol.check_id(room, "room")
     protocol.check_id(peer, "peer")
     after, limit, wait = call.cursor(), call.limit(), call.wait(service.settings.poll_wait)
+    call.body(service.settings.max_message_bytes)  # a poll has no use for a body, but refuses one past the limit
     token, client_ip = call.token(), call.client_ip()
 
     def fetch(hold: int | None):

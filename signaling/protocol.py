@@ -108,8 +108,10 @@ def read_body(environ: dict, limit: int) -> bytes:
     A body without a length is read one byte past the limit: that tells a
     body of exactly the limit from a longer one, which must not be cut to fit.
     """
-    stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
+    if not length and "HTTP_TRANSFER_ENCODING" not in environ:
+        return b""  # neither a length nor chunked: no body (RFC 9112, 6.3)
+    stream = environ["wsgi.input"]
     if length and not length.isdigit():
         raise errors.BadRequest(f"Content-Length must be a number of bytes, got {length!r:.40}")
     if length and int(length) > limit:

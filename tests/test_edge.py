@@ -213,6 +213,20 @@ def test_a_chunked_join_is_held_to_the_limit(edge, size):
     assert ("carol" in alice.members().body["peers"]) is accepted(size)
 
 
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+def test_a_poll_with_a_chunked_body_is_held_to_the_limit(edge, size):
+    """A poll reads no body, but one past the limit is refused like anywhere: nothing is acknowledged."""
+    alice, bob = pair(edge)
+    seq = alice.send("bob", "offer").body["seq"]
+    reply = send_chunked(edge, "GET", f"/rooms/{alice.room}/peers/bob/messages?after={seq}&wait=0", b" " * size,
+                         bob.token)
+    if accepted(size):
+        assert reply.status == 200, reply.raw
+    else:
+        assert_json_error(reply, 413, "payload_too_large")
+    assert [m["type"] for m in bob.receive()] == ([] if accepted(size) else ["offer"])
+
+
 LEAVES = {
     "delete": lambda peer, size: ("DELETE", f"/rooms/{peer.room}/peers/{peer.id}", padded({}, size), peer.token),
     "beacon": lambda peer, size: ("POST", f"/rooms/{peer.room}/peers/{peer.id}/leave",
