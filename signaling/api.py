@@ -109,16 +109,24 @@ def leave(room: str, peer: str):
 @blueprint.post("/rooms/<room>/peers/<peer>/leave")
 def leave_beacon(room: str, peer: str):
     """Leave for `navigator.sendBeacon`: the token may come in the body, in any Content-Type."""
-    return _leave(room, peer, _bearer() or _token_from_body(_body()))
+    return _leave(room, peer, _bearer() or _beacon_token())
 
 
-def _token_from_body(raw: bytes) -> str | None:
-    """The token of a JSON `{"token": ...}` or a `token=` form body, whatever the Content-Type."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        body = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("latin-1")).items()}
-    token = body.get("token") if isinstance(body, dict) else None
+def _beacon_token() -> str | None:
+    """The token of a beacon body: a `FormData` (multipart) field, or else JSON `{"token": ...}` or `token=`.
+
+    `sendBeacon` sends a string as text/plain, `URLSearchParams` urlencoded, `FormData` as
+    multipart/form-data and a `Blob` as its own type; only multipart needs a real form parser.
+    """
+    if request.mimetype == "multipart/form-data":
+        token = request.form.get("token")
+    else:
+        raw = _body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("latin-1")).items()}
+        token = body.get("token") if isinstance(body, dict) else None
     return token if isinstance(token, str) and token and token.isascii() else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import ssl
 import threading
 import time
 import urllib.parse
@@ -46,11 +47,17 @@ class Api:
         return cls(call)
 
     @classmethod
-    def over_http(cls, base_url: str, timeout: float = 40) -> Api:
+    def over_http(cls, base_url: str, timeout: float = 40, context: ssl.SSLContext | None = None,
+                  source: str | None = None) -> Api:
+        """Plain HTTP, or HTTPS with `context` for an https URL; from the local address `source` if given."""
         parts = urllib.parse.urlsplit(base_url)
+        options = {"timeout": timeout, "source_address": (source, 0) if source else None}
 
         def call(method, path, headers, body):
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, **options)
+            else:
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, **options)
             try:
                 conn.request(method, path, body=body, headers=headers)
                 r = conn.getresponse()

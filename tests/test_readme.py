@@ -45,6 +45,18 @@ def steps(block: str) -> list[tuple[str, str | None]]:
     return result
 
 
+def run_steps(pairs: list[tuple[str, str | None]], host: str) -> None:
+    """Run the steps in one shell against `host`; each output must be the README's."""
+    script = "set -e\n" + "".join(f"{cmd}\necho {STEP}\n" for cmd, _ in pairs)
+    script = script.replace("localhost:8000", host)
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    outputs = run.stdout.split(STEP + "\n")
+    for (command, expected), output in zip(pairs, outputs, strict=False):
+        if expected is not None:
+            assert output.strip() == expected, command
+
+
 @pytest.mark.parametrize("section", ["Walk through it with curl"])
 def test_curl_walkthrough_runs_as_written(live_server, section):
     assert shutil.which("curl") and shutil.which("jq"), "the walkthrough needs curl and jq"
@@ -52,11 +64,14 @@ def test_curl_walkthrough_runs_as_written(live_server, section):
     for block in shell_blocks(section):
         pairs = steps(block)
         assert pairs
-        script = "set -e\n" + "".join(f"{cmd}\necho {STEP}\n" for cmd, _ in pairs)
-        script = script.replace("localhost:8000", host)
-        run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
-        outputs = run.stdout.split(STEP + "\n")
-        for (command, expected), output in zip(pairs, outputs, strict=False):
-            if expected is not None:
-                assert output.strip() == expected, command
+        run_steps(pairs, host)
+
+
+def test_the_walkthrough_runs_again_after_one_stopped_halfway(live_server):
+    """A reader who stopped before the leaves and starts over, within PEER_TTL, sees the same answers."""
+    host = live_server.url.removeprefix("http://")
+    pairs = steps(shell_blocks("Walk through it with curl")[0])
+    first_leave = next(i for i, (command, _) in enumerate(pairs) if "-XDELETE" in command)
+    run_steps(pairs[:first_leave], host)
+    run_steps(pairs, host)
+    run_steps(pairs, host)

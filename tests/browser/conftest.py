@@ -145,7 +145,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def open_demo(request, browser):
-    """Open the demo in a fresh browser context: `open_demo(server_url, room) -> Demo`.
+    """Open the demo in a fresh browser context: `open_demo(server_url, room, **context_options) -> Demo`.
 
     Fails the test on any uncaught error in a page.
     """
@@ -153,8 +153,8 @@ def open_demo(request, browser):
     errors: list[str] = []
     request.node.demo_tabs = []
 
-    def open_(server_url: str, room: str) -> Demo:
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
+    def open_(server_url: str, room: str, **context_options) -> Demo:
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, **context_options)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
