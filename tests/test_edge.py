@@ -12,8 +12,6 @@ import time
 
 import pytest
 
-from signaling.config import ConfigError, Settings
-
 from .conftest import NO_LIMITS
 from .helpers import Api, Peer, Reply, held_poll
 from .servers import LiveServer
@@ -401,8 +399,3 @@ def test_stalled_connections_neither_block_others_nor_outlive_the_timeout(slow):
             sock.close()
     assert_still_answers(slow)
 
-
-@pytest.mark.parametrize("raw", ["0", "-1", "soon", "nan"])
-def test_a_request_read_timeout_that_cannot_work_is_refused_with_its_name(raw):
-    with pytest.raises(ConfigError, match="REQUEST_READ_TIMEOUT"):
-        Settings.from_env({"REQUEST_READ_TIMEOUT": raw})
