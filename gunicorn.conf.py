@@ -20,7 +20,8 @@ except ConfigError as exc:
 
 # IPv6 addresses are bound in brackets.
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
-worker_class = "gevent"
+# gevent's worker, with JSON answers of its own and REQUEST_READ_TIMEOUT on slow requests.
+worker_class = "signaling.worker.SignalingWorker"
 workers = _settings.web_concurrency
 # One held poll is one open connection: leave room for thousands per worker.
 worker_connections = _settings.worker_connections

@@ -10,7 +10,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import errors, metrics, protocol
 from .ice import ice_servers
@@ -33,7 +33,8 @@ def _client_ip() -> str:
 
 
 def _body() -> bytes:
-    return request.get_data(cache=False)
+    """The body, read whole and held to MAX_MESSAGE_BYTES before any view ran (service.py)."""
+    return g.body
 
 
 def _seconds(value: float) -> float | int:

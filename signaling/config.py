@@ -36,6 +36,8 @@ class Settings:
     # Beyond the protocol's table: operator knobs, documented in the README.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
+    # Seconds a request may take to arrive whole, headers and body (signaling/worker.py); past it: 408.
+    request_read_timeout: float = 10.0
     # Abuse limits, kept in the backend so they hold across instances; 0 turns one off.
     joins_per_ip_per_minute: int = 60
     sends_per_peer_per_second: int = 50
@@ -154,6 +156,7 @@ CHECKS: dict[str, Check] = {
                              "* or comma-separated origins like https://app.example (no path, no trailing /)"),
     "REDIS_MAX_CONNECTIONS": Check(lambda v: v > 0, "a whole number > 0"),
     "REAP_INTERVAL": Check(lambda v: v > 0, "seconds > 0"),
+    "REQUEST_READ_TIMEOUT": Check(lambda v: v > 0, "seconds > 0"),
     "JOINS_PER_IP_PER_MINUTE": Check(lambda v: v >= 0, "a whole number >= 0; 0 turns the limit off"),
     "SENDS_PER_PEER_PER_SECOND": Check(lambda v: v >= 0, "a whole number >= 0; 0 turns the limit off"),
     "PEERS_PER_IP": Check(lambda v: v >= 0, "a whole number >= 0; 0 turns the limit off"),

@@ -136,6 +136,15 @@ class MethodNotAllowed(SignalingError):
         return [*super().headers(), ("Allow", ", ".join(self.allow))] if self.allow else super().headers()
 
 
+class Forbidden(SignalingError):
+    status, code, default_message = 403, "forbidden", "this client may not make this request"
+
+
+class RequestTimeout(SignalingError):
+    status, code = 408, "request_timeout"
+    template = "the request did not arrive whole within REQUEST_READ_TIMEOUT ({seconds:g} s)"
+
+
 class Conflict(SignalingError):
     status = 409
 
@@ -154,9 +163,21 @@ class PayloadTooLarge(SignalingError):
     status, code = 413, "payload_too_large"
 
 
+class UriTooLong(SignalingError):
+    status, code, default_message = 414, "uri_too_long", "the request line is too long"
+
+
+class ExpectationFailed(SignalingError):
+    status, code, default_message = 417, "expectation_failed", "only 'Expect: 100-continue' is understood"
+
+
 class IdempotencyKeyReused(SignalingError):
     status, code = 422, "idempotency_key_reused"
     default_message = "this Idempotency-Key was used with another body"
+
+
+class HeaderTooLarge(SignalingError):
+    status, code, default_message = 431, "header_too_large", "a header, or all of them, are too large"
 
 
 class TooManyRequests(SignalingError):
@@ -189,6 +210,13 @@ class TooManyPeers(TooManyRequests):
 class TooManyRooms(TooManyRequests):
     code = "too_many_rooms"
     template = "{client_ip} has peers in {settings.rooms_per_ip} rooms already"
+
+
+class UnsupportedTransferCoding(SignalingError):
+    """501, as RFC 9112 asks for a transfer coding the server does not know: the request is not read."""
+
+    status, code = 501, "unsupported_transfer_coding"
+    default_message = "only the chunked transfer coding is understood"
 
 
 class BackendUnavailable(SignalingError):

@@ -62,19 +62,7 @@ class Call:
         return self.environ.get("REMOTE_ADDR") or "unknown"
 
     def body(self, limit: int) -> bytes:
-        """The whole body, or 413 past `limit` bytes, with a Content-Length or without one (chunked)."""
-        stream = self.environ["wsgi.input"]
-        length = self.environ.get("CONTENT_LENGTH")
-        if length:
-            if not length.isdigit():
-                raise errors.BadRequest(f"Content-Length must be a number of bytes, got {length!r:.40}")
-            if int(length) > limit:
-                raise _too_large(limit)
-            return stream.read(int(length))
-        data = stream.read(limit + 1)
-        if len(data) > limit:
-            raise _too_large(limit)
-        return data
+        return protocol.read_body(self.environ, limit)
 
     def cursor(self) -> int:
         """The poll's cursor: `after=N`, or the `Last-Event-ID` header (1.1); both given, they must agree."""
@@ -109,10 +97,6 @@ def _whole(raw: str, name: str, low: int, high: int | None = None) -> int:
     return int(raw)
 
 
-def _too_large(limit: int) -> errors.PayloadTooLarge:
-    return errors.PayloadTooLarge(f"the body is larger than MAX_MESSAGE_BYTES ({limit} bytes)")
-
-
 # -- the views: (service, call, path parts) -> (status, JSON text)
 
 
@@ -120,6 +104,7 @@ def poll(service: Service, call: Call, room: str, peer: str) -> tuple[int, str]:
     protocol.check_id(room, "room")
     protocol.check_id(peer, "peer")
     after, limit, wait = call.cursor(), call.limit(), call.wait(service.settings.poll_wait)
+    call.body(service.settings.max_message_bytes)  # a poll has no use for a body, but refuses one past the limit
     token, client_ip = call.token(), call.client_ip()
 
     def fetch(hold: int | None):

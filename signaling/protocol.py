@@ -102,6 +102,31 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def read_body(environ: dict, limit: int) -> bytes:
+    """A request's whole body, or 413 past `limit` bytes, with a Content-Length or without one (chunked).
+
+    A body without a length is read one byte past the limit: that tells a
+    body of exactly the limit from a longer one, which must not be cut to fit.
+    """
+    length = environ.get("CONTENT_LENGTH")
+    if not length and "HTTP_TRANSFER_ENCODING" not in environ:
+        return b""  # neither a length nor chunked: no body (RFC 9112, 6.3)
+    stream = environ["wsgi.input"]
+    if length and not length.isdigit():
+        raise errors.BadRequest(f"Content-Length must be a number of bytes, got {length!r:.40}")
+    if length and int(length) > limit:
+        raise errors.PayloadTooLarge(f"the body is larger than MAX_MESSAGE_BYTES ({limit} bytes)")
+    try:
+        data = stream.read(int(length) if length else limit + 1)
+    except errors.SignalingError:  # 408: it did not arrive in time (signaling/worker.py)
+        raise
+    except Exception as exc:  # the server could not read it: a malformed chunk, or the client went away
+        raise errors.BadRequest(f"the body could not be read: {exc}"[:300]) from None
+    if len(data) > limit:
+        raise errors.PayloadTooLarge(f"the body is larger than MAX_MESSAGE_BYTES ({limit} bytes)")
+    return data
+
+
 def parse_json(raw: bytes) -> Any:
     """Parse a request body strictly: UTF-8 JSON, no NaN or Infinity, no number that overflows to them."""
     try:

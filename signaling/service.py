@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.register_blueprint(blueprint)
     _install_request_ids(app)
+    _install_body_limit(app, settings)
     _install_error_handlers(app, settings)
     _install_cors(app, settings)
     return app
@@ -113,6 +114,18 @@ def _install_request_ids(app: Flask) -> None:
         ))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+
+
+def _install_body_limit(app: Flask, settings: Settings) -> None:
+    """No body past MAX_MESSAGE_BYTES is accepted, with a Content-Length or without one (chunked).
+
+    Every body is read here, before any view, so a view that ignores its body
+    (a leave with its token in the header) cannot act on a refused request.
+    """
+
+    @app.before_request
+    def read_body():
+        g.body = protocol.read_body(request.environ, settings.max_message_bytes)
 
 
 def _error_response(error: errors.SignalingError) -> Response:

@@ -36,6 +36,7 @@ BAD = {
     "origin-trailing-slash": ({"ALLOWED_ORIGINS": "https://app.example/"}, "ALLOWED_ORIGINS", "trailing /"),
     "redis-max-connections": ({"REDIS_MAX_CONNECTIONS": "0"}, "REDIS_MAX_CONNECTIONS", "> 0"),
     "reap-interval": ({"REAP_INTERVAL": "0"}, "REAP_INTERVAL", "> 0"),
+    "request-read-timeout": ({"REQUEST_READ_TIMEOUT": "0"}, "REQUEST_READ_TIMEOUT", "> 0"),
     "joins-per-ip": ({"JOINS_PER_IP_PER_MINUTE": "-5"}, "JOINS_PER_IP_PER_MINUTE", "0 turns"),
     "sends-per-peer": ({"SENDS_PER_PEER_PER_SECOND": "many"}, "SENDS_PER_PEER_PER_SECOND", "0 turns"),
     "peers-per-ip": ({"PEERS_PER_IP": "1.5"}, "PEERS_PER_IP", "whole number"),

@@ -123,7 +123,11 @@ def test_every_error_the_app_can_raise_is_documented_with_its_status():
 
 def component_errors():
     """(status, code) of the reusable error responses, the status taken from where operations use them."""
-    status_of = {"NotFound": 404, "MethodNotAllowed": 405}  # used by no operation: for requests that match none
+    # used by no operation: for requests that match none, and the HTTP server's own answers, for any request
+    status_of = {
+        "NotFound": 404, "MethodNotAllowed": 405, "BadRequest": 400, "Forbidden": 403, "RequestTimeout": 408,
+        "UriTooLong": 414, "ExpectationFailed": 417, "HeaderTooLarge": 431, "UnsupportedTransferCoding": 501,
+    }
     for _, _, op in operations():
         for status, response in op["responses"].items():
             if "$ref" in response:

@@ -1,0 +1,170 @@
+"""The gunicorn worker: gevent's, answering in the protocol's JSON and timing how requests arrive.
+
+Some requests never reach Flask: gunicorn refuses a request line or a header
+it cannot parse, or one too large, and would write an HTML page. Here
+`handle_error` writes the protocol's error body instead, with the CORS
+headers and a request id, and closes the connection.
+
+gunicorn's one clock on a connection is `keepalive`, and it also covers
+reading a request: a client that sends half a request keeps its connection,
+and a place among `worker_connections`, for 75 s. Here a request must arrive
+whole, headers and body, within REQUEST_READ_TIMEOUT of its first byte (of
+the connection's opening, for the first request), or it is answered 408 and
+the connection closed. Waiting for the next request on a kept-alive
+connection is still `keepalive`'s; a held poll reads nothing while it is
+held, so no clock runs on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import socket
+import time
+from datetime import timedelta
+
+from gunicorn import util
+from gunicorn.http import errors as http_errors
+from gunicorn.http.wsgi import Response, default_environ
+from gunicorn.workers.ggevent import GeventWorker
+
+from . import cors, errors, protocol
+from .config import Settings
+from .service import Service
+
+#: gunicorn's complaints about a request, as the protocol's errors: the first that matches counts
+_GUNICORN_ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], type[errors.SignalingError]], ...] = (
+    # a header the app tried to send, or the server's own configuration: a bug, 500
+    ((http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName, http_errors.ConfigurationProblem),
+     errors.SignalingError),
+    (http_errors.LimitRequestLine, errors.UriTooLong),
+    (http_errors.LimitRequestHeaders, errors.HeaderTooLarge),
+    (http_errors.ExpectationFailed, errors.ExpectationFailed),
+    (http_errors.UnsupportedTransferCoding, errors.UnsupportedTransferCoding),
+    (http_errors.ForbiddenProxyRequest, errors.Forbidden),
+    (http_errors.ParseException, errors.BadRequest),  # any other malformed request line, header or chunk
+)
+
+
+class SignalingWorker(GeventWorker):
+    """`worker_class` of gunicorn.conf.py."""
+
+    settings: Settings
+
+    def load_wsgi(self):
+        """The worker's settings are the app's: read from the environment once, in one place."""
+        super().load_wsgi()
+        self.settings = Service.of(self.wsgi).settings
+
+    def handle(self, listener, client, addr):
+        """Serve one connection, its reads timed by a `RequestClock`."""
+        clock = RequestClock(client, self.settings.request_read_timeout, self.cfg.keepalive)
+        super().handle(listener, clock, addr)
+
+    def timeout_ctx(self):
+        """No clock around reading a request's headers: the connection's `RequestClock` keeps time."""
+        return contextlib.nullcontext()
+
+    def handle_request(self, listener_name, req, sock, addr):
+        """Run the app on one request; once answered, the connection waits for the next under `keepalive`."""
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            sock.await_next_request()
+
+    def handle_error(self, req, client, addr, exc):
+        """Answer a request the app could not: with the protocol's JSON error, never an HTML page."""
+        if req is None and isinstance(exc, http_errors.InvalidHeader):
+            req = exc.req  # the request whose header it was, when known
+        headers = dict(req.headers) if req is not None else {}
+        error = _as_error(exc)
+        rid = protocol.request_id(headers.get("X-REQUEST-ID"))
+        ip = addr[0] if addr else "-"
+        if error.status >= 500 and not isinstance(error, errors.UnsupportedTransferCoding):
+            self.log.exception("Error handling request (request_id=%s)", rid)
+        else:
+            self.log.info("Refused a request from %s: %s %s (request_id=%s)", ip, error.status, error.code, rid)
+        status, response_headers, body = _error_response(error, self.settings, headers.get("ORIGIN"), rid)
+        if req is not None:
+            self._log_access(req, client, ip, status, response_headers, body)
+        try:
+            util.write_nonblock(client, _http_bytes(status, response_headers, body))
+        except Exception:
+            self.log.debug("Failed to send error message.")
+
+    def _log_access(self, req, client, ip, status, headers, body):
+        environ = default_environ(req, client, self.cfg)
+        environ["REMOTE_ADDR"] = ip
+        resp = Response(req, client, self.cfg)
+        resp.status, resp.status_code = f"{status} {http.HTTPStatus(status).phrase}", status
+        resp.headers, resp.sent = headers, len(body)
+        self.log.access(resp, req, environ, timedelta(0))
+
+
+class RequestClock:
+    """The client's socket, its reads bounded: by REQUEST_READ_TIMEOUT while a request arrives,
+    by `keepalive` while the connection waits for the next one."""
+
+    def __init__(self, sock: socket.socket, read_timeout: float, keepalive: float):
+        self._sock = sock
+        self._read_timeout = read_timeout
+        self._keepalive = keepalive
+        # The first request's clock starts when the connection opens: sending nothing is no way around it.
+        self._deadline: float | None = time.monotonic() + read_timeout
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+    def await_next_request(self) -> None:
+        """A request was answered: the connection is idle until the next one's first byte."""
+        self._deadline = None
+
+    def recv(self, size: int) -> bytes:
+        if self._deadline is None:
+            try:
+                data = self._recv(size, self._keepalive)
+            except TimeoutError:
+                return b""  # idle past keepalive: gunicorn closes it, as when the client does
+            self._deadline = time.monotonic() + self._read_timeout
+            return data
+        try:
+            return self._recv(size, self._deadline - time.monotonic())
+        except TimeoutError:
+            raise errors.RequestTimeout.about(seconds=self._read_timeout) from None
+
+    def _recv(self, size: int, timeout: float) -> bytes:
+        if timeout <= 0:
+            raise TimeoutError
+        self._sock.settimeout(timeout)
+        try:
+            return self._sock.recv(size)
+        finally:
+            self._sock.settimeout(None)
+
+
+def _as_error(exc: BaseException) -> errors.SignalingError:
+    if isinstance(exc, errors.SignalingError):
+        return exc
+    for kinds, kind in _GUNICORN_ERRORS:
+        if isinstance(exc, kinds):
+            detail = str(exc)[:200]
+            return kind(f"{kind.default_message}: {detail}" if kind is not errors.SignalingError and detail else None)
+    return errors.SignalingError()
+
+
+def _error_response(
+    error: errors.SignalingError, settings: Settings, origin: str | None, rid: str,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """(status, headers, body) as the app's error handler would answer; the connection then closes."""
+    body = protocol.dumps(error.body(rid)).encode()
+    headers = [
+        ("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close"),
+        ("X-Request-Id", rid), *cors.headers(settings, origin), *error.headers(),
+    ]
+    return error.status, headers, body
+
+
+def _http_bytes(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    head = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return (head + "\r\n").encode("latin-1") + body
