@@ -1,0 +1,396 @@
+"""signaling.client, the Python peers' client, against live gunicorn servers on memory and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+import redis
+
+from signaling.client import Session, SignalingError, join
+
+from .helpers import Api
+from .servers import ROOT, LiveServer, RedisServer
+
+pytestmark = pytest.mark.live
+
+#: Quick retries: the tests restart servers and wait for the client to notice.
+FAST = {"backoff": (0.1, 1.0)}
+
+
+def run(scenario, timeout: float = 60):
+    """Run one async scenario to its end, failing it if it takes longer than `timeout`."""
+    return asyncio.run(asyncio.wait_for(scenario, timeout))
+
+
+async def until(session: Session, kind: str, timeout: float = 15, **fields) -> dict:
+    """The next envelope of `kind` (whose fields equal `fields`) that `session` yields."""
+    async with asyncio.timeout(timeout):
+        async for envelope in session:
+            if envelope["type"] == kind and all(envelope.get(k) == v for k, v in fields.items()):
+                return envelope
+    raise AssertionError(f"{session.peer_id}'s session closed before a {kind} came: {session.error!r}")
+
+
+def room() -> str:
+    return f"c{uuid.uuid4().hex[:10]}"
+
+
+def log_lines(server: LiveServer, method: str, path: str, at_least: int = 1) -> list[int]:
+    """The statuses of the access log's lines for `method path`, in order, once it has `at_least` of them.
+
+    A line is written just after its response is sent, so the test may read first: it waits (5 s at most).
+    """
+    pattern = re.compile(rf'"{method} {re.escape(path)}" (\d{{3}}) ')
+    deadline = time.monotonic() + 5
+    while True:
+        statuses = [int(m.group(1)) for m in pattern.finditer(server.log.read_text())]
+        if len(statuses) >= at_least or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.05)
+
+
+class Recorder:
+    """Every response an httpx client got, as (monotonic time, method, path, status): real traffic, seen."""
+
+    def __init__(self):
+        self.responses: list[tuple[float, str, str, int]] = []
+
+    def client(self) -> httpx.AsyncClient:
+        async def seen(response: httpx.Response):
+            request = response.request
+            self.responses.append((time.monotonic(), request.method, request.url.path, response.status_code))
+
+        return httpx.AsyncClient(timeout=30, event_hooks={"response": [seen]})
+
+    def of(self, method: str, path: str) -> list[tuple[float, int]]:
+        return [(t, status) for t, m, p, status in self.responses if m == method and p == path]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def server(request, start_server) -> LiveServer:
+    env = {"REDIS_URL": request.getfixturevalue("redis_url")} if request.param == "redis" else {}
+    return start_server(env=env)
+
+
+def test_two_peers_exchange_envelopes_and_see_each_other_come_and_go(server):
+    r = room()
+
+    async def scenario():
+        alice = await join(server.url, r, peer_id="alice")
+        assert (alice.peer_id, alice.peers, alice.resumed) == ("alice", set(), False)
+        assert alice.token and alice.ice_servers == []
+        async with await join(server.url, r, peer_id="bob") as bob:
+            assert bob.peers == {"alice"}
+            joined = await until(alice, "peer-joined")
+            assert joined["from"] == "bob" and alice.peers == {"bob"}
+
+            assert await bob.send("alice", "offer", {"sdp": "v=0"}) == 2  # after peer-joined, seq 1
+            offer = await until(alice, "offer")
+            assert (offer["from"], offer["data"], offer["seq"]) == ("bob", {"sdp": "v=0"}, 2)
+            assert isinstance(offer["ts"], float)
+
+            assert await alice.broadcast("hello", [1, 2]) == {"delivered_to": ["bob"], "mailbox_full": []}
+            assert (await until(bob, "hello"))["data"] == [1, 2]
+        left = await until(alice, "peer-left")
+        assert (left["from"], left["data"]) == ("bob", {"reason": "left"})
+        assert alice.peers == set()
+        await alice.leave()
+        await alice.leave()  # twice is fine
+        with pytest.raises(SignalingError) as closed:
+            await alice.send("bob", "offer")
+        assert closed.value.code == "closed"
+
+    run(scenario())
+    assert log_lines(server, "DELETE", f"/rooms/{r}/peers/alice") == [204]
+
+
+def test_a_refused_join_raises_with_the_servers_code(server):
+    r = room()
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="alice"):
+            with pytest.raises(SignalingError) as taken:
+                await join(server.url, r, peer_id="alice")
+            assert (taken.value.status, taken.value.code) == (409, "peer_id_taken")
+
+    run(scenario())
+
+
+def test_a_token_resumes_the_peer_with_its_unacknowledged_envelopes(server):
+    r = room()
+    api = Api.over_http(server.url)
+    earlier = api.peer(r, "alice")  # a page that saved its id and token, then reloaded
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="bob") as bob:
+            for n in range(3):
+                await bob.send("alice", "note", n)
+            assert [m["data"] for m in earlier.receive()] == [None, 0, 1, 2]  # peer-joined, then the notes
+            earlier.poll(after=2)  # acknowledges peer-joined and note 0 only
+
+            async with await join(server.url, r, peer_id="alice", token=earlier.token) as alice:
+                assert alice.resumed and alice.token == earlier.token and alice.peers == {"bob"}
+                assert [(await until(alice, "note"))["data"] for _ in range(2)] == [1, 2]
+                await bob.send("alice", "note", 3)
+                assert (await until(alice, "note"))["data"] == 3
+            # A resume is no new member: bob heard of alice's leave, and of no second join.
+            assert (await until(bob, "peer-left"))["from"] == "alice"
+
+    run(scenario())
+
+
+def test_both_peers_rejoin_after_the_server_forgot_them(server):
+    r = room()
+    redis_url = server.env.get("REDIS_URL")
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="alice", **FAST) as alice, \
+                await join(server.url, r, peer_id="bob", **FAST) as bob:
+            await until(alice, "peer-joined", **{"from": "bob"})
+            old_tokens = alice.token, bob.token
+
+            await asyncio.to_thread(server.stop)
+            if redis_url:  # gunicorn alone keeps nothing: Redis must forget too
+                with redis.Redis.from_url(redis_url) as client:
+                    client.flushall()
+            await asyncio.sleep(0.5)  # the polls fail meanwhile, and back off
+            await asyncio.to_thread(server.start)  # the same port, nothing remembered
+
+            # Each poll now gets 404 not_joined: both join afresh, and say who went and who is there.
+            for session, other in ((alice, "bob"), (bob, "alice")):
+                await until(session, "peer-left", **{"from": other, "data": {"reason": "rejoined"}})
+            while alice.peers != {"bob"} or bob.peers != {"alice"}:
+                await asyncio.sleep(0.05)
+            assert (alice.token, bob.token) != old_tokens and alice.state == bob.state == "connected"
+            seq = await alice.send("bob", "offer", "again")
+            assert (await until(bob, "offer"))["seq"] == seq
+
+    run(scenario())
+    assert 404 in log_lines(server, "GET", f"/rooms/{r}/peers/alice/messages")
+
+
+def test_a_full_mailbox_429_is_waited_out_for_its_retry_after_then_the_send_goes_through(start_server):
+    server = start_server(env={"MAILBOX_LIMIT": "2"})
+    r = room()
+    api = Api.over_http(server.url)
+    alice = api.peer(r, "alice")  # polls by hand, so her mailbox fills
+    recorder = Recorder()
+    path = f"/rooms/{r}/peers/alice/messages"
+
+    async def scenario():
+        async with recorder.client() as http, await join(server.url, r, peer_id="bob", http=http) as bob:
+            assert await bob.send("alice", "note", 1) == 2  # peer-joined is seq 1, and is not counted
+            assert await bob.send("alice", "note", 2) == 3
+            third = asyncio.create_task(bob.send("alice", "note", 3))
+            while not recorder.of("POST", path)[2:]:
+                await asyncio.sleep(0.02)
+            assert recorder.of("POST", path)[2][1] == 429
+            await asyncio.to_thread(alice.drain)
+            assert await third == 4
+
+    run(scenario())
+    (refused, _), (accepted, _) = recorder.of("POST", path)[2:]
+    assert accepted - refused >= 1.0, "the retry came before the server's Retry-After: 1"
+    assert log_lines(server, "POST", path, at_least=4) == [202, 202, 429, 202]
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of this test's own, which it may stop and start again on the same port."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_a_redis_outage_is_waited_out_by_retry_after_on_503_then_the_peer_rejoins(start_server, private_redis):
+    # POLL_WAIT=3: a poll held while the wake-up channel reconnects answers soon anyway.
+    server = start_server(env={"REDIS_URL": private_redis.url, "POLL_WAIT": "3"})
+    r = room()
+    recorder = Recorder()
+    path = f"/rooms/{r}/peers/alice/messages"
+
+    async def scenario():
+        async with recorder.client() as http, await join(server.url, r, peer_id="alice", http=http, **FAST) as alice:
+            while not recorder.of("GET", path):
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(private_redis.stop)
+            while [status for _, status in recorder.of("GET", path)].count(503) < 2:
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(private_redis.start)  # the same port, and empty: alice is forgotten
+            async with await join(server.url, r, peer_id="bob") as bob:
+                await until(alice, "peer-joined", **{"from": "bob"})
+                await bob.send("alice", "offer", "after the outage")
+                assert (await until(alice, "offer"))["data"] == "after the outage"
+
+    run(scenario())
+    polls = recorder.of("GET", path)
+    assert 404 in [status for _, status in polls], "alice should have found herself forgotten"
+    gaps = [later - at for (at, status), (later, _) in zip(polls, polls[1:], strict=False) if status == 503]
+    assert gaps and min(gaps) >= 1.0, f"a poll after a 503 came before its Retry-After: 1 ({gaps})"
+
+
+def test_rate_limited_sends_are_waited_out_and_all_arrive_once_in_order(start_server):
+    server = start_server(env={"SENDS_PER_PEER_PER_SECOND": "5"}, limits=True)
+    r = room()
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="alice") as alice, \
+                await join(server.url, r, peer_id="bob") as bob:
+            for n in range(12):
+                await bob.send("alice", "note", n)
+            received = [(await until(alice, "note"))["data"] for _ in range(12)]
+            assert received == list(range(12))
+
+    run(scenario())
+    statuses = log_lines(server, "POST", f"/rooms/{r}/peers/alice/messages", at_least=13)
+    assert 429 in statuses and statuses.count(202) == 12
+
+
+def test_a_burst_of_sends_to_one_peer_resolves_each_to_its_own_seq_in_order(server):
+    r = room()
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="alice") as alice, \
+                await join(server.url, r, peer_id="bob") as bob:
+            seqs = await asyncio.gather(*(bob.send("alice", "candidate", {"n": n}) for n in range(40)))
+            assert seqs == list(range(2, 42))
+            received = [await until(alice, "candidate") for _ in range(40)]
+            assert [(m["seq"], m["data"]["n"]) for m in received] == list(zip(seqs, range(40), strict=True))
+
+    run(scenario())
+
+
+def test_leaving_the_block_finishes_the_sends_already_made_then_leaves(server):
+    r = room()
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="alice") as alice:
+            async with await join(server.url, r, peer_id="bob") as bob:
+                unawaited = [asyncio.create_task(bob.send("alice", "note", n)) for n in range(5)]
+                await asyncio.sleep(0)
+            assert all(task.done() and not task.exception() for task in unawaited)
+            assert [(await until(alice, "note"))["data"] for _ in range(5)] == list(range(5))
+            left = await until(alice, "peer-left")
+            assert left["data"] == {"reason": "left"}  # at once, not after peer_ttl
+
+    run(scenario())
+    assert log_lines(server, "DELETE", f"/rooms/{r}/peers/bob") == [204]
+
+
+def test_the_client_imports_without_flask_gevent_or_redis():
+    """A Python peer installs httpx alone: the import must not reach for the server's libraries."""
+    code = """
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"flask", "werkzeug", "gevent", "redis", "gunicorn", "prometheus_client"}:
+            raise ImportError(f"{name} must not be imported")
+sys.meta_path.insert(0, Refuse())
+import signaling.client
+from signaling.client import join, Session, SignalingError, rtc_ice_servers
+print("ok", sorted(m for m in sys.modules if m.split(".")[0] in {"flask", "gevent", "redis", "aiortc"}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok", "[]"]
+
+
+def test_ice_servers_become_aiortc_rtc_ice_servers():
+    from aiortc import RTCIceServer
+
+    from signaling.client import rtc_ice_servers
+
+    servers = rtc_ice_servers([
+        {"urls": ["stun:stun.example.com:3478"]},
+        {"urls": ["turn:turn.example.com:3478"], "username": "1700000000:bot", "credential": "c2VjcmV0"},
+    ])
+    assert servers == [
+        RTCIceServer(urls=["stun:stun.example.com:3478"]),
+        RTCIceServer(urls=["turn:turn.example.com:3478"], username="1700000000:bot", credential="c2VjcmV0"),
+    ]
+
+
+# -- the terminal client
+
+
+class Terminal:
+    """`python -m signaling.client ROOM` as a subprocess: lines in on stdin, JSON lines out on stdout."""
+
+    def __init__(self, url: str, room: str, peer_id: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "signaling.client", room, "--url", url, "--peer-id", peer_id],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.readers: list[threading.Thread] = []
+        self.out, self.err = self._lines(self.process.stdout), self._lines(self.process.stderr)
+        self.notes = self.err.get(timeout=20)
+        assert self.notes.startswith(f"# joined {room} as {peer_id}"), self.notes
+
+    def _lines(self, stream) -> queue.Queue:
+        """The stream's lines, read by a thread as they come; "" at its end."""
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read():
+            for line in stream:
+                lines.put(line)
+            lines.put("")
+
+        self.readers.append(threading.Thread(target=read, daemon=True))
+        self.readers[-1].start()
+        return lines
+
+    def type(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def envelope(self) -> dict:
+        line = self.out.get(timeout=20)
+        assert line, f"the terminal client ended: {list(self.err.queue)}"
+        return json.loads(line)
+
+    def quit(self) -> int:
+        self.process.stdin.close()
+        code = self.process.wait(20)
+        for reader in self.readers:
+            reader.join(5)
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return code
+
+
+def test_two_terminal_clients_chat(live_server):
+    r = room()
+    alice = Terminal(live_server.url, r, "alice")
+    bob = Terminal(live_server.url, r, "bob")
+    try:
+        assert bob.notes.strip() == f"# joined {r} as bob; here: alice"
+        joined = alice.envelope()
+        assert (joined["type"], joined["from"]) == ("peer-joined", "bob")
+
+        bob.type('alice chat {"text": "hi alice"}')
+        said = alice.envelope()
+        assert (said["from"], said["type"], said["data"]) == ("bob", "chat", {"text": "hi alice"})
+        alice.type("* chat \"hi all\"")
+        alice.type("bob wave")  # no data: null
+        assert [(m["type"], m["data"]) for m in (bob.envelope(), bob.envelope())] == [("chat", "hi all"),
+                                                                                     ("wave", None)]
+        assert bob.quit() == 0  # end of input: leave
+        left = alice.envelope()
+        assert (left["type"], left["from"], left["data"]) == ("peer-left", "bob", {"reason": "left"})
+    finally:
+        for terminal in (alice, bob):
+            if terminal.process.poll() is None:
+                terminal.quit()
+    assert alice.process.returncode == 0
