@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import queue
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -394,3 +397,176 @@ def test_two_terminal_clients_chat(live_server):
             if terminal.process.poll() is None:
                 terminal.quit()
     assert alice.process.returncode == 0
+
+
+# -- servers of the tests' own: one that checks join tickets, and a proxy that replays an answer
+
+
+class SmallServer:
+    """A real HTTP server on 127.0.0.1 whose answers come from `answer(method, path, headers, body)`.
+
+    `answer` returns (status, JSON body or None); every request is kept in `requests`.
+    """
+
+    def __init__(self, answer):
+        self.requests: list[tuple[str, str, dict, dict | None]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle_one(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                owner.requests.append((self.command, self.path, headers, body))
+                status, reply, extra = answer(self.command, self.path, headers, body, raw)
+                data = b"" if reply is None else (reply if isinstance(reply, bytes) else json.dumps(reply).encode())
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **extra}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = handle_one
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> SmallServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def joins(self) -> list[dict]:
+        return [body for method, path, _, body in self.requests if method == "POST" and path.endswith("/peers")]
+
+
+def error(status: int, code: str, message: str = "no") -> tuple[int, dict, dict]:
+    return status, {"error": {"code": code, "message": message}}, {}
+
+
+def ticket_checking(valid: set[str], polls_before_forgetting: int = 0):
+    """A server that wants a valid ticket for each join, and forgets its peer after some polls."""
+    polls = []
+
+    def answer(method, path, headers, body, raw):
+        if method == "POST" and path.endswith("/peers"):
+            if "ticket" not in body:
+                return error(401, "ticket_required", "this room needs a ticket")
+            if body["ticket"] not in valid:
+                return error(401, "bad_ticket", "ticket expired")
+            joined = {"room": "r", "peer_id": body["peer_id"], "token": f"{body['peer_id']}.s", "peers": [],
+                      "cursor": 0, "poll_wait": 1, "peer_ttl": 60, "ice_servers": []}
+            return 201, joined, {}
+        if method == "GET":
+            polls.append(path)
+            if len(polls) > polls_before_forgetting:
+                return error(404, "not_joined", "no peer 'alice' in room 'r'")
+            return 200, {"messages": [], "cursor": 0}, {}
+        return 204, None, {}
+
+    return answer
+
+
+def test_a_ticket_is_fetched_for_every_fresh_join_and_a_bad_ticket_ends_the_session():
+    tickets = iter(["t1", "t2"])
+    fetched = []
+
+    async def get_ticket():  # an application's backend would issue one here
+        fetched.append(next(tickets))
+        return fetched[-1]
+
+    async def scenario(url):
+        session = await join(url, "r", peer_id="alice", get_ticket=get_ticket, **FAST)
+        # The server forgets alice at her first poll; her fresh join's new ticket is refused.
+        with pytest.raises(SignalingError) as refused:
+            async for _ in session:
+                pass
+        assert (refused.value.status, refused.value.code) == (401, "bad_ticket")
+        assert session.state == "closed" and session.error is refused.value
+        await session.leave()
+
+    with SmallServer(ticket_checking(valid={"t1"})) as server:
+        run(scenario(server.url))
+    assert fetched == ["t1", "t2"]
+    assert server.joins() == [{"peer_id": "alice", "ticket": "t1"}, {"peer_id": "alice", "ticket": "t2"}]
+
+
+def test_a_join_refused_for_want_of_a_ticket_is_not_tried_again():
+    async def scenario(url):
+        with pytest.raises(SignalingError) as refused:
+            await join(url, "r", peer_id="alice", **FAST)
+        assert (refused.value.status, refused.value.code) == (401, "ticket_required")
+        with pytest.raises(SignalingError) as bad:
+            await join(url, "r", peer_id="alice", ticket="forged", **FAST)
+        assert bad.value.code == "bad_ticket"
+
+    with SmallServer(ticket_checking(valid={"t1"})) as server:
+        run(scenario(server.url))
+    assert server.joins() == [{"peer_id": "alice"}, {"peer_id": "alice", "ticket": "forged"}]
+
+
+def test_a_resume_goes_without_a_ticket_and_gets_one_only_when_the_server_wants_it():
+    async def scenario(url):
+        async with await join(url, "r", peer_id="alice", token="alice.old", get_ticket=lambda: "t1",
+                              **FAST) as session:
+            assert session.token == "alice.s"
+
+    with SmallServer(ticket_checking(valid={"t1"}, polls_before_forgetting=10)) as server:
+        run(scenario(server.url))
+    assert server.joins() == [{"peer_id": "alice"}, {"peer_id": "alice", "ticket": "t1"}]
+    assert [headers.get("authorization") for method, path, headers, _ in server.requests if method == "POST"] == [
+        "Bearer alice.old", "Bearer alice.old"]
+
+
+def test_an_answer_delivered_twice_yields_its_envelopes_once(live_server):
+    """A proxy in front of the real server answers one poll twice (a replay); the client drops the repeats."""
+    r = room()
+    upstream = urllib.parse.urlsplit(live_server.url)
+    replayed: list[bytes] = []
+
+    def forward(method, path, headers, body, raw):
+        if replayed and "/peers/alice/messages" in path and len(replayed) == 1:
+            replayed.append(replayed[0])
+            return 200, replayed[0], {}
+        conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=40)
+        try:
+            sent = {k: v for k, v in headers.items() if k in ("authorization", "content-type", "idempotency-key",
+                                                                "last-event-id")}
+            conn.request(method, path, body=raw or None, headers=sent)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if method == "GET" and "/peers/alice/messages" in path and not replayed and json.loads(data)["messages"]:
+            replayed.append(data)
+        return response.status, data or None, {}
+
+    async def scenario(url):
+        async with await join(live_server.url, r, peer_id="bob") as bob, \
+                await join(url, r, peer_id="alice") as alice:  # alice polls through the proxy
+            for n in range(3):
+                await bob.send("alice", "note", n)
+            while len(replayed) < 2:  # the poll after the first answer got that answer again
+                await asyncio.sleep(0.02)
+            await bob.send("alice", "note", "last")
+            notes = []
+            while notes[-1:] != ["last"]:
+                notes.append((await until(alice, "note"))["data"])
+            assert notes == [0, 1, 2, "last"]
+
+    with SmallServer(forward) as proxy:
+        run(scenario(proxy.url))
+    assert json.loads(replayed[1])["messages"], "the replayed answer should carry envelopes"
