@@ -21,7 +21,7 @@ class Bot:
 
     peer_id: str
     process: subprocess.Popen
-    log: object
+    log: Path
 
     def stop(self) -> str:
         if self.process.poll() is None:
