@@ -435,8 +435,13 @@ class SmallServer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a client that hung up mid-poll (the session left): nothing to report
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -580,3 +585,34 @@ def test_the_readme_example_prints_what_the_readme_says(live_server):
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == printed
+
+
+def test_against_a_server_that_takes_no_batches_sends_go_one_by_one():
+    """A protocol 1.0 server reads a batch as one envelope without a type: 400. The client then stops batching."""
+    stored: list[dict] = []
+
+    def answer(method, path, headers, body, raw):
+        if method == "POST" and path.endswith("/peers"):
+            return 201, {"room": "r", "peer_id": "bob", "token": "bob.s", "peers": ["alice"], "cursor": 0,
+                         "poll_wait": 1, "peer_ttl": 60, "ice_servers": []}, {}
+        if method == "POST" and path.endswith("/alice/messages"):
+            if not isinstance(body.get("type"), str):
+                return error(400, "bad_field", "'type' must be 1-64 characters of A-Z a-z 0-9 _ . : -, got None")
+            stored.append(body)
+            return 202, {"seq": len(stored)}, {}
+        if method == "GET":
+            time.sleep(0.2)
+            return 200, {"messages": [], "cursor": 0}, {}
+        return 204, None, {}
+
+    async def scenario(url):
+        async with await join(url, "r", peer_id="bob", **FAST) as bob:
+            first = await asyncio.gather(*(bob.send("alice", "candidate", n) for n in range(5)))
+            second = await asyncio.gather(*(bob.send("alice", "candidate", n) for n in range(5, 8)))
+            assert first + second == list(range(1, 9))
+
+    with SmallServer(answer) as server:
+        run(scenario(server.url))
+    assert [body["data"] for body in stored] == list(range(8))
+    sends = [body for method, path, _, body in server.requests if method == "POST" and "/messages" in path]
+    assert ["messages" in body for body in sends] == [True] + [False] * 8  # one batch tried, then none
