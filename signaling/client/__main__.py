@@ -44,6 +44,13 @@ async def print_envelopes(session: Session) -> None:
         print(json.dumps(envelope), flush=True)
 
 
+async def send_lines(session: Session, lines: asyncio.Queue) -> None:
+    """Send each typed line, one after another so that they arrive in the order typed, until end of input."""
+    while (line := await lines.get()) is not None:
+        if line.strip():
+            await send_line(session, line)
+
+
 async def send_line(session: Session, line: str) -> None:
     try:
         to, kind, data = parse_line(line)
@@ -84,21 +91,9 @@ async def main(argv: list[str] | None = None) -> int:
         peers = ", ".join(sorted(session.peers)) or "nobody yet"
         note(f"joined {session.room} as {session.peer_id}; here: {peers}")
         printer = asyncio.create_task(print_envelopes(session))
-        sends: set[asyncio.Task] = set()
-        while True:
-            next_line = asyncio.create_task(lines.get())
-            done, _ = await asyncio.wait({next_line, stopped, printer}, return_when=asyncio.FIRST_COMPLETED)
-            if next_line not in done:
-                next_line.cancel()
-                break
-            line = next_line.result()
-            if line is None:
-                break
-            if line.strip():
-                task = asyncio.create_task(send_line(session, line))
-                sends.add(task)
-                task.add_done_callback(sends.discard)
-        await asyncio.gather(*sends)
+        sender = asyncio.create_task(send_lines(session, lines))
+        await asyncio.wait({sender, stopped, printer}, return_when=asyncio.FIRST_COMPLETED)
+        sender.cancel()
         note(f"leaving {session.room}")
     await asyncio.gather(printer, return_exceptions=True)
     if session.error:
