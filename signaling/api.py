@@ -45,14 +45,29 @@ def _body() -> bytes:
     return request.get_data(cache=False)
 
 
-def _query_int(name: str, default: int, low: int, high: int | None = None) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
+def _whole(raw: str, name: str, low: int, high: int | None = None) -> int:
+    """An integer query parameter or header, or a 400 naming it and its bounds."""
     if not raw.isascii() or not raw.isdigit() or (high is not None and not low <= int(raw) <= high):
         bounds = f"{low}-{high}" if high is not None else f">= {low}"
         raise errors.BadQuery(f"'{name}' must be an integer {bounds}, got {raw!r:.40}")
     return int(raw)
+
+
+def _query_int(name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = request.args.get(name)
+    return default if raw is None else _whole(raw, name, low, high)
+
+
+def _cursor() -> int:
+    """The poll's cursor: `after=N`, or the `Last-Event-ID` header (1.1); both given, they must agree."""
+    after = request.args.get("after")
+    header = request.headers.get("Last-Event-ID", "").strip()
+    if not header:
+        return 0 if after is None else _whole(after, "after", 0)
+    cursor = _whole(header, "Last-Event-ID", 0)
+    if after is not None and _whole(after, "after", 0) != cursor:
+        raise errors.BadQuery(f"after={after} and Last-Event-ID: {header} disagree; give one of them")
+    return cursor
 
 
 #: a decimal number, as JSON writes one (leading zeros and a bare "." allowed): no "1_0", "inf" or "nan"
@@ -121,62 +136,47 @@ def poll(room: str, peer: str):
     service = _service()
     protocol.check_id(room, "room")
     protocol.check_id(peer, "peer")
-    after = _query_int("after", 0, 0)
+    after = _cursor()
     limit = _query_int("limit", protocol.MAX_LIMIT, 1, protocol.MAX_LIMIT)
     wait = _query_wait(service.settings.poll_wait)
     token = _bearer()
-
     client_ip = _client_ip()
 
     def fetch(hold: int | None):
         return service.backend.fetch(room, peer, token, after, limit, time.time(), hold, client_ip)
 
-    if wait <= 0:
-        messages, cursor = fetch(None)
-    else:
-        waiter = service.hub.hold(room, peer)
-        started = time.monotonic()
-        metrics.HELD_POLLS.inc()
-        try:
-            messages, cursor = fetch(waiter.poll_id)  # authenticates
-            service.hub.claim(waiter)
-            while not messages and not waiter.ended:
-                remaining = started + wait - time.monotonic()
-                if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:
-                    break
-                messages, cursor = waiter.carried(after, limit) or fetch(waiter.poll_id)
-            metrics.POLL_WAIT.observe(time.monotonic() - started)
-        finally:
-            metrics.HELD_POLLS.dec()
-            service.hub.release(waiter)
+    messages, cursor = service.hub.poll(room, peer, after, limit, wait, fetch)
     metrics.DELIVERIES.inc(len(messages))
     return Response(protocol.poll_body(messages, cursor), mimetype="application/json")
 
 
-def _outgoing(room: str) -> tuple[str, str, str, str, str | None, float]:
-    """A send or broadcast read from the request: (sender, token, tail, digest, idempotency key, now).
-
-    The envelope is encoded here, once; the digest binds the Idempotency-Key to this body.
-    """
+def _outgoing(room: str, to: str | None) -> protocol.Outgoing:
+    """A send or broadcast read from the request, its envelopes encoded here, once."""
     protocol.check_id(room, "room")
+    if to is not None:
+        protocol.check_id(to, "peer")
     sender, token = _caller()
     key = protocol.check_idempotency_key(request.headers.get("Idempotency-Key"))
-    kind, data = protocol.parse_envelope(_body())
-    now = time.time()
-    return sender, token, protocol.envelope_tail(sender, kind, data, now), protocol.body_digest(kind, data), key, now
+    out = protocol.Outgoing.read(_body(), room, sender, token, to, key, time.time())
+    limit = _service().settings.mailbox_limit
+    if len(out.tails) > limit:  # it could never be stored: not a full mailbox to wait out
+        raise errors.PayloadTooLarge(
+            f"a batch of {len(out.tails)} envelopes is more than a mailbox holds (MAILBOX_LIMIT {limit}); "
+            f"send at most {limit} at a time"
+        )
+    return out
 
 
 @blueprint.post("/rooms/<room>/peers/<to>/messages")
 def send(room: str, to: str):
-    protocol.check_id(to, "peer")
-    sender, token, tail, digest, key, now = _outgoing(room)
-    seq = _service().backend.send(room, sender, token, to, tail, digest, key, now)
-    return _json({"seq": seq}, 202)
+    out = _outgoing(room, to)
+    seqs = _service().backend.send(out)
+    return _json({"seqs": seqs} if out.batch else {"seq": seqs[0]}, 202)
 
 
 @blueprint.post("/rooms/<room>/messages")
 def broadcast(room: str):
-    result = _service().backend.broadcast(room, *_outgoing(room))
+    result = _service().backend.broadcast(_outgoing(room, None))
     return _json({"delivered_to": sorted(result.delivered_to), "mailbox_full": sorted(result.mailbox_full)}, 202)
 
 

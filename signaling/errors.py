@@ -155,3 +155,15 @@ class BackendUnavailable(SignalingError):
     status, code = 503, "backend_unavailable"
     default_message = "the state store cannot be reached; try again shortly"
     retry_after = 1
+
+
+def by_code() -> dict[str, type[SignalingError]]:
+    """Every error class by its code: the Redis scripts answer with codes, and the OpenAPI test lists them."""
+    found: dict[str, type[SignalingError]] = {}
+    classes = [SignalingError]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        if "code" in vars(cls):
+            assert found.setdefault(cls.code, cls) is cls, f"two error classes share the code {cls.code!r}"
+    return found

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
+from collections.abc import Callable
 
+from . import metrics
 from .protocol import seq_of
+
+#: a look in the backend for a poll: (hold: this poll's id, or None) -> (envelopes, cursor)
+Fetch = Callable[[int | None], tuple[list[str], int]]
 
 
 class Waiter:
     """One held poll: woken when its mailbox changes, ended when superseded.
 
-    A wake-up may carry the envelope that caused it (the Redis backend's do,
+    A wake-up may carry the envelopes that caused it (the Redis backend's do,
     on one Redis); then the poll can answer without looking in the backend.
     """
 
@@ -34,11 +40,11 @@ class Waiter:
         self._event.clear()
         return woken
 
-    def wake(self, envelope: str | None = None) -> None:
-        if envelope is None:
+    def wake(self, envelopes: list[str] | None = None) -> None:
+        if envelopes is None:
             self._carried = None
         elif self._carried is not None:
-            self._carried.append(envelope)
+            self._carried += envelopes
         self._event.set()
 
     def carried(self, after: int, limit: int) -> tuple[list[str], int] | None:
@@ -83,6 +89,32 @@ class Hub:
             waiter.end()
         return waiter
 
+    def poll(self, room: str, peer: str, after: int, limit: int, wait: float, fetch: Fetch) -> tuple[list[str], int]:
+        """A long poll: look, and while nothing is there wait up to `wait` seconds for a wake-up.
+
+        The poll is held before its first look, so no wake-up slips between the
+        two; once that look has accepted its token it ends the peer's older
+        polls. A wake-up that carried its envelopes answers without a second look.
+        """
+        if wait <= 0:
+            return fetch(None)
+        waiter = self.hold(room, peer)
+        started = time.monotonic()
+        metrics.HELD_POLLS.inc()
+        try:
+            messages, cursor = fetch(waiter.poll_id)  # authenticates
+            self.claim(waiter)
+            while not messages and not waiter.ended:
+                remaining = started + wait - time.monotonic()
+                if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:
+                    break
+                messages, cursor = waiter.carried(after, limit) or fetch(waiter.poll_id)
+            metrics.POLL_WAIT.observe(time.monotonic() - started)
+        finally:
+            metrics.HELD_POLLS.dec()
+            self.release(waiter)
+        return messages, cursor
+
     def claim(self, waiter: Waiter) -> None:
         """End the peer's older held polls: call once the backend accepted this poll's token."""
         for other in tuple(self._held.get((waiter.room, waiter.peer), ())):
@@ -99,9 +131,10 @@ class Hub:
                 if not waiters:
                     del self._held[key]
 
-    def wake(self, room: str, peer: str, envelope: str | None = None) -> None:
+    def wake(self, room: str, peer: str, envelopes: list[str] | None = None) -> None:
+        """The peer's mailbox changed; `envelopes`, when given, are the ones just stored, in seq order."""
         for waiter in tuple(self._held.get((room, peer), ())):
-            waiter.wake(envelope)
+            waiter.wake(envelopes)
 
     def supersede(self, room: str, peer: str, poll_id: int) -> None:
         """End the held poll `poll_id` of that peer: a newer poll started on another instance."""

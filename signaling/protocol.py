@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -16,6 +17,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TYPE_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 RESERVED_TYPES = frozenset({"peer-joined", "peer-left"})
 MAX_LIMIT = 100
+MAX_BATCH = 100
 IDEMPOTENCY_TTL = 600
 MAX_IDEMPOTENCY_KEY = 64
 
@@ -92,15 +94,56 @@ def parse_object(raw: bytes, *, empty_ok: bool = False) -> dict:
     return body
 
 
-def parse_envelope(raw: bytes) -> tuple[str, Any]:
-    """Return (type, data) of a send or broadcast body."""
-    body = parse_object(raw)
+def _envelope(body: Any, where: str) -> tuple[str, Any]:
+    """(type, data) of one envelope as a client gives it; `where` names it in a batch ("messages[3]: ")."""
+    if not isinstance(body, dict):
+        raise errors.BadField(f"{where}an envelope must be a JSON object, got {type(body).__name__}")
     kind = body.get("type")
     if not isinstance(kind, str) or not TYPE_PATTERN.fullmatch(kind):
-        raise errors.BadField(f"'type' must be 1-64 characters of A-Z a-z 0-9 _ . : -, got {kind!r:.80}")
+        raise errors.BadField(f"{where}'type' must be 1-64 characters of A-Z a-z 0-9 _ . : -, got {kind!r:.80}")
     if kind in RESERVED_TYPES:
-        raise errors.ReservedType(f"'{kind}' is reserved for events the server sends")
+        raise errors.ReservedType(f"{where}'{kind}' is reserved for events the server sends")
     return kind, body.get("data")
+
+
+def parse_envelopes(raw: bytes) -> tuple[list[tuple[str, Any]], bool]:
+    """The (type, data) pairs of a send or broadcast body, and whether it was a batch (1.1).
+
+    A body is one envelope `{"type", "data"}` or a batch `{"messages": [envelope, ...]}`
+    of 1 to MAX_BATCH envelopes, never both.
+    """
+    body = parse_object(raw)
+    if "messages" not in body:
+        return [_envelope(body, "")], False
+    if "type" in body:
+        raise errors.BadField("a body is one envelope ('type', 'data') or a batch ('messages'), not both")
+    items = body["messages"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        got = f"{len(items)} items" if isinstance(items, list) else type(items).__name__
+        raise errors.BadField(f"'messages' must be a list of 1-{MAX_BATCH} envelopes, got {got}")
+    return [_envelope(item, f"messages[{i}]: ") for i, item in enumerate(items)], True
+
+
+@dataclasses.dataclass(frozen=True)
+class Outgoing:
+    """One send or broadcast, read and encoded once: what the backend stores, all of it or none."""
+
+    room: str
+    sender: str
+    token: str | None
+    to: str | None  # None: every other live member (broadcast)
+    tails: tuple[str, ...]  # the envelopes without their seqs (`envelope_tail`), in the order they arrive
+    digest: str  # what the Idempotency-Key is bound to
+    idempotency_key: str | None
+    now: float
+    batch: bool  # sent as {"messages": [...]}: answered with every seq
+
+    @classmethod
+    def read(cls, raw: bytes, room: str, sender: str, token: str | None, to: str | None,
+             idempotency_key: str | None, now: float) -> Outgoing:
+        envelopes, batch = parse_envelopes(raw)
+        tails = tuple(envelope_tail(sender, kind, data, now) for kind, data in envelopes)
+        return cls(room, sender, token, to, tails, body_digest(envelopes, batch), idempotency_key, now, batch)
 
 
 def check_idempotency_key(value: str | None) -> str | None:
@@ -111,9 +154,10 @@ def check_idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def body_digest(kind: str, data: Any) -> str:
+def body_digest(envelopes: list[tuple[str, Any]], batch: bool) -> str:
     """What an Idempotency-Key is bound to: the same key with another body is refused."""
-    canonical = json.dumps([kind, data], sort_keys=True, separators=(",", ":"))
+    shape = ["messages", envelopes] if batch else list(envelopes[0])
+    canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 

@@ -101,6 +101,12 @@ class Peer:
         return self.request("POST", f"/rooms/{self.room}/peers/{to}/messages", {"type": kind, "data": data},
                             headers=headers)
 
+    def send_batch(self, to: str | None, envelopes: list[Any], key: str | None = None) -> Reply:
+        """A 1.1 batch to `to` (None: a broadcast batch)."""
+        headers = {"Idempotency-Key": key} if key is not None else None
+        path = f"/rooms/{self.room}/messages" if to is None else f"/rooms/{self.room}/peers/{to}/messages"
+        return self.request("POST", path, {"messages": envelopes}, headers=headers)
+
     def broadcast(self, kind: str = "note", data: Any = None, key: str | None = None) -> Reply:
         headers = {"Idempotency-Key": key} if key is not None else None
         return self.request("POST", f"/rooms/{self.room}/messages", {"type": kind, "data": data}, headers=headers)

@@ -13,7 +13,7 @@ def envelope(seq: int) -> str:
 def woken(*wake_ups: int | None) -> Waiter:
     waiter = Waiter("r1", "bob", 1)
     for seq in wake_ups:
-        waiter.wake(None if seq is None else envelope(seq))
+        waiter.wake(None if seq is None else [envelope(seq)])
     return waiter
 
 
@@ -40,6 +40,12 @@ def test_a_wake_up_without_its_envelope_means_look_in_the_backend():
 def test_nothing_new_means_look_and_each_call_starts_afresh():
     waiter = woken(2)
     assert waiter.carried(after=3, limit=100) is None
-    waiter.wake(envelope(4))
+    waiter.wake([envelope(4)])
     assert waiter.carried(after=3, limit=100) == ([envelope(4)], 4)
     assert waiter.carried(after=4, limit=100) is None
+
+
+def test_a_batch_woken_once_is_answered_whole():
+    waiter = Waiter("r1", "bob", 1)
+    waiter.wake([envelope(4), envelope(5), envelope(6)])
+    assert waiter.carried(after=3, limit=100) == ([envelope(4), envelope(5), envelope(6)], 6)

@@ -63,13 +63,7 @@ def documented_errors() -> set[tuple[int, str]]:
 
 def error_classes() -> list[type[errors.SignalingError]]:
     """Every error the app can answer with: classes that name their own code (not mere groupings)."""
-    found, todo = [], [errors.SignalingError]
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        if "code" in vars(cls) or cls is errors.SignalingError:
-            found.append(cls)
-    return found
+    return list(errors.by_code().values())
 
 
 def shape(path: str) -> str:

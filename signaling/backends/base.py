@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 
 from ..config import Settings
 from ..hub import Hub
+from ..protocol import Outgoing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,23 +90,20 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def send(
-        self, room: str, sender: str, token: str | None, to: str, tail: str, digest: str,
-        idempotency_key: str | None, now: float,
-    ) -> int:
-        """Store one envelope for `to` and wake its poll; return its seq.
+    def send(self, out: Outgoing) -> list[int]:
+        """Store every envelope of `out` for `out.to`, with consecutive seqs, or none; return the seqs.
 
-        Raises `PeerNotFound`, `MailboxFull` (nothing stored),
-        `SendRateLimited` and `IdempotencyKeyReused`. A repeated key with the same digest returns
-        the first seq and stores nothing.
+        Wakes the recipient's poll once, whatever the number of envelopes.
+        Raises `PeerNotFound`, `MailboxFull` (when the mailbox has no room for
+        all of them; nothing stored), `SendRateLimited` (the sender's envelopes
+        are counted, not its requests; a batch that finds the second untouched
+        is let through whole) and `IdempotencyKeyReused`. A repeated key with
+        the same digest returns the first seqs and stores nothing.
         """
 
     @abstractmethod
-    def broadcast(
-        self, room: str, sender: str, token: str | None, tail: str, digest: str,
-        idempotency_key: str | None, now: float,
-    ) -> Broadcast:
-        """Store one envelope for every other member whose mailbox has room."""
+    def broadcast(self, out: Outgoing) -> Broadcast:
+        """Store every envelope of `out` for each other live member whose mailbox has room for all of them."""
 
     @abstractmethod
     def members(self, room: str, peer: str, token: str | None, now: float) -> list[str]:

@@ -7,7 +7,7 @@ import dataclasses
 import threading
 
 from .. import errors
-from ..protocol import IDEMPOTENCY_TTL, envelope_tail, hash_token, same_hash, with_seq
+from ..protocol import IDEMPOTENCY_TTL, Outgoing, envelope_tail, hash_token, same_hash, with_seq
 from .base import Backend, Broadcast, Joined
 
 
@@ -59,18 +59,22 @@ class MemoryBackend(Backend):
         peer.last_seen = now
         return peer
 
-    def _push(self, room: str, peer_id: str, peer: _Peer, tail: str, is_event: bool) -> int:
-        peer.seq += 1
-        peer.mailbox.append((peer.seq, is_event, with_seq(peer.seq, tail)))
-        peer.events += is_event
+    def _push(self, room: str, peer_id: str, peer: _Peer, tails: tuple[str, ...], is_event: bool) -> list[int]:
+        """Store envelopes with the next seqs and wake the peer's poll once."""
+        seqs = []
+        for tail in tails:
+            peer.seq += 1
+            peer.mailbox.append((peer.seq, is_event, with_seq(peer.seq, tail)))
+            seqs.append(peer.seq)
+        peer.events += is_event * len(tails)
         self.hub.wake(room, peer_id)
-        return peer.seq
+        return seqs
 
     def _announce(self, room: str, about: str, kind: str, data: object, now: float) -> None:
         tail = envelope_tail(about, kind, data, now)
         for other_id, other in self._rooms.get(room, {}).items():
             if other_id != about:
-                self._push(room, other_id, other, tail, is_event=True)
+                self._push(room, other_id, other, (tail,), is_event=True)
 
     def _remove(self, room: str, peer_id: str, reason: str, now: float) -> None:
         members = self._rooms[room]
@@ -86,8 +90,8 @@ class MemoryBackend(Backend):
             self._remove(room, peer_id, "timeout", now)
         return expired
 
-    def _is_full(self, peer: _Peer) -> bool:
-        return len(peer.mailbox) - peer.events >= self.settings.mailbox_limit
+    def _has_room(self, peer: _Peer, count: int) -> bool:
+        return len(peer.mailbox) - peer.events + count <= self.settings.mailbox_limit
 
     def _receipt(self, key: tuple, digest: str, now: float) -> object | None:
         receipt = self._receipts.get(key)
@@ -97,15 +101,18 @@ class MemoryBackend(Backend):
             raise errors.IdempotencyKeyReused()
         return receipt.result
 
-    def _over_rate(self, key: tuple, limit: int, window: float, now: float) -> float | None:
-        """Count one hit in a fixed window; the seconds until it ends when past `limit`."""
+    def _over_rate(self, key: tuple, limit: int, window: float, now: float, hits: int = 1) -> float | None:
+        """Count `hits` in a fixed window; the seconds until it ends when they go past `limit`.
+
+        Hits that find the window untouched always pass, so a batch larger than the limit is not refused forever.
+        """
         if not limit:
             return None
         count, ends = self._windows.get(key, (0, 0.0))
         if ends <= now:
             count, ends = 0, now + window
-        self._windows[key] = (count + 1, ends)
-        return ends - now if count + 1 > limit else None
+        self._windows[key] = (count + hits, ends)
+        return ends - now if count and count + hits > limit else None
 
     # -- the contract
 
@@ -168,52 +175,54 @@ class MemoryBackend(Backend):
             cursor = batch[-1][0] if batch else after
             return [text for _, _, text in batch], cursor
 
-    def _check_send_rate(self, room: str, sender: str, now: float) -> None:
+    def _check_send_rate(self, out: Outgoing) -> None:
         limit = self.settings.sends_per_peer_per_second
-        wait = self._over_rate(("send", room, sender), limit, 1.0, now)
+        wait = self._over_rate(("send", out.room, out.sender), limit, 1.0, out.now, len(out.tails))
         if wait is not None:
-            raise errors.SendRateLimited.about(peer=sender, settings=self.settings, retry_after=wait)
+            raise errors.SendRateLimited.about(peer=out.sender, settings=self.settings, retry_after=wait)
 
-    def send(self, room, sender, token, to, tail, digest, idempotency_key, now):
+    def send(self, out):
+        room, to = out.room, out.to
         with self._lock:
-            me = self._authenticate(room, sender, token, now)
-            self._check_send_rate(room, sender, now)
+            me = self._authenticate(room, out.sender, out.token, out.now)
+            self._check_send_rate(out)
             recipient = self._rooms[room].get(to)
-            if not self._live(recipient, now):
+            if not self._live(recipient, out.now):
                 raise errors.PeerNotFound.about(room=room, to=to)
-            key = (room, sender, me.since, to, recipient.since, idempotency_key)
-            if idempotency_key is not None:
-                seq = self._receipt(key, digest, now)
-                if seq is not None:
-                    return seq
-            if self._is_full(recipient):
+            key = (room, out.sender, me.since, to, recipient.since, out.idempotency_key)
+            if out.idempotency_key is not None:
+                seqs = self._receipt(key, out.digest, out.now)
+                if seqs is not None:
+                    return seqs
+            if not self._has_room(recipient, len(out.tails)):
                 raise errors.MailboxFull.about(to=to, settings=self.settings)
-            seq = self._push(room, to, recipient, tail, is_event=False)
-            if idempotency_key is not None:
-                self._receipts[key] = _Receipt(digest, seq, now + IDEMPOTENCY_TTL)
-            return seq
+            seqs = self._push(room, to, recipient, out.tails, is_event=False)
+            if out.idempotency_key is not None:
+                self._receipts[key] = _Receipt(out.digest, seqs, out.now + IDEMPOTENCY_TTL)
+            return seqs
 
-    def broadcast(self, room, sender, token, tail, digest, idempotency_key, now):
+    def broadcast(self, out):
+        room, now = out.room, out.now
         with self._lock:
-            me = self._authenticate(room, sender, token, now)
-            self._check_send_rate(room, sender, now)
-            key = (room, sender, me.since, "*", 0, idempotency_key)
-            if idempotency_key is not None:
-                result = self._receipt(key, digest, now)
+            me = self._authenticate(room, out.sender, out.token, now)
+            self._check_send_rate(out)
+            key = (room, out.sender, me.since, "*", 0, out.idempotency_key)
+            if out.idempotency_key is not None:
+                result = self._receipt(key, out.digest, now)
                 if result is not None:
                     return result
             delivered, full = [], []
             for peer_id, p in self._rooms[room].items():
-                if peer_id == sender or not self._live(p, now):
+                if peer_id == out.sender or not self._live(p, now):
                     continue
-                if self._is_full(p):
-                    full.append(peer_id)
-                else:
-                    self._push(room, peer_id, p, tail, is_event=False)
+                if self._has_room(p, len(out.tails)):
+                    self._push(room, peer_id, p, out.tails, is_event=False)
                     delivered.append(peer_id)
+                else:
+                    full.append(peer_id)
             result = Broadcast(delivered, full)
-            if idempotency_key is not None and delivered:
-                self._receipts[key] = _Receipt(digest, result, now + IDEMPOTENCY_TTL)
+            if out.idempotency_key is not None and delivered:
+                self._receipts[key] = _Receipt(out.digest, result, now + IDEMPOTENCY_TTL)
             return result
 
     def members(self, room, peer, token, now):

@@ -30,7 +30,8 @@ Redis the script PUBLISHes itself (one round trip in all). On Redis Cluster
 so it returns the wake-ups and this module SPUBLISHes them: sharded pub/sub,
 each instance's channel living on the one shard its hash tag picks.
 
-On one Redis, "M" carries the new envelope too ("M <room> <peer> <envelope>"):
+On one Redis, "M" carries the new envelopes too ("M <room> <peer> <envelopes>",
+one per line; a batch is one wake-up):
 a holder's wake-ups arrive in the order of their seqs, so the woken poll
 answers with what they carried, without a second round trip. On a cluster
 two requests may SPUBLISH out of order, so there the poll fetches.
@@ -96,8 +97,9 @@ end
 """
 
 
-# Shared by every script. KEYS[1] is always the room's members key; the
-# other keys of the room are derived from it (same slot by the hash tag).
+# Shared by every room script, ahead of its own body. It reads KEYS[1], always
+# the room's members key, and derives the room's other keys from it (the same
+# slot, by the hash tag); it reads no ARGV.
 _PRELUDE = r"""
 local members = KEYS[1]
 local prefix = string.sub(members, 1, -8)
@@ -135,26 +137,33 @@ local function touch(id, now, ttl)
   redis.call('PEXPIRE', mbox_key(id), ms)
 end
 
--- On one Redis a holder's wake-ups arrive in the order of their seqs, so a new
--- envelope rides along and the woken poll answers without a second round trip.
-local function wake(id, envelope)
+-- On one Redis a holder's wake-ups arrive in the order of their seqs, so the new
+-- envelopes ride along (one per line) and the woken poll answers without a second round trip.
+local function wake(id, envelopes)
   local holder = redis.call('HGET', peer_key(id), 'holder')
   if holder then
     local message = 'M ' .. room .. ' ' .. id
-    if envelope and not SHARDED then message = message .. ' ' .. envelope end
+    if envelopes and not SHARDED then message = message .. ' ' .. table.concat(envelopes, '\n') end
     notify(string.match(holder, '^(%S+) '), message)
   end
 end
 
-local function push(id, tail, is_event, ttl)
+-- store envelopes under the next seqs, oldest first, and wake the peer's poll once; returns their seqs
+local function push(id, tails, is_event, ttl)
   local pk, mb = peer_key(id), mbox_key(id)
-  local seq = redis.call('HINCRBY', pk, 'seq', 1)
-  local envelope = '{"seq":' .. seq .. ',' .. tail
-  redis.call('RPUSH', mb, (is_event and 'E' or 'M') .. envelope)
-  if is_event then redis.call('HINCRBY', pk, 'events', 1) end
+  local first = redis.call('HINCRBY', pk, 'seq', #tails) - #tails + 1
+  local mark = is_event and 'E' or 'M'
+  local seqs, envelopes, stored = {}, {}, {}
+  for i, tail in ipairs(tails) do
+    seqs[i] = first + i - 1
+    envelopes[i] = '{"seq":' .. seqs[i] .. ',' .. tail
+    stored[i] = mark .. envelopes[i]
+  end
+  redis.call('RPUSH', mb, unpack(stored))
+  if is_event then redis.call('HINCRBY', pk, 'events', #tails) end
   redis.call('PEXPIRE', mb, keep_ms(ttl))
-  wake(id, envelope)
-  return seq
+  wake(id, envelopes)
+  return seqs
 end
 
 -- a peer's id and join time: an Idempotency-Key receipt is bound to these two peers' lives
@@ -167,13 +176,14 @@ local function unacked_messages(id)
   return (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0) - (tonumber(v[3]) or 0)
 end
 
--- sends in a fixed one-second window; the milliseconds left in it when past `limit`
-local function over_rate(id, limit)
+-- count `hits` sends in a fixed one-second window; the milliseconds left in it when they go past
+-- `limit`. Hits that find the window untouched pass, so a batch larger than the limit is not refused forever.
+local function over_rate(id, limit, hits)
   if limit <= 0 then return nil end
   local key = prefix .. 'rate:' .. id
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('PEXPIRE', key, 1000) end
-  if n > limit then return redis.call('PTTL', key) end
+  local n = redis.call('INCRBY', key, hits)
+  if n == hits then redis.call('PEXPIRE', key, 1000) end
+  if n > limit and n > hits then return redis.call('PTTL', key) end
   return nil
 end
 
@@ -192,7 +202,7 @@ local function remove_peer(id, tail, ttl)
   wake(id)  -- a poll it still holds looks again and learns it is gone
   redis.call('ZREM', members, id)
   redis.call('DEL', peer_key(id), mbox_key(id))
-  for _, m in ipairs(redis.call('ZRANGE', members, 0, -1)) do push(m, tail, true, ttl) end
+  for _, m in ipairs(redis.call('ZRANGE', members, 0, -1)) do push(m, {tail}, true, ttl) end
 end
 
 local function reap_room(now, ttl, before, after)
@@ -202,13 +212,17 @@ local function reap_room(now, ttl, before, after)
 end
 """
 
-# KEYS[1] members; ARGV: peer, new token hash, presented token hash, now, ttl,
-# capacity, peer-joined tail, peer-left (timeout) halves before/after the id.
-# Returns {'created'|'resumed', cursor, other ids...} or {'err', code}.
 JOIN = r"""
+-- Add a peer, or resume it when the presented token is its own; reaps the room's expired peers first.
+-- KEYS[1]  sig:{room}:members
+-- ARGV     peer, new token's hash, presented token's hash ('' for none), now, peer ttl, room capacity,
+--          peer-joined tail, peer-left (timeout) tail's halves before and after the id
+-- returns  {'created' | 'resumed', cursor, other ids...} | {'err', code}
 local id, new_hash, given = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl, capacity = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-reap_room(now, ttl, ARGV[8], ARGV[9])
+local joined_tail, left_before, left_after = ARGV[7], ARGV[8], ARGV[9]
+
+reap_room(now, ttl, left_before, left_after)
 local pk = peer_key(id)
 if redis.call('ZSCORE', members, id) then
   if not same(redis.call('HGET', pk, 'token'), given) then return {'err', 'peer_id_taken'} end
@@ -221,15 +235,19 @@ local others = others_of(id)
 redis.call('DEL', pk, mbox_key(id))
 redis.call('HSET', pk, 'token', new_hash, 'since', ARGV[4], 'seq', 0, 'acked', 0, 'events', 0)
 touch(id, now, ttl)
-for _, m in ipairs(others) do push(m, ARGV[7], true, ttl) end
+for _, m in ipairs(others) do push(m, {joined_tail}, true, ttl) end
 return {'created', '0', unpack(others)}
 """
 
-# KEYS[1] members; ARGV: peer, token hash, now, ttl, after, limit, holder ('' for none).
-# Acknowledges seqs <= after; returns {'ok', cursor, envelopes...} or {'err', code, detail}.
 FETCH = r"""
+-- A poll's look: acknowledge seqs <= after, record the holder, return what is left.
+-- KEYS[1]  sig:{room}:members
+-- ARGV     peer, token hash, now, peer ttl, after, limit, holder ("<instance> <poll id>", '' for none)
+-- returns  {'ok', cursor, stored envelopes...} | {'err', code[, last seq given out]}
 local id, given = ARGV[1], ARGV[2]
-local now, ttl, after, limit, hold = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local now, ttl, after, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local hold = ARGV[7]
+
 local err = authenticate(id, given, now, ttl)
 if err then return {'err', err} end
 touch(id, now, ttl)
@@ -266,48 +284,58 @@ if #items > 0 then cursor = acked + #items end
 return {'ok', tostring(cursor), unpack(items)}
 """
 
-# KEYS[1] members; ARGV: sender, token hash, now, ttl, to, tail, digest, idempotency key ('' for none),
-# mailbox limit, key lifetime, sends per second. Returns {'ok', seq} or {'err', code, detail}.
 SEND = r"""
+-- Store a send's envelopes in one mailbox, all of them or none, and wake its poll once.
+-- KEYS[1]  sig:{room}:members
+-- ARGV     sender, token hash, now, peer ttl, recipient, digest of the body, Idempotency-Key ('' for none),
+--          mailbox limit, receipt lifetime (s), sends per second, then each envelope's tail, in order
+-- returns  {'ok', seqs joined by ','} | {'err', code[, milliseconds to wait]}
 local from, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local to, tail, digest, key, limit = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local to, digest, key = ARGV[5], ARGV[6], ARGV[7]
+local limit, receipt_ttl, per_second = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+local tails = {unpack(ARGV, 11)}
+
 local err = authenticate(from, given, now, ttl)
 if err then return {'err', err} end
 touch(from, now, ttl)
-local wait = over_rate(from, tonumber(ARGV[11]))
+local wait = over_rate(from, per_second, #tails)
 if wait then return {'err', 'send_rate_limited', tostring(wait)} end
 if not is_live(to, now, ttl) then return {'err', 'peer_not_found'} end
-local idem = nil
+local receipt = nil
 if key ~= '' then
-  idem = prefix .. 'idem:' .. incarnation(from) .. ':' .. incarnation(to) .. ':' .. key
-  local seen = redis.call('GET', idem)
+  receipt = prefix .. 'idem:' .. incarnation(from) .. ':' .. incarnation(to) .. ':' .. key
+  local seen = redis.call('GET', receipt)
   if seen then
     local d, answer = string.match(seen, '^(%S+) (.*)$')
     if d ~= digest then return {'err', 'idempotency_key_reused'} end
     return {'ok', answer}
   end
 end
-if unacked_messages(to) >= limit then return {'err', 'mailbox_full'} end
-local seq = push(to, tail, false, ttl)
-if idem then redis.call('SET', idem, digest .. ' ' .. seq, 'EX', ARGV[10]) end
-return {'ok', tostring(seq)}
+if unacked_messages(to) + #tails > limit then return {'err', 'mailbox_full'} end
+local seqs = table.concat(push(to, tails, false, ttl), ',')
+if receipt then redis.call('SET', receipt, digest .. ' ' .. seqs, 'EX', receipt_ttl) end
+return {'ok', seqs}
 """
 
-# KEYS[1] members; ARGV: sender, token hash, now, ttl, tail, digest, idempotency key ('' for none),
-# mailbox limit, key lifetime, sends per second.
-# Returns {'ok', delivered ids joined by ',', full ids joined by ','} or {'err', code, detail}.
 BROADCAST = r"""
+-- Store a broadcast's envelopes for every other live member with room for all of them.
+-- KEYS[1]  sig:{room}:members
+-- ARGV     sender, token hash, now, peer ttl, digest of the body, Idempotency-Key ('' for none),
+--          mailbox limit, receipt lifetime (s), sends per second, then each envelope's tail, in order
+-- returns  {'ok', delivered ids joined by ',', full ids joined by ','} | {'err', code[, milliseconds to wait]}
 local from, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local tail, digest, key, limit = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local digest, key, limit, receipt_ttl, per_second = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
+local tails = {unpack(ARGV, 10)}
+
 local err = authenticate(from, given, now, ttl)
 if err then return {'err', err} end
 touch(from, now, ttl)
-local wait = over_rate(from, tonumber(ARGV[10]))
+local wait = over_rate(from, per_second, #tails)
 if wait then return {'err', 'send_rate_limited', tostring(wait)} end
-local idem = nil
+local receipt = nil
 if key ~= '' then
-  idem = prefix .. 'idem:' .. incarnation(from) .. ':*:' .. key
-  local seen = redis.call('GET', idem)
+  receipt = prefix .. 'idem:' .. incarnation(from) .. ':*:' .. key
+  local seen = redis.call('GET', receipt)
   if seen then
     local d, delivered, full = string.match(seen, '^(%S+) ([^|]*)|(.*)$')
     if d ~= digest then return {'err', 'idempotency_key_reused'} end
@@ -317,65 +345,79 @@ end
 local delivered, full = {}, {}
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', members, '(' .. tostring(now - ttl), '+inf')) do
   if m ~= from then
-    if unacked_messages(m) >= limit then
+    if unacked_messages(m) + #tails > limit then
       full[#full + 1] = m
     else
-      push(m, tail, false, ttl)
+      push(m, tails, false, ttl)
       delivered[#delivered + 1] = m
     end
   end
 end
 local d, f = table.concat(delivered, ','), table.concat(full, ',')
-if idem and #delivered > 0 then redis.call('SET', idem, digest .. ' ' .. d .. '|' .. f, 'EX', ARGV[9]) end
+if receipt and #delivered > 0 then redis.call('SET', receipt, digest .. ' ' .. d .. '|' .. f, 'EX', receipt_ttl) end
 return {'ok', d, f}
 """
 
-# KEYS[1] members; ARGV: peer, token hash, now, ttl. Returns {'ok', live ids...} or {'err', code}.
 MEMBERS = r"""
+-- The live members, for a member.
+-- KEYS[1]  sig:{room}:members
+-- ARGV     peer, token hash, now, peer ttl
+-- returns  {'ok', live ids...} | {'err', code}
 local id, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+
 local err = authenticate(id, given, now, ttl)
 if err then return {'err', err} end
 touch(id, now, ttl)
 return {'ok', unpack(redis.call('ZRANGEBYSCORE', members, '(' .. tostring(now - ttl), '+inf'))}
 """
 
-# KEYS[1] members; ARGV: peer, token hash, now, ttl, peer-left (left) tail.
-# Returns {'ok'} (also when not a member) or {'err', 'unauthorized'}.
 LEAVE = r"""
-local id, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+-- Remove a peer and its mailbox; the others get peer-left. Not a member: nothing happens.
+-- KEYS[1]  sig:{room}:members
+-- ARGV     peer, token hash, now, peer ttl, peer-left (left) tail
+-- returns  {'ok'} | {'err', 'unauthorized'}
+local id, given, now, ttl, left_tail = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+
 local err = authenticate(id, given, now, ttl)
 if err == 'unauthorized' then return {'err', err} end
-if err == nil then remove_peer(id, ARGV[5], ttl) end
+if err == nil then remove_peer(id, left_tail, ttl) end
 return {'ok'}
 """
 
-# KEYS[1] members; ARGV: now, ttl, peer-left (timeout) halves before/after the id.
-# Returns {next look (unix s, or -1 when the room is empty), removed ids...}.
 REAP = r"""
-local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local removed = reap_room(now, ttl, ARGV[3], ARGV[4])
+-- Remove the room's expired peers (peer-left timeout to the others).
+-- KEYS[1]  sig:{room}:members
+-- ARGV     now, peer ttl, peer-left (timeout) tail's halves before and after the id
+-- returns  {when to look next (unix s; -1: the room is empty), removed ids...}
+local now, ttl, left_before, left_after = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+
+local removed = reap_room(now, ttl, left_before, left_after)
 local oldest = redis.call('ZRANGE', members, 0, 0, 'WITHSCORES')
 local next_look = -1
 if #oldest > 0 then next_look = tonumber(oldest[2]) + ttl end
 return {tostring(next_look), unpack(removed)}
 """
 
-# KEYS[1] sig:ip:{ip}:joins, KEYS[2] sig:ip:{ip}:peers; ARGV: now, "<room> <peer>", room, joins per minute,
-# peers per IP, rooms per IP, lease expiry. Returns {'ok', 1 if the lease is new else 0} or
-# {'err', code, milliseconds to wait}.
 ADMIT = r"""
+-- Count a join attempt from a client IP and lease it a place ("<room> <peer>").
+-- KEYS[1]  sig:ip:{ip}:joins    KEYS[2]  sig:ip:{ip}:peers
+-- ARGV     now, place, room, joins per minute, peers per IP, rooms per IP, lease expiry (unix s)
+-- returns  {'ok', 1 if the lease is new else 0} | {'err', code, milliseconds to wait}
+local joins_key, leases_key = KEYS[1], KEYS[2]
 local now, place, room = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local joins, max_peers, max_rooms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local expiry = ARGV[7]
+
 if joins > 0 then
-  local n = redis.call('INCR', KEYS[1])
-  if n == 1 then redis.call('PEXPIRE', KEYS[1], 60000) end
-  if n > joins then return {'err', 'join_rate_limited', tostring(redis.call('PTTL', KEYS[1]))} end
+  local n = redis.call('INCR', joins_key)
+  if n == 1 then redis.call('PEXPIRE', joins_key, 60000) end
+  if n > joins then return {'err', 'join_rate_limited', tostring(redis.call('PTTL', joins_key))} end
 end
 if max_peers <= 0 and max_rooms <= 0 then return {'ok', 0} end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local new = redis.call('ZSCORE', KEYS[2], place) == false
+redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', now)
+local new = redis.call('ZSCORE', leases_key, place) == false
 if new then
-  local leases = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  local leases = redis.call('ZRANGE', leases_key, 0, -1, 'WITHSCORES')
   if #leases > 0 then
     local wait = tostring(math.ceil((tonumber(leases[2]) - now) * 1000))
     if max_peers > 0 and #leases / 2 >= max_peers then return {'err', 'too_many_peers', wait} end
@@ -387,8 +429,8 @@ if new then
     if max_rooms > 0 and not rooms[room] and count >= max_rooms then return {'err', 'too_many_rooms', wait} end
   end
 end
-redis.call('ZADD', KEYS[2], ARGV[7], place)
-redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(ARGV[7]) * 1000))
+redis.call('ZADD', leases_key, expiry, place)
+redis.call('PEXPIREAT', leases_key, math.ceil(tonumber(expiry) * 1000))
 return {'ok', new and 1 or 0}
 """
 
@@ -409,20 +451,9 @@ def scripts(sharded: bool) -> dict[str, str]:
         "admit": build(ADMIT, ""),
     }
 
-_ERRORS: dict[str, type[errors.SignalingError]] = {
-    "not_joined": errors.NotJoined,
-    "unauthorized": errors.Unauthorized,
-    "bad_cursor": errors.BadCursor,
-    "peer_not_found": errors.PeerNotFound,
-    "mailbox_full": errors.MailboxFull,
-    "send_rate_limited": errors.SendRateLimited,
-    "join_rate_limited": errors.JoinRateLimited,
-    "too_many_peers": errors.TooManyPeers,
-    "too_many_rooms": errors.TooManyRooms,
-    "idempotency_key_reused": errors.IdempotencyKeyReused,
-    "peer_id_taken": errors.PeerIdTaken,
-    "room_full": errors.RoomFull,
-}
+
+#: a script's error reply {'err', code, ...} names one of these
+_ERRORS = errors.by_code()
 
 
 #: what a Redis or Redis Cluster that cannot be reached raises
@@ -580,23 +611,23 @@ class RedisBackend(Backend):
         )
         return [item[1:] for item in items], int(cursor)
 
-    def send(self, room, sender, token, to, tail, digest, idempotency_key, now):
-        reply = self._run(
-            "send", room,
-            [sender, _hashed(token), repr(now), repr(self.settings.peer_ttl), to, tail, digest,
-             idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL,
-             self.settings.sends_per_peer_per_second],
-            peer=sender, to=to,
+    def send(self, out):
+        _, seqs = self._run(
+            "send", out.room,
+            [out.sender, _hashed(out.token), repr(out.now), repr(self.settings.peer_ttl), out.to, out.digest,
+             out.idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL,
+             self.settings.sends_per_peer_per_second, *out.tails],
+            peer=out.sender, to=out.to,
         )
-        return int(reply[1])
+        return [int(seq) for seq in seqs.split(",")]
 
-    def broadcast(self, room, sender, token, tail, digest, idempotency_key, now):
+    def broadcast(self, out):
         _, delivered, full = self._run(
-            "broadcast", room,
-            [sender, _hashed(token), repr(now), repr(self.settings.peer_ttl), tail, digest,
-             idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL,
-             self.settings.sends_per_peer_per_second],
-            peer=sender,
+            "broadcast", out.room,
+            [out.sender, _hashed(out.token), repr(out.now), repr(self.settings.peer_ttl), out.digest,
+             out.idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL,
+             self.settings.sends_per_peer_per_second, *out.tails],
+            peer=out.sender,
         )
         return Broadcast(delivered.split(",") if delivered else [], full.split(",") if full else [])
 
@@ -691,9 +722,9 @@ class RedisBackend(Backend):
 
     def _dispatch(self, data: str) -> None:
         kind, _, rest = data.partition(" ")
-        if kind == "M":  # "M room peer", or "M room peer envelope" from one Redis
-            room, peer, *envelope = rest.split(" ", 2)
-            self.hub.wake(room, peer, envelope[0] if envelope else None)
+        if kind == "M":  # "M room peer", or "M room peer <envelopes, one per line>" from one Redis
+            room, peer, *envelopes = rest.split(" ", 2)
+            self.hub.wake(room, peer, envelopes[0].split("\n") if envelopes else None)
         elif kind == "S":
             room, peer, poll_id = rest.split(" ")
             self.hub.supersede(room, peer, int(poll_id))
