@@ -274,6 +274,57 @@ def test_a_burst_of_sends_to_one_peer_resolves_each_to_its_own_seq_in_order(serv
     run(scenario())
 
 
+def test_a_burst_of_sends_goes_as_one_batch_in_fewer_requests_than_envelopes(server):
+    r = room()
+    path = f"/rooms/{r}/peers/alice/messages"
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="alice") as alice, \
+                await join(server.url, r, peer_id="bob") as bob:
+            first = asyncio.create_task(bob.send("alice", "description", "offer"))
+            await asyncio.sleep(0)  # its request is under way; what follows waits for it, then goes as one
+            burst = await asyncio.gather(*(bob.send("alice", "candidate", n) for n in range(30)))
+            assert [await first, *burst] == list(range(2, 33))
+            received = [(await until(alice, "candidate"))["data"] for _ in range(30)]
+            assert received == list(range(30))
+
+    run(scenario())
+    posts = log_lines(server, "POST", path)
+    assert posts and len(posts) <= 2 and set(posts) == {202}, posts
+
+
+def test_a_bad_envelope_in_a_batch_fails_its_own_send_only(server):
+    r = room()
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="alice") as alice, \
+                await join(server.url, r, peer_id="bob") as bob:
+            kinds = ["note", "note", "peer-joined", "note"]  # a reserved type: the server refuses it
+            results = await asyncio.gather(*(bob.send("alice", kind, n) for n, kind in enumerate(kinds)),
+                                           return_exceptions=True)
+            refused = results.pop(2)
+            assert isinstance(refused, SignalingError) and refused.code == "reserved_type", refused
+            assert results == [2, 3, 4]
+            assert [(await until(alice, "note"))["data"] for _ in range(3)] == [0, 1, 3]
+
+    run(scenario())
+
+
+def test_a_batch_over_the_size_limit_is_sent_one_by_one(start_server):
+    server = start_server(env={"MAX_MESSAGE_BYTES": "2000"})
+    r = room()
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="alice") as alice, \
+                await join(server.url, r, peer_id="bob") as bob:
+            big = "x" * 600  # one fits in a request, five do not
+            assert await asyncio.gather(*(bob.send("alice", "note", big) for _ in range(5))) == [2, 3, 4, 5, 6]
+            assert [len((await until(alice, "note"))["data"]) for _ in range(5)] == [600] * 5
+
+    run(scenario())
+    assert log_lines(server, "POST", f"/rooms/{r}/peers/alice/messages", at_least=6) == [413] + [202] * 5
+
+
 def test_leaving_the_block_finishes_the_sends_already_made_then_leaves(server):
     r = room()
 
