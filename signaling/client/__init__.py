@@ -130,6 +130,10 @@ class _Outgoing:
     data: Any
     seq: asyncio.Future
 
+    @property
+    def body(self) -> dict:
+        return {"type": self.type, "data": self.data}
+
 
 class Session:
     """One member of one room; `async for envelope in session` reads its mailbox."""
@@ -286,10 +290,16 @@ class Session:
                     failures = await self._retry_later(error, failures)
                     continue
                 if response.status_code == 200:
-                    body = response.json()
+                    try:
+                        body = response.json()
+                        messages, cursor = body["messages"], body.get("cursor")
+                    except (ValueError, KeyError, TypeError):
+                        malformed = SignalingError("malformed poll answer", status=200, code="malformed_answer")
+                        failures = await self._retry_later(malformed, failures)
+                        continue
                     self.state = "connected"
                     failures = 0
-                    self._deliver(body["messages"], body.get("cursor"))
+                    self._deliver(messages, cursor)
                     continue
                 error = SignalingError.of(response)
                 if error.code == "not_joined":
@@ -388,31 +398,27 @@ class Session:
 
     async def _send_batch(self, to: str, batch: list[_Outgoing]) -> None:
         path = f"/rooms/{_q(self.room)}/peers/{_q(to)}/messages"
-        if len(batch) == 1 or not self._batches:
-            for outgoing in batch:
-                await self._settle(outgoing, self._post(path, {"type": outgoing.type, "data": outgoing.data}))
-            return
-        try:
-            seqs = (await self._post(path, {"messages": [{"type": o.type, "data": o.data} for o in batch]}))["seqs"]
-        except SignalingError as error:
-            if error.status == 400 and not error.args[0].startswith("messages["):
-                self._batches = False  # a 1.0 server: it reads a batch as one envelope without a type
-            elif error.status not in (400, 413):
-                for outgoing in batch:
-                    _resolve(outgoing, error=error)
+        if len(batch) > 1 and self._batches:
+            try:
+                seqs = (await self._post(path, {"messages": [outgoing.body for outgoing in batch]}))["seqs"]
+            except SignalingError as error:
+                if error.status == 400 and not str(error).startswith("messages["):
+                    self._batches = False  # a 1.0 server: it reads a batch as one envelope without a type
+                elif error.status not in (400, 413):
+                    for outgoing in batch:
+                        _resolve(outgoing, error=error)
+                    return
+            else:
+                for outgoing, seq in zip(batch, seqs, strict=True):
+                    _resolve(outgoing, seq)
                 return
-            # One by one, so that only the bad (or too large) envelope's send fails.
-            for outgoing in batch:
-                await self._settle(outgoing, self._post(path, {"type": outgoing.type, "data": outgoing.data}))
-            return
-        for outgoing, seq in zip(batch, seqs, strict=True):
-            _resolve(outgoing, seq)
-
-    async def _settle(self, outgoing: _Outgoing, posted: Awaitable[dict]) -> None:
-        try:
-            _resolve(outgoing, (await posted)["seq"])
-        except SignalingError as error:
-            _resolve(outgoing, error=error)
+        # One by one: a single envelope, a server without batches, or a refused batch (a bad item,
+        # or too large), so that only the bad envelope's send fails.
+        for outgoing in batch:
+            try:
+                _resolve(outgoing, (await self._post(path, outgoing.body))["seq"])
+            except SignalingError as error:
+                _resolve(outgoing, error=error)
 
     async def _post(self, path: str, body: dict) -> dict:
         """POST a send with one Idempotency-Key for all its attempts; retried on the network, 429 and 5xx."""
