@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import http.client
 import json
 import os
@@ -32,8 +33,12 @@ FAST = {"backoff": (0.1, 1.0)}
 
 
 def run(scenario, timeout: float = 60):
-    """Run one async scenario to its end, failing it if it takes longer than `timeout`."""
-    return asyncio.run(asyncio.wait_for(scenario, timeout))
+    """Run one async scenario to its end, failing it if it takes longer than `timeout`.
+
+    In a thread of its own: in a run with browser tests, Playwright's loop is the main thread's.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, asyncio.wait_for(scenario, timeout)).result()
 
 
 async def until(session: Session, kind: str, timeout: float = 15, **fields) -> dict:
