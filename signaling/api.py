@@ -1,9 +1,11 @@
-"""The HTTP API of PROTOCOL.md: one view per endpoint, no state of its own."""
+"""The HTTP API of PROTOCOL.md: one Flask view per endpoint, no state of its own.
+
+The message endpoints (poll, send, broadcast) are in messages.py, served before Flask.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.parse
 from pathlib import Path
@@ -22,18 +24,7 @@ def _service() -> Service:
 
 
 def _bearer() -> str | None:
-    """The token of `Authorization: Bearer <token>`, or None."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
-def _caller() -> tuple[str, str]:
-    """(peer id, token) of a request that names no peer in its path: the token tells."""
-    token = _bearer()
-    peer = protocol.token_peer(token)
-    if peer is None:
-        raise errors.Unauthorized("this call needs 'Authorization: Bearer <token>' from your join")
-    return peer, token
+    return protocol.bearer(request.headers.get("Authorization"))
 
 
 def _client_ip() -> str:
@@ -43,45 +34,6 @@ def _client_ip() -> str:
 
 def _body() -> bytes:
     return request.get_data(cache=False)
-
-
-def _whole(raw: str, name: str, low: int, high: int | None = None) -> int:
-    """An integer query parameter or header, or a 400 naming it and its bounds."""
-    if not raw.isascii() or not raw.isdigit() or (high is not None and not low <= int(raw) <= high):
-        bounds = f"{low}-{high}" if high is not None else f">= {low}"
-        raise errors.BadQuery(f"'{name}' must be an integer {bounds}, got {raw!r:.40}")
-    return int(raw)
-
-
-def _query_int(name: str, default: int, low: int, high: int | None = None) -> int:
-    raw = request.args.get(name)
-    return default if raw is None else _whole(raw, name, low, high)
-
-
-def _cursor() -> int:
-    """The poll's cursor: `after=N`, or the `Last-Event-ID` header (1.1); both given, they must agree."""
-    after = request.args.get("after")
-    header = request.headers.get("Last-Event-ID", "").strip()
-    if not header:
-        return 0 if after is None else _whole(after, "after", 0)
-    cursor = _whole(header, "Last-Event-ID", 0)
-    if after is not None and _whole(after, "after", 0) != cursor:
-        raise errors.BadQuery(f"after={after} and Last-Event-ID: {header} disagree; give one of them")
-    return cursor
-
-
-#: a decimal number, as JSON writes one (leading zeros and a bare "." allowed): no "1_0", "inf" or "nan"
-_NUMBER = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
-
-
-def _query_wait(cap: float) -> float:
-    """Seconds to hold the poll: any number >= 0, the larger ones capped at POLL_WAIT."""
-    raw = request.args.get("wait")
-    if raw is None:
-        return cap
-    if not _NUMBER.fullmatch(raw):
-        raise errors.BadQuery(f"'wait' must be a number of seconds >= 0 like 25 or 0.5, got {raw!r:.40}")
-    return min(float(raw), cap)
 
 
 def _seconds(value: float) -> float | int:
@@ -131,59 +83,10 @@ def join(room: str):
     )
 
 
-@blueprint.get("/rooms/<room>/peers/<peer>/messages")
-def poll(room: str, peer: str):
-    service = _service()
-    protocol.check_id(room, "room")
-    protocol.check_id(peer, "peer")
-    after = _cursor()
-    limit = _query_int("limit", protocol.MAX_LIMIT, 1, protocol.MAX_LIMIT)
-    wait = _query_wait(service.settings.poll_wait)
-    token = _bearer()
-    client_ip = _client_ip()
-
-    def fetch(hold: int | None):
-        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold, client_ip)
-
-    messages, cursor = service.hub.poll(room, peer, after, limit, wait, fetch)
-    metrics.DELIVERIES.inc(len(messages))
-    return Response(protocol.poll_body(messages, cursor), mimetype="application/json")
-
-
-def _outgoing(room: str, to: str | None) -> protocol.Outgoing:
-    """A send or broadcast read from the request, its envelopes encoded here, once."""
-    protocol.check_id(room, "room")
-    if to is not None:
-        protocol.check_id(to, "peer")
-    sender, token = _caller()
-    key = protocol.check_idempotency_key(request.headers.get("Idempotency-Key"))
-    out = protocol.Outgoing.read(_body(), room, sender, token, to, key, time.time())
-    limit = _service().settings.mailbox_limit
-    if len(out.tails) > limit:  # it could never be stored: not a full mailbox to wait out
-        raise errors.PayloadTooLarge(
-            f"a batch of {len(out.tails)} envelopes is more than a mailbox holds (MAILBOX_LIMIT {limit}); "
-            f"send at most {limit} at a time"
-        )
-    return out
-
-
-@blueprint.post("/rooms/<room>/peers/<to>/messages")
-def send(room: str, to: str):
-    out = _outgoing(room, to)
-    seqs = _service().backend.send(out)
-    return _json({"seqs": seqs} if out.batch else {"seq": seqs[0]}, 202)
-
-
-@blueprint.post("/rooms/<room>/messages")
-def broadcast(room: str):
-    result = _service().backend.broadcast(_outgoing(room, None))
-    return _json({"delivered_to": sorted(result.delivered_to), "mailbox_full": sorted(result.mailbox_full)}, 202)
-
-
 @blueprint.get("/rooms/<room>/peers")
 def members(room: str):
     protocol.check_id(room, "room")
-    peer, token = _caller()
+    peer, token = protocol.caller(_bearer())
     peers = _service().backend.members(room, peer, token, time.time())
     return _json({"room": room, "peers": sorted(peers)})
 
@@ -254,11 +157,9 @@ def prometheus_metrics():
 
 @blueprint.after_request
 def count(response: Response) -> Response:
-    """Joins and sends by status, whatever answered them (a view or an error handler)."""
+    """Joins by status, whatever answered them (the view or an error handler); messages.py counts sends."""
     if request.endpoint == "api.join":
         metrics.JOINS.labels(response.status_code).inc()
-    elif request.endpoint in ("api.send", "api.broadcast"):
-        metrics.SENDS.labels(request.endpoint[4:], response.status_code).inc()
     return response
 
 

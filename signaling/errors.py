@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class _Unknown(dict):
     def __missing__(self, key: str) -> str:
@@ -32,6 +34,12 @@ class SignalingError(Exception):
         """This error with its template filled from `context` (room, peer, to, settings, ...)."""
         message = cls.template.format_map(_Unknown(context)) if cls.template else None
         return cls(message, retry_after=retry_after)
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The response headers this error brings: Retry-After in whole seconds, at least 1."""
+        if self.retry_after is None:
+            return []
+        return [("Retry-After", str(max(1, math.ceil(self.retry_after))))]
 
     def body(self, request_id: str | None = None) -> dict:
         error = {"code": self.code, "message": self.message}
@@ -94,6 +102,13 @@ class PeerNotFound(NotFound):
 
 class MethodNotAllowed(SignalingError):
     status, code = 405, "method_not_allowed"
+
+    def __init__(self, message: str | None = None, *, allow: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [*super().headers(), ("Allow", ", ".join(self.allow))] if self.allow else super().headers()
 
 
 class Conflict(SignalingError):

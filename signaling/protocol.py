@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import re
 import secrets
 from typing import Any
@@ -27,6 +28,33 @@ def check_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise errors.BadId(f"{what} must be 1-64 characters of A-Z a-z 0-9 _ -, got {value!r:.80}")
     return value
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def caller(token: str | None) -> tuple[str, str]:
+    """(peer id, token) of a request that names no peer in its path: the token tells."""
+    peer = token_peer(token)
+    if peer is None:
+        raise errors.Unauthorized("this call needs 'Authorization: Bearer <token>' from your join")
+    return peer, token
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def request_id(given: str | None) -> str:
+    """A request's id: the caller's `X-Request-Id` if sane, else a new one."""
+    return given if given and _REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
+
+
+def dumps(body: Any) -> str:
+    """A response body: compact JSON."""
+    return json.dumps(body, separators=(",", ":"))
 
 
 def new_peer_id() -> str:

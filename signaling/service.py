@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import re
-import uuid
 from pathlib import Path
 
 from flask import Flask, Response, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import errors
+from . import cors, errors, protocol
 from .backends import Backend, create_backend
 from .config import Settings
 from .hub import Hub
@@ -55,6 +52,7 @@ class Service:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; without `settings` they come from the environment."""
     from .api import blueprint  # the views reach the service through Service.of
+    from .messages import MessagesApp
 
     settings = settings or Settings.from_env()
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
@@ -66,8 +64,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     backend.start()
     reaper = Reaper(backend, settings.reap_interval)
     reaper.start()
-    app.extensions["signaling"] = Service(settings, backend, hub, reaper)
+    service = app.extensions["signaling"] = Service(settings, backend, hub, reaper)
 
+    app.wsgi_app = MessagesApp(service, app.wsgi_app)
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.register_blueprint(blueprint)
@@ -75,9 +74,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     _install_error_handlers(app, settings)
     _install_cors(app, settings)
     return app
-
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class RequestIdFilter(logging.Filter):
@@ -97,8 +93,7 @@ def _install_request_ids(app: Flask) -> None:
 
     @app.before_request
     def assign():
-        given = request.headers.get("X-Request-Id", "")
-        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        g.request_id = protocol.request_id(request.headers.get("X-Request-Id"))
 
     @app.after_request
     def echo(response: Response) -> Response:
@@ -120,8 +115,7 @@ def _install_request_ids(app: Flask) -> None:
 def _error_response(error: errors.SignalingError) -> Response:
     response = jsonify(error.body(g.get("request_id")))
     response.status_code = error.status
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    response.headers.extend(error.headers())
     return response
 
 
@@ -146,10 +140,9 @@ def _install_error_handlers(app: Flask, settings: Settings) -> None:
         signaling_error = (kind or errors.SignalingError)(message)
         if kind is None:
             signaling_error.status, signaling_error.code = error.code or 500, "http_error"
-        response = _error_response(signaling_error)
         if error.code == 405 and getattr(error, "valid_methods", None):
-            response.headers["Allow"] = ", ".join(error.valid_methods)
-        return response
+            signaling_error = errors.MethodNotAllowed(message, allow=tuple(error.valid_methods))
+        return _error_response(signaling_error)
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception):
@@ -159,7 +152,6 @@ def _install_error_handlers(app: Flask, settings: Settings) -> None:
 
 def _install_cors(app: Flask, settings: Settings) -> None:
     """CORS for every response; preflights answer 204 before any view runs."""
-    allow_any = "*" in settings.allowed_origins
 
     @app.before_request
     def preflight():
@@ -168,19 +160,10 @@ def _install_cors(app: Flask, settings: Settings) -> None:
         return None
 
     @app.after_request
-    def cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if allow_any:
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        elif origin in settings.allowed_origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.vary.add("Origin")
-        if request.method == "OPTIONS":
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = (
-                "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
-            )
-            response.headers["Access-Control-Max-Age"] = "86400"
-        else:
-            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After, X-Request-Id"
+    def add_cors(response: Response) -> Response:
+        for name, value in cors.headers(settings, request.headers.get("Origin"), request.method == "OPTIONS"):
+            if name == "Vary":
+                response.vary.add(value)
+            else:
+                response.headers[name] = value
         return response

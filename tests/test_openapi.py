@@ -9,7 +9,7 @@ import jsonschema
 import referencing
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from signaling import errors, protocol
+from signaling import errors, messages, protocol
 from signaling.api import OPENAPI
 
 from .helpers import Api, Peer, Reply
@@ -105,7 +105,7 @@ def test_every_route_is_documented_and_vice_versa(app):
         (shape(rule.rule), method.lower())
         for rule in app.url_map.iter_rules()
         for method in rule.methods - AUTOMATIC
-    }
+    } | {(shape(path), method.lower()) for path, methods in messages.ROUTES.items() for method in methods}
     documented = {(shape(path), method) for path, method, _ in operations()}
     assert routes - documented == set(), "routes the document lacks"
     assert documented - routes == set(), "operations the app does not serve"

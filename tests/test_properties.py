@@ -7,9 +7,9 @@ acknowledged cursor to the last seq seen (and beyond it), list members, leave (D
 passes so that peers expire and are reaped. Every answer is compared with the model: nothing accepted (202)
 is lost, nothing acknowledged comes back, order per mailbox is kept, and seqs have no gaps.
 
-Time is a fake clock: the views read `time.time()` of `signaling.api`, which the test replaces, and the
-reaper is driven by hand with `backend.reap(now)`. Each example gets a fresh app and an emptied store; the
-run is derandomized and bounded (about 5 s on memory, 10 s on Redis, 30 s on the Redis Cluster).
+Time is a fake clock: the views read `time.time()` of `signaling.api` and `signaling.messages`, which the
+test replaces, and the reaper is driven by hand with `backend.reap(now)`. Each example gets a fresh app and
+an emptied store; the run is derandomized and bounded (about 5 s on memory, 10 s on Redis, 30 s on the Redis Cluster).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 import signaling.api
+import signaling.messages
 from signaling.config import Settings
 from signaling.service import Service, create_app
 
@@ -135,8 +136,9 @@ class Model:
     def ts(self) -> float:
         return round(self.clock.now, 3)
 
-    def full(self, peer: ModelPeer) -> bool:
-        return sum(not entry.is_event for entry in peer.mailbox) >= SETTINGS["mailbox_limit"]
+    def full(self, peer: ModelPeer, count: int = 1) -> bool:
+        """No room for `count` more envelopes (server events do not count)."""
+        return sum(not entry.is_event for entry in peer.mailbox) + count > SETTINGS["mailbox_limit"]
 
     def receipt(self, key: tuple, digest: str) -> tuple[str, Any] | None:
         """('same', answer) for a live receipt with this digest, ('reused', None) for another digest."""
@@ -273,6 +275,55 @@ class Mailboxes(RuleBasedStateMachine):
         assert reply.body == {"seq": seq}
         if key:
             model.receipts[receipt_key] = (json.dumps([kind, payload]), seq, self.clock.now + IDEMPOTENCY_TTL)
+        return None
+
+    @rule(payloads=st.lists(st.integers(0, 2), min_size=1, max_size=3),
+          key=st.sampled_from([None, None, "k1", "k3"]), broadcast=st.booleans(), data=st.data())
+    def send_batch(self, payloads, key, broadcast, data):
+        """A 1.1 batch to one member or to all: stored whole with consecutive seqs, or not at all."""
+        room, sender = self.pick(data)
+        _, to = self.pick(data, room)
+        headers = {"Idempotency-Key": key} if key else None
+        path = f"/rooms/{room}/messages" if broadcast else f"/rooms/{room}/peers/{to}/messages"
+        body = {"messages": [{"type": "note", "data": p} for p in payloads]}
+        reply = self.api.request("POST", path, body, token=self.token_of(room, sender), headers=headers)
+        model, digest = self.model, json.dumps(["messages", payloads])
+        if len(payloads) > SETTINGS["mailbox_limit"]:  # refused as it is read, before the backend is asked
+            return self.expect(reply, 413, "payload_too_large")
+        if self.auth(room, sender) is None:
+            return self.expect(reply, 404, "not_joined")
+        recipients = [] if broadcast else [to]
+        if broadcast:
+            recipients = [p for p, peer in model.rooms[room].items() if p != sender and model.live(peer)]
+        elif not model.live(model.peer(room, to)):
+            return self.expect(reply, 404, "peer_not_found")
+        since = model.peer(room, sender).since
+        receipt_key = (room, sender, since, "*", key) if broadcast else (
+            room, sender, since, to, model.peer(room, to).since, key)
+        found = model.receipt(receipt_key, digest) if key else None
+        if found is not None and found[0] == "reused":
+            return self.expect(reply, 422, "idempotency_key_reused")
+        if found is not None:  # answered like the first; nothing stored
+            self.expect(reply, 202)
+            answer = {name: sorted(ids) for name, ids in reply.body.items()} if broadcast else reply.body
+            assert answer == found[1]
+            return None
+        full = [p for p in recipients if model.full(model.peer(room, p), len(payloads))]
+        if not broadcast and full:
+            self.expect(reply, 429, "mailbox_full")
+            return None
+        delivered, stored = [p for p in recipients if p not in full], {}
+        for peer_id in delivered:
+            stored[peer_id] = [model.push(room, peer_id, envelope(sender, "note", p, model.ts())) for p in payloads]
+        self.expect(reply, 202)
+        if broadcast:
+            answer = {"delivered_to": sorted(delivered), "mailbox_full": sorted(full)}
+            assert {name: sorted(ids) for name, ids in reply.body.items()} == answer
+        else:
+            answer = {"seqs": stored[to]}
+            assert reply.body == answer
+        if key and delivered:
+            model.receipts[receipt_key] = (digest, answer, self.clock.now + IDEMPOTENCY_TTL)
         return None
 
     @rule(payload=st.integers(0, 2), key=st.sampled_from([None, "b1"]), data=st.data())
@@ -441,5 +492,5 @@ def test_mailboxes_match_the_model(app_factory, flush):
     fake_time = types.SimpleNamespace(time=None, monotonic=signaling.api.time.monotonic)
     machine = type("Mailboxes", (Mailboxes,), {"make_app": staticmethod(app_factory), "flush": staticmethod(flush),
                                                "fake_time": fake_time})
-    with mock.patch.object(signaling.api, "time", fake_time):
+    with mock.patch.object(signaling.api, "time", fake_time), mock.patch.object(signaling.messages, "time", fake_time):
         hypothesis.stateful.run_state_machine_as_test(machine, settings=RUN)

@@ -90,14 +90,23 @@ def test_two_instances_exchange_envelopes_and_wake_each_others_polls(instances):
     assert [m["type"] for m in poll["reply"].body["messages"]] == ["offer"]
 
 
-def scripts_run(db) -> int:
-    """Scripts Redis has run so far (on a cluster: on every master)."""
+def calls(db, *commands: str) -> int:
+    """How often Redis has run these commands so far (on a cluster: on every master)."""
     nodes = db.get_primaries() if isinstance(db, redis.RedisCluster) else [None]
     total = 0
     for node in nodes:
         stats = db.info("commandstats", target_nodes=node) if node else db.info("commandstats")
-        total += stats.get("cmdstat_evalsha", {}).get("calls", 0)
+        total += sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in commands)
     return total
+
+
+def scripts_run(db) -> int:
+    return calls(db, "evalsha")
+
+
+def published(db) -> int:
+    """Wake-ups: PUBLISH from scripts on one Redis, SPUBLISH by the instances on a cluster."""
+    return calls(db, "publish", "spublish")
 
 
 def test_a_woken_poll_answers_with_the_envelopes_its_wake_ups_carried(instances, db, store):
@@ -116,6 +125,23 @@ def test_a_woken_poll_answers_with_the_envelopes_its_wake_ups_carried(instances,
     assert scripts_run(db) - before == (2 if store.startswith("redis+cluster://") else 1)
     bob.cursor = 2
     assert bob.receive() == []  # and the envelope is acknowledged by the next poll as usual
+
+
+def test_a_batch_is_one_script_call_and_one_wake_up(instances, db, store):
+    api = instances()
+    alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+    alice.send_batch("bob", [{"type": "warm-up"}])  # the send script is loaded now
+    bob.receive()
+    poll = held_poll(bob, wait=10)
+    time.sleep(0.3)
+    scripts, wake_ups = scripts_run(db), published(db)
+    reply = alice.send_batch("bob", [{"type": "candidate", "data": i} for i in range(10)])
+    assert reply.body == {"seqs": list(range(2, 12))}
+    poll["thread"].join(5)
+    assert [m["data"] for m in poll["reply"].body["messages"]] == list(range(10))
+    assert published(db) - wake_ups == 1
+    # one Redis: the send's script only, its wake-up carrying all ten; a cluster's poll fetches them
+    assert scripts_run(db) - scripts == (2 if store.startswith("redis+cluster://") else 1)
 
 
 def test_a_newer_poll_on_another_instance_ends_the_older(instances):
