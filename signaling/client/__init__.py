@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 
 #: Most envelopes in one batch send (PROTOCOL.md 1.1, "Batch send").
 MAX_BATCH = 100
-#: Errors of a join that retrying cannot fix: they end the session.
-_FATAL_JOIN_CODES = frozenset({"ticket_required", "bad_ticket", "peer_id_taken", "room_full", "bad_id"})
 
 
 class SignalingError(Exception):
@@ -112,7 +110,7 @@ async def join(base_url: str, room: str, *, peer_id: str | None = None, token: s
                 if error.code == "ticket_required" and not fresh and get_ticket is not None:
                     fresh = True  # the token's peer is gone: this is a fresh join after all
                     continue
-                if not error.retriable or error.code in _FATAL_JOIN_CODES or attempt == send_retries:
+                if not error.retriable or attempt == send_retries:  # 401 bad_ticket, 409 peer_id_taken, ...
                     raise
                 await asyncio.sleep(session._retry_delay(error, attempt))
     except BaseException:
@@ -346,7 +344,7 @@ class Session:
                 self.state = "connected"
                 return 0
             except SignalingError as error:
-                if not error.retriable or error.code in _FATAL_JOIN_CODES:
+                if not error.retriable:  # 401 ticket_required or bad_ticket, 409 peer_id_taken, ...
                     raise
                 failures = await self._retry_later(error, failures)
         return failures
