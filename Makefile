@@ -28,7 +28,7 @@ test: $(VENV)/.dev  ## run every test: contract on both backends, live server, b
 	$(BIN)/python -m pytest
 	@if [ -d tests/js ]; then node --test tests/js/; fi
 
-bench: $(VENV)/.dev  ## benchmark held polls, ping-pong, throughput (QUICK=1: < 60 s; WRITE=docs/benchmarks.md)
+bench: $(VENV)/.dev  ## benchmark the floor, held polls, ping-pong, throughput (two clients), call set-ups (QUICK=1: < 90 s; WRITE=docs/benchmarks.md)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(if $(WRITE),--write $(WRITE)) $(BENCH_ARGS)
 
 lint: $(VENV)/.dev  ## ruff

@@ -12,13 +12,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from . import report, scenarios
 from .client import BenchError
 from .procs import (
     ROOT,
     SETUPS,
+    FloorServer,
     PinnedRedis,
     PinnedServer,
     Setup,
@@ -41,16 +44,30 @@ class Plan:
     pingpong_seconds: float
     throughput_pairs: tuple[int, ...]
     throughput_seconds: float
+    setup_calls: tuple[int, ...]
+    setup_seconds: float
     warmup: float
+    floor_seconds: float
+    floor_connections: int = 32
     pingpong_bytes: int = 2048
     throughput_bytes: int = 256
+    batch_window: int = 4  # peer-bench's --window default
+    candidate_bytes: int = 200
 
     def describe(self) -> str:
         """The method, as Markdown list items."""
         steps = ", ".join(f"{n:,}" for n in self.held_steps)
         pingpong = ", ".join(f"{n:,}" for n in self.pingpong_pairs)
         throughput = ", ".join(f"{n:,}" for n in self.throughput_pairs)
-        return f"""- Held polls: clients step up through {steps}, in rooms of {self.room_size}. Each client is
+        setups = ", ".join(f"{n:,}" for n in self.setup_calls)
+        return f"""- Floor: `bench/floor.py`, a bare WSGI app answering 12 bytes, on gunicorn with the service's
+  worker settings (one gevent worker, the same `worker_connections` and keep-alive, pinned to the
+  same CPU; no access log, no hooks). {self.floor_connections} connections send requests back to back for
+  {self.floor_seconds:g} s after a {self.warmup:g} s warm-up, alternately shaped as the throughput's send (POST, token,
+  {self.throughput_bytes}-byte JSON body) and its poll (GET, token, query). Its server CPU per request is
+  measured as the service's is, and every CPU-per-request figure below is also given as a
+  multiple of it ("2.9× floor"): what the service adds to what the stack alone costs.
+- Held polls: clients step up through {steps}, in rooms of {self.room_size}. Each client is
   one connection: it joins, reads its `peer-joined` events, then holds a poll (polls are
   started in batches, each once the server has taken in the last). With every poll held
   and the worker idle, RSS is read; then each room's first member broadcasts and its
@@ -66,20 +83,38 @@ class Plan:
 - Throughput: {throughput} sender/receiver pairs, fresh each time; each sender sends
   {self.throughput_bytes}-byte bodies to its receiver back to back, each receiver long-polls with `after`
   (acks) and `limit=100`. Counted: distinct seqs in the poll answers that arrived within
-  {self.throughput_seconds:g} s after a {self.warmup:g} s warm-up. The best pair count is the result."""
+  {self.throughput_seconds:g} s after a {self.warmup:g} s warm-up. The best pair count is the result. Two clients:
+  one envelope per request, each sender sending again as soon as its send is answered; and
+  batching as `static/signaling.js` does under protocol 1.1 (and peer-bench's project adapter):
+  each sender keeps {self.batch_window} envelopes sent and not yet received (peer-bench's window), with one send
+  request in flight, what is sent meanwhile going as one batch `{{"messages": [...]}}` (up to 100;
+  a lone envelope as a plain send) when it ends, each request with an `Idempotency-Key`; the
+  receivers poll with the cursor in `Last-Event-ID`.
+- Call set-ups: {setups} calls at a time for {self.setup_seconds:g} s after a {self.warmup:g} s warm-up (longer, up to
+  60 s more, until at least as many calls have completed in the window as run at a time), each call in a
+  fresh room, as two pages with `static/signaling.js` (1.1, batching as above) make it: the caller
+  joins and polls, the callee joins and polls; on `peer-joined` the caller sends an offer
+  ({self.pingpong_bytes:,} bytes) and 10 ICE candidates ({self.candidate_bytes} bytes each, each its own `send()`:
+  the offer goes alone, the candidates behind it as one batch); on the offer the callee sends its answer
+  and 10 candidates the same way. Set-up time: from the caller's join to the last envelope
+  arriving on either side. Then both abort their held poll and leave (`DELETE`). Requests per
+  set-up counts every request of a call, join to leave."""
 
 
 FULL = Plan(
     held_steps=(1_000, 5_000, 10_000, 15_000), room_size=50,
     pingpong_pairs=(1, 10, 100, 1_000), pingpong_seconds=5,
-    throughput_pairs=(16, 64, 256), throughput_seconds=10, warmup=1,
+    throughput_pairs=(16, 64, 256), throughput_seconds=10,
+    setup_calls=(1, 10, 100), setup_seconds=5, warmup=1, floor_seconds=5,
 )
 QUICK = Plan(
     held_steps=(200, 500), room_size=50,
     pingpong_pairs=(1, 10), pingpong_seconds=1,
-    throughput_pairs=(32,), throughput_seconds=1.5, warmup=0.3,
+    throughput_pairs=(32,), throughput_seconds=1.5,
+    setup_calls=(1, 10), setup_seconds=1, warmup=0.3, floor_seconds=1.5,
 )
-PARTS = ("held", "pingpong", "throughput")
+#: "floor" runs once, before the setups; the others once per setup ("throughput": both clients)
+PARTS = ("floor", "held", "pingpong", "throughput", "setups")
 
 #: room for every held poll in one worker; the per-IP abuse limits off, as every client here is 127.0.0.1
 SERVER_ENV = {
@@ -88,6 +123,14 @@ SERVER_ENV = {
 }
 HELD_ENV = {"POLL_WAIT": str(scenarios.HELD_POLL_WAIT), "PEER_TTL": "300"}
 POLL_WAIT = 25  # the server default, used by ping-pong and throughput
+
+
+class Client(NamedTuple):
+    """One way of loading the server in a series: a label for the log, a run, and its log line."""
+
+    label: str
+    run_one: Callable[[PinnedServer, int], Awaitable]
+    describe: Callable[[object], str]
 
 
 def log(text: str) -> None:
@@ -104,6 +147,7 @@ class Bench:
     def __init__(self, plan: Plan, args: argparse.Namespace, workdir: Path, code: Path):
         self.plan, self.args, self.workdir, self.code = plan, args, workdir, code
         self.redis: PinnedRedis | None = None
+        self.floor_run: scenarios.Floor | None = None
         self.waited = 0.0  # seconds spent waiting for other processes to go quiet
 
     @contextlib.contextmanager
@@ -159,65 +203,127 @@ class Bench:
         slug = f"{setup.backend}-{setup.workers}w"
         result: dict[str, list] = {"errors": []}
 
-        def held() -> list:
+        def held() -> dict[str, list]:
             log(f"== {setup.name}: held polls")
             with self.server(setup, HELD_ENV) as server:
-                return asyncio.run(scenarios.held_polls(server, redis, list(plan.held_steps), plan.room_size, log))
+                return {"held": asyncio.run(
+                    scenarios.held_polls(server, redis, list(plan.held_steps), plan.room_size, log))}
 
-        parts = {"held": held, "pingpong": lambda: self.ping_pong(setup, redis, slug),
-                 "throughput": lambda: self.throughput(setup, redis, slug)}
+        parts = {"held": held, "pingpong": lambda: self.ping_pong(setup, redis, slug, result["errors"]),
+                 "throughput": lambda: self.throughput(setup, redis, slug, result["errors"]),
+                 "setups": lambda: self.call_setups(setup, redis, slug, result["errors"])}
         for part in self.args.parts:
+            if part == "floor":
+                continue
             try:
-                result[part] = parts[part]()
+                result.update(parts[part]())
             except (BenchError, RuntimeError, OSError) as exc:
                 # One part failing (a server that would not start, a run that broke off) leaves the others.
                 log(f"  {part} failed: {exc}")
                 result["errors"].append(f"{part}: {str(exc).splitlines()[0]}")
         return result
 
-    def series(self, setup: Setup, slug: str, part: str, pair_counts: tuple[int, ...], run_one, describe) -> list:
-        """One server, then `run_one(server, pairs)` for each pair count, each logged by `describe(run)`."""
-        runs = []
+    def series(self, setup: Setup, slug: str, part: str, counts: tuple[int, ...], clients: dict[str, Client],
+               errors: list[str], noun: str = "pairs") -> dict[str, list]:
+        """One server, then for each count each client's `run_one(server, count)`, logged by `describe(run)`:
+        {client key: its runs}. A client whose run fails is dropped for the rest of the series and its
+        error added to `errors`; the others go on."""
+        runs: dict[str, list] = {key: [] for key in clients}
+        failed: set[str] = set()
         log(f"== {setup.name}: {part}")
         with self.server(setup) as server:
-            for pairs in pair_counts:
-                self.quiet()
-                with self.profiled(server, f"{slug}-{part}-{pairs}"):
-                    run = asyncio.run(run_one(server, pairs))
-                log(f"  {pairs} pairs: {describe(run)}")
-                runs.append(run)
+            for count in counts:
+                for key, client in clients.items():
+                    if key in failed:
+                        continue
+                    self.quiet()
+                    label = f"{count} {noun}" + (f", {client.label}" if client.label else "")
+                    try:
+                        with self.profiled(server, f"{slug}-{key}-{count}"):
+                            run = asyncio.run(client.run_one(server, count))
+                    except BenchError as exc:
+                        log(f"  {label}: failed: {exc}")
+                        errors.append(f"{key}, {label}: {str(exc).splitlines()[0]}")
+                        failed.add(key)
+                        continue
+                    log(f"  {label}: {client.describe(run)}")
+                    runs[key].append(run)
         return runs
 
-    def ping_pong(self, setup: Setup, redis: PinnedRedis | None, slug: str) -> list[scenarios.PingPong]:
+    def ping_pong(self, setup: Setup, redis: PinnedRedis | None, slug: str, errors: list[str]) -> dict[str, list]:
         plan = self.plan
-        return self.series(
-            setup, slug, "ping-pong", plan.pingpong_pairs,
+        return self.series(setup, slug, "ping-pong", plan.pingpong_pairs, {"pingpong": Client(
+            "",
             lambda server, pairs: scenarios.ping_pong(
                 server, redis, pairs, plan.pingpong_seconds, plan.warmup, plan.pingpong_bytes, POLL_WAIT,
                 tag=str(pairs),
             ),
             lambda run: f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, {run.samples} round trips,"
                         f" {cpu_text(run.cpu)}, retried: {run.failed or 'none'}",
-        )
+        )}, errors)
 
-    def throughput(self, setup: Setup, redis: PinnedRedis | None, slug: str) -> list[scenarios.Throughput]:
+    def throughput(self, setup: Setup, redis: PinnedRedis | None, slug: str, errors: list[str]) -> dict[str, list]:
+        """Both clients on one server, one after the other at each pair count."""
         plan = self.plan
-        return self.series(
-            setup, slug, "throughput", plan.throughput_pairs,
-            lambda server, pairs: scenarios.throughput(
-                server, redis, pairs, plan.throughput_seconds, plan.warmup, plan.throughput_bytes, POLL_WAIT,
-                tag=str(pairs),
+
+        def client(label: str, window: int | None) -> Client:
+            return Client(
+                label,
+                lambda server, pairs: scenarios.throughput(
+                    server, redis, pairs, plan.throughput_seconds, plan.warmup, plan.throughput_bytes, POLL_WAIT,
+                    tag=f"{pairs}{'b' if window else ''}", window=window,
+                ),
+                lambda run: f"{run.per_second:,.0f} delivered/s, {run.sent / run.seconds:,.0f} sent/s in"
+                            f" {run.sends / run.seconds:,.0f} sends/s, {run.polls / run.seconds:,.0f} poll answers/s,"
+                            f" {run.server_us_per_request:,.0f} µs server CPU per request{self.floor_text(run)},"
+                            f" {run.refused} refused, {cpu_text(run.cpu)}, retried: {run.failed or 'none'}",
+            )
+
+        return self.series(setup, slug, "throughput", plan.throughput_pairs, {
+            "throughput": client("one envelope per request", None),
+            "batched": client("batching client", plan.batch_window),
+        }, errors)
+
+    def call_setups(self, setup: Setup, redis: PinnedRedis | None, slug: str, errors: list[str]) -> dict[str, list]:
+        plan = self.plan
+        return self.series(setup, slug, "call set-ups", plan.setup_calls, {"setups": Client(
+            "",
+            lambda server, calls: scenarios.call_setups(
+                server, redis, calls, plan.setup_seconds, plan.warmup, plan.pingpong_bytes, plan.candidate_bytes,
+                POLL_WAIT, tag=str(calls),
             ),
-            lambda run: f"{run.per_second:,.0f} delivered/s, {run.sent / run.seconds:,.0f} sent/s,"
-                        f" {run.polls / run.seconds:,.0f} poll answers/s, {run.server_us_per_request:,.0f} µs"
-                        f" server CPU per request, {run.refused} refused, {cpu_text(run.cpu)},"
+            lambda run: f"{run.per_second:,.1f} set-ups/s, p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms,"
+                        f" {run.requests_per_setup:.1f} requests per set-up, {run.server_us_per_request:,.0f} µs"
+                        f" server CPU per request{self.floor_text(run)}, {cpu_text(run.cpu)},"
                         f" retried: {run.failed or 'none'}",
-        )
+        )}, errors, noun="calls")
+
+    def floor(self) -> scenarios.Floor:
+        """The bare WSGI app on the service's worker settings: what the stack costs per request."""
+        plan = self.plan
+        log("== floor: a bare WSGI app on one gevent worker")
+        self.quiet()
+        server = FloorServer(self.workdir, SERVER_ENV, 1, self.args.server_cpu).start()
+        try:
+            run = asyncio.run(scenarios.floor(server, plan.floor_connections, plan.floor_seconds, plan.warmup,
+                                              plan.throughput_bytes))
+        finally:
+            server.stop(timeout=20)
+        log(f"  {run.per_second:,.0f} requests/s, {run.server_us_per_request:,.0f} µs server CPU per request,"
+            f" {cpu_text(run.cpu)}")
+        self.floor_run = run
+        return run
+
+    def floor_text(self, run) -> str:
+        """", 2.9× floor" when the floor was measured."""
+        if self.floor_run is None or not self.floor_run.server_us_per_request:
+            return ""
+        return f" ({run.server_us_per_request / self.floor_run.server_us_per_request:.1f}× floor)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small run (< 60 s) for smoke tests")
+    parser.add_argument("--quick", action="store_true", help="a small run (< 90 s) for smoke tests")
     parser.add_argument("--write", metavar="PATH", help="write the results to this Markdown file")
     parser.add_argument("--setups", default=",".join(f"{s.backend}-{s.workers}" for s in SETUPS),
                         help="comma-separated BACKEND-WORKERS (default: %(default)s)")
@@ -232,7 +338,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run the server code of this commit (git archive) instead of the working tree")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (printed: where)")
     parser.add_argument("--profile", metavar="DIR",
-                        help="record the workers with py-spy during ping-pong and throughput (needs py-spy)")
+                        help="record the workers with py-spy during ping-pong, throughput and call set-ups"
+                             " (needs py-spy)")
     args = parser.parse_args(argv)
     args.parts = [part.strip() for part in args.only.split(",")]
     if not set(args.parts) <= set(PARTS):
@@ -271,7 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench: server code: {code_label}")
     bench = Bench(plan, args, workdir, code)
     results: report.Results = {}
+    errors: list[str] = []
     try:
+        if "floor" in args.parts:
+            try:
+                bench.floor()
+            except (BenchError, RuntimeError, OSError) as exc:
+                log(f"  floor failed: {exc}")
+                errors.append(f"floor: {str(exc).splitlines()[0]}")
         if any(s.backend == "redis" for s in setups):
             bench.redis = PinnedRedis(workdir, args.redis_cpu).start()
         for setup in setups:
@@ -288,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     elapsed = time.monotonic() - started
-    text = report.table(results, report.rows(plan.held_steps, plan.pingpong_pairs, plan.throughput_pairs))
+    text = report.table(results, report.rows(plan.held_steps, plan.pingpong_pairs, plan.throughput_pairs,
+                                             plan.setup_calls, bench.floor_run), bench.floor_run, errors)
     print(text)
     log(f"bench: done in {elapsed:.0f} s ({bench.waited:.0f} s of it waiting for other processes to go quiet)")
     if args.write:

@@ -3,14 +3,18 @@
 A connection costs a socket, a transport and this small object, so 15,000 of
 them fit in one process. Requests are prebuilt bytes; responses are parsed by
 Content-Length only (what gunicorn sends for this API) and stamped with the
-`perf_counter` time their last byte arrived.
+`perf_counter` time their last byte arrived. `Outbox` sends as static/signaling.js
+does under protocol 1.1: batched, one request in flight per recipient.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import random
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 
@@ -128,25 +132,32 @@ async def within(future, timeout: float, what: str):
         raise BenchError(f"no {what} within {timeout:g}s") from None
 
 
-def build(method: str, path: str, token: str | None = None, body: bytes | None = None, key: str | None = None) -> bytes:
-    """The bytes of one request (`key`: an Idempotency-Key)."""
+def build(method: str, path: str, token: str | None = None, body: bytes | None = None, key: str | None = None,
+          last_event_id: int | None = None) -> bytes:
+    """The bytes of one request (`key`: an Idempotency-Key; `last_event_id`: a poll's cursor as a header)."""
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     if token is not None:
         head += f"Authorization: Bearer {token}\r\n"
     if key is not None:
         head += f"Idempotency-Key: {key}\r\n"
+    if last_event_id is not None:
+        head += f"Last-Event-ID: {last_event_id}\r\n"
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + (body or b"")
 
 
 class Peer:
-    """One member of one room, as the API sees it: id, token, cursor, and prebuilt requests."""
+    """One member of one room, as the API sees it: id, token, cursor, and prebuilt requests.
 
-    __slots__ = ("room", "id", "token", "cursor")
+    With `cursor_header` its polls carry the cursor as `Last-Event-ID` (protocol 1.1, as
+    static/signaling.js polls), so every poll of the peer has the same URL.
+    """
 
-    def __init__(self, room: str, peer_id: str):
-        self.room, self.id = room, peer_id
+    __slots__ = ("room", "id", "token", "cursor", "cursor_header")
+
+    def __init__(self, room: str, peer_id: str, cursor_header: bool = False):
+        self.room, self.id, self.cursor_header = room, peer_id, cursor_header
         self.token: str | None = None
         self.cursor = 0
 
@@ -158,20 +169,31 @@ class Peer:
 
     def poll_request(self, wait: float, limit: int = 100) -> bytes:
         """A poll from the cursor: acknowledges what came before it."""
-        path = f"/rooms/{self.room}/peers/{self.id}/messages?after={self.cursor}&wait={wait:g}&limit={limit}"
-        return build("GET", path, self.token)
+        path = f"/rooms/{self.room}/peers/{self.id}/messages"
+        if self.cursor_header:
+            return build("GET", f"{path}?wait={wait:g}&limit={limit}", self.token, last_event_id=self.cursor)
+        return build("GET", f"{path}?after={self.cursor}&wait={wait:g}&limit={limit}", self.token)
 
     def polled(self, reply: Reply) -> list[dict]:
         """Advance the cursor past a poll's reply; its envelopes."""
         answer = reply.json()
+        messages = answer["messages"]
+        if self.cursor_header and messages and messages[0]["seq"] <= self.cursor:
+            raise BenchError(f"a poll with Last-Event-ID: {self.cursor} was answered seq {messages[0]['seq']}:"
+                             " the server ignores the header (a protocol 1.0 server? 1.1 reads the cursor there)")
         self.cursor = answer["cursor"]
-        return answer["messages"]
+        return messages
 
     def send_request(self, to: str, body: bytes, key: str | None = None) -> bytes:
         return build("POST", f"/rooms/{self.room}/peers/{to}/messages", self.token, body, key)
 
     def broadcast_request(self, body: bytes, key: str | None = None) -> bytes:
         return build("POST", f"/rooms/{self.room}/messages", self.token, body, key)
+
+
+def batch_body(items: list[bytes]) -> bytes:
+    """A 1.1 batch send's body: `{"messages": [...]}` of prebuilt single-send bodies."""
+    return b'{"messages":[' + b",".join(items) + b"]}"
 
 
 def envelope(kind: str, size: int) -> bytes:
@@ -211,3 +233,120 @@ async def drain_all(conns: list[Conn], peers: list[Peer], parallel: int = 100, t
         raise BenchError(f"mailbox of {peer.id} did not drain")
 
     await each(conns, peers, drain, "drains", parallel, timeout)
+
+
+def backoff(failures: int, reply: Reply) -> float:
+    """Seconds to wait after the `failures`-th failure in a row (0, 1, ...), as static/signaling.js does:
+    the server's Retry-After plus up to half again (at most 10 s), else 0.5 s doubling up to 10 s,
+    with equal jitter."""
+    if reply.retry_after is not None:
+        return min(reply.retry_after * (1 + random.random() / 2), 10.0)
+    step = min(10.0, 0.5 * 2 ** failures)
+    return step / 2 + random.random() * step / 2
+
+
+class Outbox:
+    """Sends from one peer to one recipient as static/signaling.js does under protocol 1.1, and as
+    peer-bench's project adapter does: one send request in flight; what is sent meanwhile waits and
+    goes as one batch `{"messages": [...]}` of up to 100 when that request ends; a lone envelope goes
+    as a plain send. As in JavaScript, a send to an idle outbox leaves at once (is written before
+    `send` returns), so of several sends made together the first goes alone and the rest as one
+    batch behind it. Each request has its own Idempotency-Key, kept through its retries (after a
+    503 or a 429 mailbox_full: the back-off above, each counted in `failed`).
+
+    `send` returns a future of the envelope's seq. `answered(reply, n)` is called for each request
+    accepted with `n` envelopes; `on_error(exc)` once, when a request fails for good: every future
+    still waiting gets that error, and so does every later `send`.
+    """
+
+    MAX_BATCH = 100
+
+    def __init__(self, conn: Conn, peer: Peer, to: str, failed: collections.Counter,
+                 answered: Callable[[Reply, int], None] | None = None,
+                 on_error: Callable[[BaseException], None] | None = None):
+        self.conn, self.peer, self.to, self.failed = conn, peer, to, failed
+        self.answered, self.on_error = answered, on_error
+        self.queue: list[tuple[bytes, asyncio.Future]] = []
+        self.flushing: asyncio.Task | None = None
+        self.error: BaseException | None = None
+        self.requests = 0  # send requests made (retries not counted)
+
+    def send(self, body: bytes) -> asyncio.Future:
+        """Queue one single-send body (`{"type": ..., "data": ...}`); it goes out as soon as it can."""
+        if self.error is not None:
+            raise self.error
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((body, future))
+        if self.flushing is None:
+            self.flushing = asyncio.ensure_future(self._flush(self._next()))
+        return future
+
+    def _next(self) -> tuple[list[tuple[bytes, asyncio.Future]], bytes, asyncio.Future]:
+        """Take the next batch off the queue and write its request now: (batch, request, its reply)."""
+        batch, self.queue = self.queue[:self.MAX_BATCH], self.queue[self.MAX_BATCH:]
+        bodies = [body for body, _ in batch]
+        self.requests += 1
+        request = self.peer.send_request(self.to, bodies[0] if len(batch) == 1 else batch_body(bodies),
+                                         f"k{self.requests}")
+        return batch, request, self.conn.request(request)
+
+    async def _flush(self, first) -> None:
+        batch, request, reply = first
+        try:
+            while True:
+                answer = (await self._accepted(request, reply, len(batch))).json()
+                seqs = answer["seqs"] if len(batch) > 1 else [answer["seq"]]
+                for (_, future), seq in zip(batch, seqs, strict=True):
+                    if not future.done():
+                        future.set_result(seq)
+                batch = []
+                if not self.queue:
+                    return
+                batch, request, reply = self._next()
+        except asyncio.CancelledError:
+            for _, future in batch + self.queue:
+                future.cancel()
+            raise
+        except Exception as exc:
+            self.error = exc
+            for _, future in batch + self.queue:
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # retrieved here: a caller need not await every send
+            self.queue = []
+            if self.on_error is not None:
+                self.on_error(exc)
+        finally:
+            self.flushing = None
+
+    async def _accepted(self, request: bytes, reply: asyncio.Future, envelopes: int) -> Reply:
+        """The 202 of a request of `envelopes` already written, retrying it after a 503 or 429."""
+        batched = envelopes > 1
+        for attempt in range(50):
+            answer: Reply = await within(reply, 30, "a reply")
+            if answer.status == 202:
+                if self.answered is not None:
+                    self.answered(answer, envelopes)
+                return answer
+            if answer.status == 400 and batched:
+                raise BenchError(f"the server does not take protocol 1.1 batch sends (a 1.0 server?): a batch"
+                                 f" send was answered HTTP 400: {answer.body[:200]!r}")
+            if answer.status not in (429, 503):
+                raise BenchError(f"a send was answered HTTP {answer.status}: {answer.body[:300]!r}")
+            self.failed[f"send {answer.status}"] += 1
+            await asyncio.sleep(backoff(attempt, answer))
+            reply = self.conn.request(request)
+        raise BenchError(f"a send was refused fifty times in a row (last: HTTP {answer.status})")
+
+    async def idle(self) -> None:
+        """Wait until nothing is queued or in flight: a request's 202 may come after its envelope has
+        reached the recipient's poll. Raises the error of a request that failed."""
+        if self.flushing is not None:
+            await self.flushing
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Stop sending: what is queued or in flight is cancelled."""
+        if self.flushing is not None:
+            self.flushing.cancel()

@@ -94,13 +94,18 @@ class PinnedServer(LiveServer):
 
     def __init__(self, workdir: Path, env: dict[str, str], workers: int, cpu: int, code: Path = ROOT):
         super().__init__(workdir, env, workers)
-        self.cpu, self.workers, self.code = cpu, workers, code
+        self.cpu, self.workers, self.code, self.workdir = cpu, workers, code, workdir
+
+    def command(self) -> tuple[list[str], Path]:
+        """The gunicorn command line and the directory it runs in."""
+        return ["-c", "gunicorn.conf.py", "app:app"], self.code
 
     def start(self) -> PinnedServer:
+        args, cwd = self.command()
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                ["taskset", "-c", str(self.cpu), sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
-                cwd=self.code, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                ["taskset", "-c", str(self.cpu), sys.executable, "-m", "gunicorn", *args],
+                cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -116,6 +121,23 @@ class PinnedServer(LiveServer):
     def rss_kib(self) -> int:
         """RSS of the worker processes together (not the master), KiB."""
         return sum(rss_kib(pid) for pid in self.worker_pids())
+
+
+class FloorServer(PinnedServer):
+    """bench/floor.py's bare app on gunicorn with the service's worker settings: gevent workers, their
+    `worker_connections` (from the same environment) and gunicorn.conf.py's keep-alive; nothing else
+    of gunicorn.conf.py (no access log, no hooks). It runs outside the checkout, so that gunicorn does
+    not load ./gunicorn.conf.py by itself."""
+
+    KEEPALIVE = 75  # gunicorn.conf.py's `keepalive`
+
+    def command(self) -> tuple[list[str], Path]:
+        return [
+            "--worker-class", "gevent", "--workers", str(self.workers),
+            "--worker-connections", self.env.get("WORKER_CONNECTIONS", "10000"),
+            "--keep-alive", str(self.KEEPALIVE), "--bind", f"127.0.0.1:{self.port}",
+            "--pythonpath", str(ROOT), "bench.floor:app",
+        ], self.workdir
 
 
 def settle_cpu(pids: list[int], share: float = 0.05, window: float = 0.5, limit: float = 60) -> bool:

@@ -1,4 +1,4 @@
-"""The one table of results, its targets, and docs/benchmarks.md."""
+"""The floor line, the one table of results, its targets, and docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .procs import Setup
-from .scenarios import HeldStep, PingPong, Throughput
+from .scenarios import CallSetups, Floor, HeldStep, PingPong, Throughput
 
 #: the setup the targets are for: one gevent worker pinned to one core, Redis backend
 TARGET_SETUP = Setup("redis", 1)
 
-Results = dict[Setup, dict[str, list]]  # setup -> {"held": [HeldStep], "pingpong": [PingPong], "throughput": [...]}
+#: setup -> {"held": [HeldStep], "pingpong": [PingPong], "throughput": [Throughput], "batched": [Throughput],
+#:           "setups": [CallSetups], "errors": [str]}
+Results = dict[Setup, dict[str, list]]
 
 
 class Row:
@@ -39,13 +41,33 @@ def _pp(result: dict, pairs: int) -> PingPong | None:
     return next((p for p in result.get("pingpong", []) if p.pairs == pairs), None)
 
 
-def _best(result: dict) -> Throughput | None:
-    runs = result.get("throughput", [])
+def _best(result: dict, part: str = "throughput") -> Throughput | None:
+    runs = result.get(part, [])
     return max(runs, key=lambda t: t.per_second) if runs else None
 
 
-def _tp(result: dict, pairs: int) -> Throughput | None:
-    return next((t for t in result.get("throughput", []) if t.pairs == pairs), None)
+def _tp(result: dict, pairs: int, part: str = "throughput") -> Throughput | None:
+    return next((t for t in result.get(part, []) if t.pairs == pairs), None)
+
+
+def _cs(result: dict, calls: int) -> CallSetups | None:
+    return next((c for c in result.get("setups", []) if c.calls == calls), None)
+
+
+def per_request(us: float, floor: Floor | None) -> str:
+    """Server CPU per request, and as a multiple of the floor's when there is one: "345 µs (2.9× floor)"."""
+    text = f"{us:,.0f} µs"
+    if floor is not None and floor.server_us_per_request:
+        text += f" ({us / floor.server_us_per_request:.1f}× floor)"
+    return text
+
+
+def floor_line(floor: Floor | None) -> str:
+    if floor is None:
+        return "Floor: not measured (every \"× floor\" below is missing)."
+    return (f"Floor (`bench/floor.py`: a bare WSGI app answering 12 bytes, one gevent worker, the service's worker"
+            f" settings): {floor.per_second:,.0f} requests/s, {per_request(floor.server_us_per_request, None)} of"
+            f" server CPU per request (CPU % server / redis / load / other: {_cpu(floor.cpu)}).")
 
 
 def _failures(failed: dict[str, int]) -> str:
@@ -57,7 +79,7 @@ def _cpu(shares: dict[str, float]) -> str:
     return " / ".join(f"{round(shares[k] * 100)}" if k in shares else "–" for k in ("server", "redis", "load", "other"))
 
 
-def rows(held_steps, pingpong_pairs, throughput_pairs) -> list[Row]:
+def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor | None) -> list[Row]:
     out: list[Row] = []
     for n in held_steps:
         out.append(Row(
@@ -112,27 +134,62 @@ def rows(held_steps, pingpong_pairs, throughput_pairs) -> list[Row]:
         lambda r: (t := _best(r)) and _cpu(t.cpu),
     ))
     out.append(Row(
-        "most CPU % used by other processes in any ping-pong or throughput window",
-        lambda r: (shares := [run.cpu.get("other", 0.0) for run in r.get("pingpong", []) + r.get("throughput", [])])
+        "most CPU % used by other processes in any ping-pong, throughput or call set-up window",
+        lambda r: (shares := [run.cpu.get("other", 0.0) for part in ("pingpong", "throughput", "batched", "setups")
+                              for run in r.get(part, [])])
         and f"{max(shares) * 100:.0f}",
     ))
     out.append(Row(
         "server CPU per request at best throughput (sends and polls)",
-        lambda r: (t := _best(r)) and f"{t.server_us_per_request:,.0f} µs",
+        lambda r: (t := _best(r)) and per_request(t.server_us_per_request, floor),
     ))
+    for n in throughput_pairs:
+        out.append(Row(
+            f"throughput, batching client, {n} senders → {n} receivers: delivered envelopes/s"
+            " (envelopes per send request / per poll answer)",
+            lambda r, n=n: (t := _tp(r, n, "batched")) and f"{t.per_second:,.0f}"
+            f" ({t.envelopes_per_send:.1f} / {t.envelopes_per_poll:.1f})"
+            + (f" ({t.refused:,}× 429)" if t.refused else "") + _failures(t.failed),
+        ))
+    out.append(Row(
+        "throughput, batching client, best: delivered envelopes/s",
+        lambda r: (t := _best(r, "batched")) and f"{t.per_second:,.0f} ({t.pairs} pairs)",
+    ))
+    out.append(Row(
+        "CPU % at best throughput, batching client: server / redis / load / other",
+        lambda r: (t := _best(r, "batched")) and _cpu(t.cpu),
+    ))
+    out.append(Row(
+        "server CPU per request at best throughput, batching client (sends and polls)",
+        lambda r: (t := _best(r, "batched")) and per_request(t.server_us_per_request, floor),
+    ))
+    for n in setup_calls:
+        out.append(Row(
+            f"call set-ups, {n:,} at a time: set-ups/s, set-up time p50 / p99",
+            lambda r, n=n: (c := _cs(r, n)) and f"{c.per_second:,.1f}/s, {c.p50_ms:.1f} / {c.p99_ms:.1f} ms"
+            + _failures(c.failed),
+        ))
+    for n in setup_calls:
+        out.append(Row(
+            f"call set-ups, {n:,} at a time: requests per set-up (join to leave), server CPU per request",
+            lambda r, n=n: (c := _cs(r, n)) and f"{c.requests_per_setup:.1f}, "
+            + per_request(c.server_us_per_request, floor),
+        ))
     return out
 
 
-def table(results: Results, table_rows: list[Row]) -> str:
+def table(results: Results, table_rows: list[Row], floor: Floor | None = None, errors: list[str] = ()) -> str:
+    """The floor's line, then one table: a row per measure, a column per setup."""
     setups = list(results)
     head = ["measure", "target"] + [s.name for s in setups] + [f"target met ({TARGET_SETUP.name})"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [floor_line(floor), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table_rows:
         cells = [row.label, row.target]
         cells += [row.show(results[s]) or "–" for s in setups]
         cells.append(row.verdict(results))
         lines.append("| " + " | ".join(cells) + " |")
-    failures = [f"- {setup.name}, {error}" for setup in setups for error in results[setup].get("errors", [])]
+    failures = [f"- {error}" for error in errors]
+    failures += [f"- {setup.name}, {error}" for setup in setups for error in results[setup].get("errors", [])]
     if failures:
         lines += ["", "Parts that failed (their rows show –):", *failures]
     return "\n".join(lines)

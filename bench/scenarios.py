@@ -1,4 +1,4 @@
-"""The three measurements: held polls, ping-pong round trips, one-way throughput.
+"""The measurements: the floor, held polls, ping-pong round trips, one-way throughput, call set-ups.
 
 Each runs against a server that was just started (see `__main__`), with its
 own rooms, and stops by itself: every wait has a deadline, every loop a count
@@ -11,11 +11,26 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import random
+import math
 import time
 from collections.abc import Awaitable, Callable
 
-from .client import BenchError, Conn, Peer, Reply, call, connect, connect_many, drain_all, envelope, join_all, within
+from .client import (
+    BenchError,
+    Conn,
+    Outbox,
+    Peer,
+    Reply,
+    backoff,
+    build,
+    call,
+    connect,
+    connect_many,
+    drain_all,
+    envelope,
+    join_all,
+    within,
+)
 from .procs import CpuMeter, PinnedRedis, PinnedServer, demand_seconds
 
 #: a held poll waits this long (POLL_WAIT of the held-polls server), far beyond one step
@@ -87,16 +102,6 @@ async def healthz_held(server: PinnedServer) -> int:
     finally:
         conn.close()
     return reply.json()["held_polls"] if reply.status == 200 else -1
-
-
-def backoff(failures: int, reply: Reply) -> float:
-    """Seconds to wait after the `failures`-th failure in a row (0, 1, ...), as static/signaling.js does:
-    the server's Retry-After plus up to half again (at most 10 s), else 0.5 s doubling up to 10 s,
-    with equal jitter."""
-    if reply.retry_after is not None:
-        return min(reply.retry_after * (1 + random.random() / 2), 10.0)
-    step = min(10.0, 0.5 * 2 ** failures)
-    return step / 2 + random.random() * step / 2
 
 
 # -- held polls
@@ -275,11 +280,14 @@ class Side:
 
 
 @contextlib.asynccontextmanager
-async def joined_pairs(server: PinnedServer, pairs: int, rooms: str, names: tuple[str, str]):
-    """`pairs` rooms (`<rooms>-<i>`) of two joined peers named `names`, their events read: the two Sides."""
+async def joined_pairs(server: PinnedServer, pairs: int, rooms: str, names: tuple[str, str],
+                       cursor_header: bool = False):
+    """`pairs` rooms (`<rooms>-<i>`) of two joined peers named `names`, their events read: the two Sides.
+
+    With `cursor_header` the peers poll with `Last-Event-ID` (see `Peer`)."""
     conns = await connect_many(server.port, 4 * pairs)
     lines = [conns[k * pairs:(k + 1) * pairs] for k in range(4)]
-    sides = [Side([Peer(f"{rooms}-{i}", name) for i in range(pairs)], lines[2 * n], lines[2 * n + 1])
+    sides = [Side([Peer(f"{rooms}-{i}", name, cursor_header) for i in range(pairs)], lines[2 * n], lines[2 * n + 1])
              for n, name in enumerate(names)]
     try:
         for side in sides:
@@ -292,33 +300,52 @@ async def joined_pairs(server: PinnedServer, pairs: int, rooms: str, names: tupl
             conn.close()
 
 
+async def watch(tasks: list[asyncio.Task], ending: list[asyncio.Task], deadline: float, what: str) -> bool:
+    """Wait until every task of `ending` has ended, or perf_counter() reaches `deadline`: True if they ended.
+
+    The first of `tasks` to fail fails this at once; so does one outside `ending`
+    that ends (a listener runs until it is cancelled).
+    """
+    waiting = set(ending)
+    while waiting and (remaining := deadline - time.perf_counter()) > 0:
+        done, _ = await asyncio.wait([t for t in tasks if not t.done()], timeout=remaining,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()
+            if task not in waiting:
+                raise BenchError(f"{what}: a listener stopped")
+            waiting.discard(task)
+    return not waiting
+
+
 async def measured(server: PinnedServer, redis_server: PinnedRedis | None, pairs: int,
-                   listen: Callable[[int], Awaitable], drive: Callable[[int], Awaitable],
+                   listen: Callable[[int], Awaitable] | None, drive: Callable[[int], Awaitable],
                    window_start: float, limit: float, what: str, linger: float = 0.0) -> dict[str, float]:
-    """Run listen(i) for every pair in the background, then drive(i) for every pair to their end.
+    """Run listen(i) for every pair in the background (if given), then drive(i) for every pair to their end.
 
     Returns the CPU shares from `window_start` until the drivers ended; waits
-    `linger` more for answers still on their way. A listener that failed fails
-    the run; the listeners are cancelled at the end.
+    `linger` more for answers still on their way. A listener or driver that
+    fails fails the run at once; the listeners are cancelled at the end.
     """
-    listeners = [asyncio.create_task(listen(i)) for i in range(pairs)]
+    listeners = [asyncio.create_task(listen(i)) for i in range(pairs)] if listen is not None else []
+    drivers: list[asyncio.Task] = []
     try:
         await asyncio.sleep(0.2)  # every listener holds its poll before the first send
         cpu = meter(server, redis_server)
-        driving = asyncio.gather(*(drive(i) for i in range(pairs)))
-        await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
+        drivers = [asyncio.create_task(drive(i)) for i in range(pairs)]
+        everything = listeners + drivers
+        await watch(everything, drivers, window_start, what)
         cpu.start()
-        await within(driving, limit, what)
+        if not await watch(everything, drivers, time.perf_counter() + limit, what):
+            raise BenchError(f"no {what} within {limit:g}s")
         shares = cpu.stop()
-        await asyncio.sleep(linger)
-        for task in listeners:
-            if task.done() and task.exception():
-                raise task.exception()
+        await watch(listeners, listeners, time.perf_counter() + linger, what)
         return shares
     finally:
-        for task in listeners:
+        for task in listeners + drivers:
             task.cancel()
-        await asyncio.gather(*listeners, return_exceptions=True)
+        await asyncio.gather(*listeners, *drivers, return_exceptions=True)
 
 
 @dataclasses.dataclass
@@ -388,35 +415,57 @@ class Throughput:
     pairs: int
     seconds: float
     delivered: int  # distinct seqs that arrived within the window
-    sent: int  # 202s within the window
+    sent: int  # envelopes accepted (202) within the window
+    sends: int  # send requests answered 202 within the window (= sent, but for the batching client)
     refused: int  # 429 mailbox_full within the window
     polls: int  # poll answers within the window
     cpu: dict[str, float]
     failed: dict[str, int]
+    window: int | None = None  # the batching client's envelopes in flight per sender; None: one per request
 
     @property
     def per_second(self) -> float:
         return self.delivered / self.seconds
 
     @property
+    def requests(self) -> int:
+        return self.sends + self.refused + self.polls
+
+    @property
     def server_us_per_request(self) -> float:
         """Server CPU time per request answered in the window (sends and polls), microseconds."""
-        requests = self.sent + self.refused + self.polls
-        return self.cpu.get("server", 0.0) * self.seconds / requests * 1e6 if requests else 0.0
+        return self.cpu.get("server", 0.0) * self.seconds / self.requests * 1e6 if self.requests else 0.0
+
+    @property
+    def envelopes_per_send(self) -> float:
+        return self.sent / self.sends if self.sends else 0.0
+
+    @property
+    def envelopes_per_poll(self) -> float:
+        return self.delivered / self.polls if self.polls else 0.0
 
 
 async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pairs: int, seconds: float,
-                     warmup: float, size: int, poll_wait: float, tag: str) -> Throughput:
+                     warmup: float, size: int, poll_wait: float, tag: str, window: int | None = None) -> Throughput:
     """`pairs` senders each send to their own receiver as fast as answers come; receivers long-poll with acks.
 
     Counted: distinct seqs that arrive at the receivers in a window of `seconds`
     after `warmup`, each when the last byte of its poll answer arrived.
+
+    Without `window`, one envelope per request: each sender sends again as soon
+    as its last send is answered. With `window`, the client of protocol 1.1 that
+    static/signaling.js is: each sender keeps `window` envelopes sent and not yet
+    received (as peer-bench's throughput scenario does) and sends them through an
+    `Outbox` (one request in flight, the rest batched); receivers poll with
+    `Last-Event-ID`.
     """
     failed: collections.Counter = collections.Counter()
-    async with joined_pairs(server, pairs, f"tp{tag}", ("r", "s")) as (receivers, senders):
+    async with joined_pairs(server, pairs, f"tp{tag}", ("r", "s"), cursor_header=window is not None) as (
+            receivers, senders):
         body = envelope("candidate", size)
         seen: list[set[int]] = [set() for _ in range(pairs)]
-        counts = {"sent": 0, "refused": 0, "polls": 0}
+        counts = {"sent": 0, "sends": 0, "refused": 0, "polls": 0}
+        credits = [asyncio.Semaphore(window) for _ in range(pairs)] if window else []
         start = time.perf_counter()
         window_start, window_end = start + warmup, start + warmup + seconds
 
@@ -425,11 +474,14 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
             held = conn.request(peer.poll_request(poll_wait))
             while True:
                 reply, messages, held = await next_answer(conn, peer, held, poll_wait, failed)
+                if window is not None:
+                    for _ in messages:
+                        credits[i].release()
                 if window_start <= reply.at < window_end:
                     seen[i].update(m["seq"] for m in messages)
                     counts["polls"] += 1
 
-        async def send(i: int) -> None:
+        async def send_one_per_request(i: int) -> None:
             request = senders.peers[i].send_request("r", body)
             conn = senders.sends[i]
             for _ in range(100_000_000):
@@ -437,12 +489,260 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
                     return
                 reply = await send_until_accepted(conn, request, failed, (202, 429))
                 if window_start <= reply.at < window_end:
-                    counts["sent" if reply.status == 202 else "refused"] += 1
+                    if reply.status == 202:
+                        counts["sent"] += 1
+                        counts["sends"] += 1
+                    else:
+                        counts["refused"] += 1
                 if reply.status == 429:
                     await asyncio.sleep(0.01)
 
-        shares = await measured(server, redis_server, pairs, receive, send, window_start, warmup + seconds + 60,
+        def answered(reply: Reply, envelopes: int) -> None:
+            if window_start <= reply.at < window_end:
+                counts["sends"] += 1
+                counts["sent"] += envelopes
+
+        async def send_batching(i: int) -> None:
+            credit = credits[i]
+            outbox = Outbox(senders.sends[i], senders.peers[i], "r", failed, answered,
+                            on_error=lambda exc: credit.release())  # wakes the sender, whose next send raises
+            try:
+                for _ in range(100_000_000):
+                    if time.perf_counter() >= window_end:
+                        return
+                    await credit.acquire()
+                    outbox.send(body)
+            finally:
+                outbox.close()
+
+        shares = await measured(server, redis_server, pairs, receive,
+                                send_one_per_request if window is None else send_batching,
+                                window_start, warmup + seconds + 60,
                                 "end of the throughput run", linger=0.5)  # answers of the window's last moments
     delivered = sum(len(s) for s in seen)
-    return Throughput(pairs, seconds, delivered, counts["sent"], counts["refused"], counts["polls"], shares,
-                      dict(failed))
+    return Throughput(pairs, seconds, delivered, counts["sent"], counts["sends"], counts["refused"], counts["polls"],
+                      shares, dict(failed), window)
+
+
+# -- the floor: what the stack alone costs per request
+
+
+@dataclasses.dataclass
+class Floor:
+    connections: int
+    seconds: float
+    requests: int  # answered within the window
+    cpu: dict[str, float]
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def server_us_per_request(self) -> float:
+        return self.cpu.get("server", 0.0) * self.seconds / self.requests * 1e6 if self.requests else 0.0
+
+
+async def floor(server: PinnedServer, connections: int, seconds: float, warmup: float, size: int) -> Floor:
+    """`connections` clients send requests back to back to the bare app (bench/floor.py), each
+    alternating one shaped as the throughput's send (POST, token, a `size`-byte JSON body) and one
+    shaped as its poll (GET with token and query); CPU per request measured as in throughput."""
+    conns = await connect_many(server.port, connections)
+    token = "t" * 43  # as long as the service's tokens
+    shapes = [build("POST", "/rooms/tp-0/peers/r/messages", token, envelope("candidate", size)),
+              build("GET", "/rooms/tp-0/peers/r/messages?after=7&wait=25&limit=100", token)]
+    answered = [0]
+    start = time.perf_counter()
+    window_start, window_end = start + warmup, start + warmup + seconds
+
+    async def drive(i: int) -> None:
+        for n in range(100_000_000):
+            if time.perf_counter() >= window_end:
+                return
+            reply = await call(conns[i], shapes[n % 2], 30)
+            if window_start <= reply.at < window_end:
+                answered[0] += 1
+
+    try:
+        shares = await measured(server, None, connections, None, drive, window_start, warmup + seconds + 60,
+                                "end of the floor run")
+    finally:
+        for conn in conns:
+            conn.close()
+    return Floor(connections, seconds, answered[0], shares)
+
+
+# -- call set-ups: two peers join, trade an offer, an answer and ICE candidates, and leave
+
+#: ICE candidates each side sends (each a separate send() call, as a browser trickles them)
+CANDIDATES = 10
+#: a call set-up (join to leave) must end within this
+CALL_WITHIN = 60
+
+
+@dataclasses.dataclass
+class CallSetups:
+    calls: int  # concurrent calls
+    seconds: float
+    completed: int  # set-ups whose last envelope arrived within the window
+    p50_ms: float  # set-up time of the calls started within the window
+    p99_ms: float
+    requests_per_setup: float  # every request of a call, join to leave, over the calls completed in the window
+    requests: int  # requests made within the window (all calls)
+    cpu: dict[str, float]
+    failed: dict[str, int]
+
+    @property
+    def per_second(self) -> float:
+        return self.completed / self.seconds
+
+    @property
+    def server_us_per_request(self) -> float:
+        return self.cpu.get("server", 0.0) * self.seconds / self.requests * 1e6 if self.requests else 0.0
+
+
+async def call_setups(server: PinnedServer, redis_server: PinnedRedis | None, calls: int, seconds: float,
+                      warmup: float, sdp_bytes: int, candidate_bytes: int, poll_wait: float,
+                      tag: str) -> CallSetups:
+    """`calls` calls at a time, each in its own room, one after another, as two pages with
+    static/signaling.js would make them (protocol 1.1: sends through an `Outbox`, polls with
+    `Last-Event-ID`, each poll held again as soon as it is answered):
+
+    the caller joins and polls; the callee joins and polls; on `peer-joined` the
+    caller sends an offer and CANDIDATES candidates (the offer goes alone, the
+    candidates queued behind it as one batch); on the offer the callee does the
+    same with its answer. The set-up is done when each side has all the other
+    sent; its time runs from the caller's join to then. Then each side aborts
+    its held poll (closes that connection, as fetch's abort does) and leaves
+    (DELETE). Each peer sends over one keep-alive connection and polls over
+    another, a new one for each call.
+
+    The window is `seconds` after `warmup`, or longer when fewer calls than
+    `calls` completed in it (see below); set-ups/s count the calls completed in
+    it, set-up times are those of the calls started in it.
+    """
+    failed: collections.Counter = collections.Counter()
+    sdp = {"offer": envelope("offer", sdp_bytes), "answer": envelope("answer", sdp_bytes)}
+    candidate = envelope("candidate", candidate_bytes)
+    records: list[tuple[float, float, int]] = []  # (started, ready, requests) per call
+    in_window = [0]  # requests made within the window
+    window_start = time.perf_counter() + warmup
+    window_end = math.inf  # set when the window closes
+
+    def counted(n: int = 1) -> None:
+        if window_start <= time.perf_counter() < window_end:
+            in_window[0] += n
+
+    async def one_call(room: str, sends: tuple[Conn, Conn]) -> tuple[float, float, int]:
+        peers = (Peer(room, "caller", cursor_header=True), Peer(room, "callee", cursor_header=True))
+        polls = await asyncio.gather(connect(server.port), connect(server.port))
+        requests = [0]
+        broken: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def request(conn: Conn, data: bytes) -> asyncio.Future:
+            requests[0] += 1
+            counted()
+            return conn.request(data)
+
+        def answered(reply: Reply, envelopes: int) -> None:
+            requests[0] += 1
+            counted()
+
+        def fail(exc: BaseException) -> None:
+            if not broken.done():
+                broken.set_exception(exc)
+
+        outboxes = [Outbox(sends[k], peers[k], peers[1 - k].id, failed, answered, fail) for k in (0, 1)]
+        try:
+            started = time.perf_counter()
+            held = []
+            for k in (0, 1):
+                peers[k].joined(await call(sends[k], peers[k].join_request(), 30, (201,)))
+                requests[0] += 1
+                counted()
+                held.append(request(polls[k], peers[k].poll_request(poll_wait)))
+
+            async def side(k: int) -> float:
+                """One page: poll until all the other's envelopes are in, sending on cue; when they were."""
+                peer, outbox, poll = peers[k], outboxes[k], held[k]
+                cue, reply_kind = ("peer-joined", "answer") if k == 0 else ("offer", "offer")
+                wanted = {reply_kind: 1, "candidate": CANDIDATES}
+                got: collections.Counter = collections.Counter()
+                for _ in range(1000):
+                    reply, messages, poll = await next_answer(polls[k], peer, poll, poll_wait, failed)
+                    held[k] = poll
+                    requests[0] += 1
+                    counted()
+                    for message in messages:
+                        got[message["type"]] += 1
+                        if message["type"] == cue:
+                            outbox.send(sdp["offer" if k == 0 else "answer"])
+                            for _ in range(CANDIDATES):
+                                outbox.send(candidate)
+                    if all(got[kind] >= n for kind, n in wanted.items()):
+                        return reply.at
+                raise BenchError(f"{peer.id} of {room}: not all envelopes in 1,000 polls")
+
+            sides = asyncio.gather(side(0), side(1))
+            done, _ = await asyncio.wait([sides, broken], timeout=CALL_WITHIN, return_when=asyncio.FIRST_COMPLETED)
+            if broken in done:
+                sides.cancel()
+                raise broken.exception()
+            if not done:
+                sides.cancel()
+                raise BenchError(f"no call set-up within {CALL_WITHIN} s")
+            ready = max(sides.result())
+            await within(asyncio.gather(*(outbox.idle() for outbox in outboxes)), 30, "the last send's 202")
+            for conn in polls:  # the page's leave() aborts its held poll
+                conn.close()
+            await asyncio.gather(*(call(sends[k], build("DELETE", f"/rooms/{room}/peers/{peers[k].id}",
+                                                        peers[k].token), 30, (204,)) for k in (0, 1)))
+            requests[0] += 2
+            counted(2)
+            return started, ready, requests[0]
+        finally:
+            for outbox in outboxes:
+                outbox.close()
+            for conn in polls:
+                conn.close()
+            if broken.done():
+                broken.exception()
+
+    async def slot(i: int) -> None:
+        sends = tuple(await asyncio.gather(connect(server.port), connect(server.port)))
+        try:
+            for n in range(100_000):
+                if time.perf_counter() >= window_end:
+                    return
+                records.append(await one_call(f"cs{tag}-{i}-{n}", sends))
+        finally:
+            for conn in sends:
+                conn.close()
+
+    slots = [asyncio.create_task(slot(i)) for i in range(calls)]
+    try:
+        cpu = meter(server, redis_server)
+        await watch(slots, slots, window_start, "call set-ups")
+        cpu.start()
+        await watch(slots, slots, window_start + seconds, "call set-ups")
+        # On a slow (or busy) machine a call can outlast the window: it stays open, up to
+        # CALL_WITHIN more, until as many calls have completed within it as run at a time.
+        while sum(1 for r in records if r[1] >= window_start) < calls:
+            if await watch(slots, slots, min(time.perf_counter() + 0.05, window_start + seconds + CALL_WITHIN),
+                           "call set-ups") or time.perf_counter() >= window_start + seconds + CALL_WITHIN:
+                break
+        window_end = time.perf_counter()
+        shares = cpu.stop()
+        if not await watch(slots, slots, time.perf_counter() + CALL_WITHIN + 30, "call set-ups"):
+            raise BenchError("the call set-ups did not end")
+    finally:
+        for task in slots:
+            task.cancel()
+        await asyncio.gather(*slots, return_exceptions=True)
+    completed = [r for r in records if window_start <= r[1] < window_end]
+    times = [ready - started for started, ready, _ in records if window_start <= started < window_end]
+    if not completed or not times:
+        raise BenchError(f"no call set-up completed with {calls} at a time in {window_end - window_start:.1f} s")
+    return CallSetups(calls, window_end - window_start, len(completed),
+                      percentile(times, 0.5) * 1e3, percentile(times, 0.99) * 1e3,
+                      sum(r[2] for r in completed) / len(completed), in_window[0], shares, dict(failed))

@@ -1,5 +1,5 @@
 /**
- * Browser client for the signaling service (protocol version 1).
+ * Browser client for the signaling service (protocol version 1, revision 1.1: batch sends, the cursor as a header).
  *
  * An ES module with no dependencies: `import { join } from "https://host/static/signaling.js"`.
  * The service may sit on another origin than the page (it answers CORS).
@@ -30,12 +30,20 @@
  * Reliability: the poll loop acknowledges what it has seen by carrying the
  * cursor, drops envelopes it already delivered (by seq), backs off with jitter
  * on network errors and 5xx, and joins again (same peer id, resuming with its
- * token) when the server no longer knows it. Sends to one peer arrive in the
- * order they were made; each carries an Idempotency-Key and is retried with it
- * on network errors and 5xx, so it is stored once. A send refused with
- * `429 mailbox_full` is retried after the server's `Retry-After` up to
- * `sendRetries` times, then rejects with a SignalingError whose code is
- * "mailbox_full". On `pagehide` the session leaves with `navigator.sendBeacon`;
+ * token) when the server no longer knows it. Polls carry the cursor in the
+ * `Last-Event-ID` header (protocol 1.1), so a peer polls one URL and a page on
+ * another origin pays one CORS preflight for it, not one per poll.
+ *
+ * Sending: one request at a time per recipient (and one for broadcasts); what
+ * is sent to that recipient while it is in flight waits and goes as one batch
+ * request (protocol 1.1, up to 100 envelopes and `batchBytes` of body) when it
+ * ends. Each send still resolves to its own `{seq}`, and sends to one peer
+ * arrive in the order they were made. Each request carries an Idempotency-Key
+ * and is retried with it on network errors and 5xx, so its envelopes are
+ * stored once. A request refused with `429 mailbox_full` (or
+ * `send_rate_limited`) is retried after the server's `Retry-After` up to
+ * `sendRetries` times, then its sends reject with a SignalingError of that
+ * code; any other 4xx rejects every send of the batch at once. On `pagehide` the session leaves with `navigator.sendBeacon`;
  * a page restored from the back-forward cache joins again by itself.
  */
 
@@ -55,14 +63,27 @@ const DEFAULTS = {
   sendRetries: 5,
   // Added to the server's poll_wait before a silent connection is given up on.
   pollGraceMs: 10000,
+  // The most bytes of body in one batch: the server's default MAX_MESSAGE_BYTES, which bounds a whole request.
+  batchBytes: 65536,
 };
+
+/**
+ * Refusals that say "not now": the request is sent again after Retry-After. A send rate limit is
+ * among them because the server counts envelopes: a batch that arrives while the second's budget
+ * is half spent is refused whole, and goes through once the next second starts.
+ */
+const WAIT_AND_RETRY = new Set(["mailbox_full", "send_rate_limited"]);
+
+/** The most envelopes one batch request may carry (PROTOCOL.md 1.1). */
+const BATCH_ITEMS = 100;
 
 /**
  * Joins `room` and starts polling; resolves to a Session once the server has accepted the join.
  *
  * Options: `peerId` (else the server picks one), `token` (a previous session's
  * token, to resume it after a page reload), `fetch` (a stand-in for tests),
- * `backoff` `{base, max}` in ms, `sendRetries`.
+ * `backoff` `{base, max}` in ms, `sendRetries`, `batchBytes` (set it to the
+ * server's `MAX_MESSAGE_BYTES` when that is below the default 65536).
  * Rejects with a SignalingError when the join is refused (`409 peer_id_taken`,
  * `409 room_full`, …) or the service cannot be reached.
  */
@@ -86,6 +107,7 @@ class Session extends EventTarget {
     this._fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
     this._backoff = { ...DEFAULTS.backoff, ...options.backoff };
     this._sendRetries = options.sendRetries ?? DEFAULTS.sendRetries;
+    this._batchBytes = options.batchBytes ?? DEFAULTS.batchBytes;
     this._pollWait = 25;
     this._cursor = 0;
     this._lastSeq = 0;
@@ -94,28 +116,36 @@ class Session extends EventTarget {
     this._looping = false;
     this._poll = null; // AbortController of the request the loop is waiting on
     this._stop = new AbortController(); // cuts backoff sleeps short on leave()
-    this._outbox = new Map(); // peer id -> its latest send, which the next one waits for
+    this._outboxes = new Map(); // request path -> Outbox, while it has envelopes to send
     this._onPageHide = () => this._suspend();
     this._onPageShow = (event) => event.persisted && this._resume();
   }
 
   /**
    * Sends one envelope to peer `to`; resolves to `{seq}`, rejects with a SignalingError.
-   * Sends to one peer go out one after another, in call order, so they arrive
-   * in that order (an ICE candidate never overtakes the answer before it).
+   * Sends to one peer arrive in call order (an ICE candidate never overtakes
+   * the answer before it): they go one request at a time, those made meanwhile
+   * as one batch.
    */
   send(to, type, data = null) {
-    const previous = this._outbox.get(to) ?? Promise.resolve();
-    const sent = previous.catch(() => {}).then(() =>
-      this._post(`/rooms/${enc(this.room)}/peers/${enc(to)}/messages`, { type, data }));
-    this._outbox.set(to, sent);
-    sent.catch(() => {}).then(() => this._outbox.get(to) === sent && this._outbox.delete(to));
-    return sent;
+    return this._outbox(`/rooms/${enc(this.room)}/peers/${enc(to)}/messages`, seqAt).push(type, data);
   }
 
-  /** Sends one envelope to every other member; resolves to `{delivered_to, mailbox_full}`. */
+  /**
+   * Sends one envelope to every other member; resolves to `{delivered_to, mailbox_full}`.
+   * Broadcasts are batched like sends; every broadcast of one batch reached the same members.
+   */
   broadcast(type, data = null) {
-    return this._post(`/rooms/${enc(this.room)}/messages`, { type, data });
+    return this._outbox(`/rooms/${enc(this.room)}/messages`, deliveryReport).push(type, data);
+  }
+
+  _outbox(path, answer) {
+    let outbox = this._outboxes.get(path);
+    if (!outbox) {
+      outbox = new Outbox(this, path, answer, () => this._outboxes.delete(path));
+      this._outboxes.set(path, outbox);
+    }
+    return outbox;
   }
 
   /** Leaves the room and stops polling; safe to call twice. */
@@ -241,9 +271,12 @@ class Session extends EventTarget {
     this._poll = controller;
     const timer = setTimeout(() => controller.abort(), this._pollWait * 1000 + DEFAULTS.pollGraceMs);
     try {
+      // The cursor goes in Last-Event-ID (protocol 1.1), not in the URL: every poll of this peer has
+      // one URL, so a page on another origin pays its CORS preflight once (the server lets browsers
+      // cache it) instead of before every poll.
       const path = `/rooms/${enc(this.room)}/peers/${enc(this.peerId)}/messages`;
-      return await this._fetch(this._url(`${path}?after=${this._cursor}&wait=${this._pollWait}`), {
-        headers: this._auth(),
+      return await this._fetch(this._url(`${path}?wait=${this._pollWait}`), {
+        headers: { ...this._auth(), "Last-Event-ID": String(this._cursor) },
         signal: controller.signal,
       });
     } finally {
@@ -309,7 +342,7 @@ class Session extends EventTarget {
     return backoffDelay(this._backoff, failures);
   }
 
-  /** POSTs an envelope with one Idempotency-Key for all its attempts. */
+  /** POSTs a JSON body (already encoded) with one Idempotency-Key for all its attempts. */
   async _post(path, body) {
     const key = randomId();
     for (let attempt = 0; ; attempt++) {
@@ -320,14 +353,14 @@ class Session extends EventTarget {
         response = await this._fetch(this._url(path), {
           method: "POST",
           headers: { ...this._auth(), "Content-Type": "application/json", "Idempotency-Key": key },
-          body: JSON.stringify(body),
+          body,
         });
         if (response.ok) return await response.json();
         error = await errorFrom(response);
       } catch (thrown) {
         error = thrown instanceof SignalingError ? thrown : networkError(thrown);
       }
-      const retriable = !response || response.status >= 500 || error.code === "mailbox_full";
+      const retriable = !response || response.status >= 500 || WAIT_AND_RETRY.has(error.code);
       if (!retriable || attempt >= this._sendRetries) throw error;
       await sleep(this._retryDelay(error, attempt), this._stop.signal);
     }
@@ -383,6 +416,106 @@ class Session extends EventTarget {
   _url(path) {
     return this.baseUrl + path;
   }
+}
+
+/**
+ * The envelopes waiting for one request path: a peer's mailbox, or the room for broadcasts.
+ *
+ * One request is in flight at a time. Whatever is pushed while it is waits,
+ * and goes as the next request when it ends: one batch of up to 100 envelopes
+ * and `batchBytes` of body, the rest in the batches after. So a burst of ICE
+ * candidates costs two or three requests instead of one each, and envelopes
+ * still reach the peer in push order.
+ *
+ * Every request uses the batch form `{"messages": [...]}`, a lone envelope
+ * too (a batch of one), rather than the 1.0 form `{type, data}` for one: one
+ * request shape and one answer (`seqs`) to handle, and no pretence of
+ * working with a 1.0 server, which any batch of two would break anyway
+ * (the client is served by the service it talks to, so both are one version).
+ */
+class Outbox {
+  constructor(session, path, answer, onIdle) {
+    this.session = session;
+    this.path = path;
+    this.answer = answer; // (batch answer, index in the batch) -> what that send resolves to
+    this.onIdle = onIdle;
+    this.queue = []; // {json, bytes, resolve, reject}, oldest first
+    this.sending = false;
+  }
+
+  /**
+   * Queues one envelope, encoded now (so later changes to `data` do not leak in, and data that
+   * cannot be JSON rejects this send alone); resolves to its answer.
+   */
+  push(type, data) {
+    return new Promise((resolve, reject) => {
+      const json = JSON.stringify({ type, data });
+      this.queue.push({ json, bytes: utf8.encode(json).length, resolve, reject });
+      if (this.sending) return;
+      this.sending = true;
+      // Start after the current task, so that sends made in one go (a loop over candidates) share the first request.
+      queueMicrotask(() => this._drain());
+    });
+  }
+
+  async _drain() {
+    while (this.queue.length > 0) {
+      const batch = this._nextBatch();
+      let answers;
+      try {
+        const body = await this.session._post(this.path, `{"messages":[${batch.map((item) => item.json).join(",")}]}`);
+        answers = batch.map((_, index) => this.answer(body, index));
+      } catch (error) {
+        if (error.status === 413 && batch.length > 1) {
+          // The server takes less than `batchBytes`. Nothing was stored: send the same envelopes again,
+          // in batches no bigger than this one's first half, from now on.
+          this.session._batchBytes = batchSize(batch.slice(0, Math.ceil(batch.length / 2)));
+          this.queue.unshift(...batch);
+          continue;
+        }
+        for (const item of batch) item.reject(error);
+        continue;
+      }
+      batch.forEach((item, index) => item.resolve(answers[index]));
+    }
+    this.sending = false;
+    this.onIdle();
+  }
+
+  /** Takes the oldest envelopes that fit in one request: up to 100 and `batchBytes`, at least one. */
+  _nextBatch() {
+    let count = 1;
+    let size = batchSize(this.queue.slice(0, 1));
+    while (count < this.queue.length && count < BATCH_ITEMS) {
+      const grown = size + 1 + this.queue[count].bytes; // a comma, then the envelope
+      if (grown > this.session._batchBytes) break;
+      size = grown;
+      count++;
+    }
+    return this.queue.splice(0, count);
+  }
+}
+
+const utf8 = new TextEncoder();
+
+/** Bytes of the request body `{"messages":[...]}` carrying these queued envelopes. */
+function batchSize(items) {
+  return '{"messages":[]}'.length + items.reduce((sum, item) => sum + item.bytes, 0) + Math.max(0, items.length - 1);
+}
+
+/** A send's answer: its own seq, out of the batch's `seqs`. */
+function seqAt(body, index) {
+  const seq = body?.seqs?.[index];
+  if (!Number.isInteger(seq)) throw new SignalingError("malformed send response", { status: 202 });
+  return { seq };
+}
+
+/** A broadcast's answer: every member got the whole batch or none of it, so each broadcast gets the batch's report. */
+function deliveryReport(body) {
+  if (!Array.isArray(body?.delivered_to) || !Array.isArray(body?.mailbox_full)) {
+    throw new SignalingError("malformed broadcast response", { status: 202 });
+  }
+  return { delivered_to: [...body.delivered_to], mailbox_full: [...body.mailbox_full] };
 }
 
 /** Exponential backoff with equal jitter: half the step, plus a random half. */

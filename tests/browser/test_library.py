@@ -1,6 +1,8 @@
 """signaling.js used by a page of another origin: the README's example, as written."""
 
+import re
 import threading
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -55,3 +57,78 @@ def test_readme_example_opens_a_data_channel_cross_origin(browser, example_origi
     finally:
         for context in contexts:
             context.close()
+
+
+# The example keeps its session in a module's const; a test that drives it needs a handle. The
+# session is the one EventTarget with send() and peerId, and the example adds listeners to it.
+KEEP_SESSION = """
+const addEventListener = EventTarget.prototype.addEventListener;
+EventTarget.prototype.addEventListener = function (...args) {
+  if (!window.session && typeof this.send === "function" && "peerId" in this) {
+    window.session = this;
+    window.bursts = [];
+    addEventListener.call(this, "message", ({ detail }) => detail.type === "burst" && window.bursts.push(detail.data));
+  }
+  return addEventListener.apply(this, args);
+};
+"""
+
+# Starts sending `count` envelopes to `to`, five at a time 40 ms apart, so that the other page polls
+# many times and some sends wait behind one in flight; `window.sent` resolves to their seqs.
+BURST = """([to, count]) => {
+  window.sent = (async () => {
+    const sent = [];
+    for (let n = 0; n < count; n++) {
+      sent.push(window.session.send(to, "burst", n));
+      if (n % 5 === 4) await new Promise((resolve) => setTimeout(resolve, 40));
+    }
+    return (await Promise.all(sent)).map(({ seq }) => seq);
+  })();
+}"""
+
+
+def access_log(server) -> Counter:
+    """Requests per (method, path) in the server's access log."""
+    return Counter(re.findall(r'"([A-Z]+) (\S+)"', server.log.read_text()))
+
+
+def test_a_burst_of_sends_and_polls_pays_one_preflight_per_url(browser, example_origin, live_server, room):
+    """Polls carry the cursor in Last-Event-ID, so a page polls one URL: its preflight is cached, not repeated."""
+    count = 60
+    callers = defaultdict(set)  # path -> the pages that made a request to it (every API request needs a preflight)
+    contexts = [browser.new_context() for _ in range(2)]
+    try:
+        pages = []
+        for index, context in enumerate(contexts):
+            context.add_init_script(KEEP_SESSION)
+            page = context.new_page()
+            page.on("request", lambda request, index=index: callers[request.url.split("?")[0]].add(index))
+            page.goto(f"{example_origin}#{room}")
+            expect(page.locator("#status")).to_contain_text("joined", timeout=10_000)
+            pages.append(page)
+        for page in pages:
+            expect(page.locator("#log")).to_contain_text("connected to", timeout=15_000)
+        ids = [page.evaluate("window.session.peerId") for page in pages]
+
+        for page, other in zip(pages, reversed(ids), strict=True):
+            page.evaluate(BURST, [other, count])  # both pages at once
+        seqs = [page.evaluate("window.sent") for page in pages]
+        for page in pages:
+            page.wait_for_function(f"window.bursts.length >= {count}", timeout=15_000)
+            assert page.evaluate("window.bursts") == list(range(count)), "every envelope once, in order"
+        log = access_log(live_server)
+    finally:
+        for context in contexts:
+            context.close()
+
+    for sent in seqs:
+        assert sent == list(range(sent[0], sent[0] + count)), "each send got its own seq, in order"
+    polls = {peer: log["GET", f"/rooms/{room}/peers/{peer}/messages"] for peer in ids}
+    assert min(polls.values()) >= 4, f"a burst of polls: {polls}"
+    sends = sum(n for (method, path), n in log.items() if method == "POST" and path.endswith("/messages"))
+    assert sends <= count, f"{2 * count} envelopes went in {sends} requests: sends made together go as a batch"
+    preflights = {path: n for (method, path), n in log.items() if method == "OPTIONS"}
+    assert preflights.get(f"/rooms/{room}/peers/{ids[0]}/messages"), f"the log shows preflights: {preflights}"
+    for path, n in preflights.items():
+        pages_using = len(callers[live_server.url + path])
+        assert n <= pages_using, f"{n} preflights for {path}, used by {pages_using} page(s); all: {preflights}"

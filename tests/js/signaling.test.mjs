@@ -22,10 +22,12 @@ function stubService() {
     const parsed = new URL(url);
     const request = {
       method: init.method ?? "GET",
+      url,
       path: parsed.pathname,
       query: Object.fromEntries(parsed.searchParams),
       headers: init.headers ?? {},
       body: init.body === undefined ? undefined : JSON.parse(init.body),
+      bytes: init.body === undefined ? 0 : Buffer.byteLength(init.body),
       aborted: false,
     };
     requests.push(request);
@@ -101,6 +103,11 @@ function messages(list, cursor = list.at(-1)?.seq ?? 0) {
   return json(200, { messages: list, cursor });
 }
 
+/** The cursor a poll carried: protocol 1.1's Last-Event-ID header. */
+function cursorOf(poll) {
+  return poll.headers["Last-Event-ID"];
+}
+
 /** Collects the `detail` of every event of the given types, in order, as [type, detail]. */
 function record(session, ...types) {
   const seen = [];
@@ -142,7 +149,8 @@ describe("join", () => {
     assert.deepEqual(session.iceServers, [{ urls: "stun:stun.test" }]);
 
     const poll = await service.waitFor(POLL, 1);
-    assert.deepEqual(poll.query, { after: "0", wait: "7" });
+    assert.deepEqual(poll.query, { wait: "7" });
+    assert.equal(cursorOf(poll), "0");
     assert.equal(poll.headers.Authorization, "Bearer tok-1");
   });
 
@@ -156,7 +164,7 @@ describe("join", () => {
     const session = await start({ token: "old" });
     assert.equal(service.to(JOIN)[0].headers.Authorization, "Bearer old");
     assert.equal(session.resumed, true);
-    assert.equal((await service.waitFor(POLL, 1)).query.after, "4");
+    assert.equal(cursorOf(await service.waitFor(POLL, 1)), "4");
   });
 });
 
@@ -167,11 +175,22 @@ describe("poll loop", () => {
     const session = await start();
     const seen = record(session, "message");
 
-    assert.equal((await service.waitFor(POLL, 2)).query.after, "2");
-    assert.equal((await service.waitFor(POLL, 3)).query.after, "2");
-    assert.equal((await service.waitFor(POLL, 4)).query.after, "3");
+    assert.equal(cursorOf(await service.waitFor(POLL, 2)), "2");
+    assert.equal(cursorOf(await service.waitFor(POLL, 3)), "2");
+    assert.equal(cursorOf(await service.waitFor(POLL, 4)), "3");
     assert.deepEqual(seen.map(([, e]) => e.seq), [1, 2, 3]);
     assert.deepEqual(seen[0][1], envelope(1));
+  });
+
+  test("every poll goes to one URL: the cursor travels in Last-Event-ID, never in the query", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL, messages([envelope(1)]), messages([envelope(2), envelope(3)]), messages([], 3));
+    await start();
+
+    await service.waitFor(POLL, 4);
+    const polls = service.to(POLL);
+    assert.deepEqual([...new Set(polls.map((r) => r.url))], [`${BASE}/rooms/r1/peers/alice/messages?wait=25`]);
+    assert.deepEqual(polls.map(cursorOf), ["0", "1", "3", "3"]);
   });
 
   test("drops an envelope whose seq it already delivered", async () => {
@@ -233,8 +252,8 @@ describe("poll loop", () => {
         ["network_error", false], ["bad_gateway", false],
       ]);
       // Failed polls acknowledged nothing new: the cursor stays where the last success left it.
-      assert.deepEqual(service.to(POLL).map((r) => r.query.after), ["0", "1", "1", "1", "1", "1", "2", "2"]);
-      assert.equal(last.query.after, "2");
+      assert.deepEqual(service.to(POLL).map(cursorOf), ["0", "1", "1", "1", "1", "1", "2", "2"]);
+      assert.equal(cursorOf(last), "2");
       const states = seen.filter(([t]) => t === "state").map(([, d]) => d.state);
       assert.deepEqual(states, ["reconnecting", "reconnecting", "reconnecting", "reconnecting", "connected", "reconnecting"]);
     });
@@ -262,7 +281,7 @@ describe("poll loop", () => {
     const rejoin = service.to(JOIN)[1];
     assert.deepEqual(rejoin.body, { peer_id: "alice" });
     assert.equal(rejoin.headers.Authorization, "Bearer tok-1");
-    assert.equal(service.to(POLL)[2].query.after, "0");
+    assert.equal(cursorOf(service.to(POLL)[2]), "0");
     assert.deepEqual(seen.filter(([t]) => t === "message").map(([, e]) => e.seq), [1, 2, 3]);
     assert.ok(seen.some(([t, d]) => t === "state" && d.state === "rejoining"));
     // A resume changes no membership, so nothing is announced.
@@ -277,7 +296,7 @@ describe("poll loop", () => {
 
     const poll = await service.waitFor(POLL, 4);
     assert.equal(poll.headers.Authorization, "Bearer tok-2");
-    assert.equal(service.to(POLL)[2].query.after, "0");
+    assert.equal(cursorOf(service.to(POLL)[2]), "0");
     assert.deepEqual(seen, [
       ["message", envelope(5)],
       ["peer-left", { peerId: "bob", reason: "rejoined" }],
@@ -399,89 +418,253 @@ describe("page lifecycle", () => {
 
 describe("send", () => {
   const SEND = "POST /rooms/r1/peers/bob/messages";
+  const BROADCAST = "POST /rooms/r1/messages";
 
-  test("posts type and data with an Idempotency-Key and resolves to the seq", async () => {
+  /** Answers sends like the server's mailbox: consecutive seqs, one per envelope, batches over `maxBytes` refused. */
+  function mailbox({ next = 1, maxBytes = Infinity } = {}) {
+    return (request) => {
+      if (request.bytes > maxBytes) return failure(413, "payload_too_large")();
+      return json(202, { seqs: request.body.messages.map(() => next++) })();
+    };
+  }
+
+  /** A responder that answers only once `release()` is called: a request kept in flight. */
+  function held(responder) {
+    let release;
+    const gate = new Promise((resolve) => { release = resolve; });
+    return { responder: (request) => gate.then(() => responder(request)), release };
+  }
+
+  const dataOf = (request) => request.body.messages.map((message) => message.data);
+  const keyOf = (request) => request.headers["Idempotency-Key"];
+
+  test("a lone send goes as a batch of one, with an Idempotency-Key, and resolves to its seq", async () => {
     service.on(JOIN, json(201, joined()));
-    service.on(SEND, json(202, { seq: 9 }));
+    service.on(SEND, json(202, { seqs: [9] }));
     const session = await start();
 
     assert.deepEqual(await session.send("bob", "offer", { sdp: "v=0" }), { seq: 9 });
     const [request] = service.to(SEND);
-    assert.deepEqual(request.body, { type: "offer", data: { sdp: "v=0" } });
+    assert.deepEqual(request.body, { messages: [{ type: "offer", data: { sdp: "v=0" } }] });
     assert.equal(request.headers.Authorization, "Bearer tok-1");
-    assert.match(request.headers["Idempotency-Key"], /^[0-9a-f]{32}$/);
+    assert.equal(request.headers["Content-Type"], "application/json");
+    assert.match(keyOf(request), /^[0-9a-f]{32}$/);
   });
 
-  test("retries network errors and 5xx with the same key; a new send gets a new key", async () => {
+  test("sends made in one go share one request, and each resolves to its own seq", async () => {
     service.on(JOIN, json(201, joined()));
-    service.on(SEND, networkDown, failure(503, "backend_unavailable"), json(202, { seq: 3 }), json(202, { seq: 4 }));
+    service.on(SEND, mailbox({ next: 4 }));
     const session = await start();
 
-    assert.deepEqual(await session.send("bob", "candidate", { c: 1 }), { seq: 3 });
-    await session.send("bob", "candidate", { c: 2 });
-    const keys = service.to(SEND).map((r) => r.headers["Idempotency-Key"]);
-    assert.equal(keys.length, 4);
-    assert.equal(new Set(keys.slice(0, 3)).size, 1);
-    assert.notEqual(keys[3], keys[0]);
+    const sent = [1, 2, 3].map((n) => session.send("bob", "candidate", { n }));
+    assert.deepEqual(await Promise.all(sent), [{ seq: 4 }, { seq: 5 }, { seq: 6 }]);
+    assert.deepEqual(service.to(SEND).map(dataOf), [[{ n: 1 }, { n: 2 }, { n: 3 }]]);
+  });
+
+  test("data that cannot be JSON rejects that send alone", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(SEND, mailbox());
+    const session = await start();
+
+    const sent = [session.send("bob", "chat", 1n), session.send("bob", "chat", "fine")];
+    await assert.rejects(sent[0], TypeError);
+    assert.deepEqual(await sent[1], { seq: 1 });
+    assert.deepEqual(service.to(SEND).map(dataOf), [["fine"]]);
+  });
+
+  test("while a request to a peer is in flight, sends to it wait and then go as one batch, in order", async () => {
+    service.on(JOIN, json(201, joined()));
+    const first = held(mailbox());
+    const bob = mailbox({ next: 2 });
+    service.on(SEND, first.responder, bob);
+    service.on("POST /rooms/r1/peers/carol/messages", mailbox());
+    const session = await start();
+
+    const answer = session.send("bob", "description", "answer");
+    await service.waitFor(SEND, 1);
+    const candidates = ["c1", "c2", "c3"].map((c) => session.send("bob", "candidate", c));
+    assert.deepEqual(await session.send("carol", "candidate", "another peer is not held up"), { seq: 1 });
+    assert.equal(service.to(SEND).length, 1, "nothing more goes to bob while his request is in flight");
+
+    first.release();
+    assert.deepEqual(await Promise.all([answer, ...candidates]), [{ seq: 1 }, { seq: 2 }, { seq: 3 }, { seq: 4 }]);
+    assert.deepEqual(service.to(SEND).map(dataOf), [["answer"], ["c1", "c2", "c3"]]);
+  });
+
+  test("an envelope is encoded when sent: changing its data afterwards changes nothing", async () => {
+    service.on(JOIN, json(201, joined()));
+    const first = held(mailbox());
+    service.on(SEND, first.responder, mailbox({ next: 2 }));
+    const session = await start();
+
+    const sent = [session.send("bob", "chat", "first")];
+    await service.waitFor(SEND, 1);
+    const data = { text: "as sent" };
+    sent.push(session.send("bob", "chat", data));
+    data.text = "changed later";
+    first.release();
+    await Promise.all(sent);
+    assert.deepEqual(service.to(SEND)[1].body.messages, [{ type: "chat", data: { text: "as sent" } }]);
+  });
+
+  test("a batch carries at most 100 envelopes; the rest wait for the next, order and seqs kept", async () => {
+    service.on(JOIN, json(201, joined()));
+    const bob = mailbox();
+    service.on(SEND, bob, bob, bob);
+    const session = await start();
+
+    const sent = Array.from({ length: 250 }, (_, n) => session.send("bob", "candidate", n));
+    const seqs = (await Promise.all(sent)).map(({ seq }) => seq);
+    assert.deepEqual(seqs, Array.from({ length: 250 }, (_, n) => n + 1));
+    assert.deepEqual(service.to(SEND).map((r) => r.body.messages.length), [100, 100, 50]);
+    assert.deepEqual(service.to(SEND).flatMap(dataOf), Array.from({ length: 250 }, (_, n) => n));
+  });
+
+  test("a batch stays within batchBytes (UTF-8 bytes of the body); a bigger envelope still goes, alone", async () => {
+    service.on(JOIN, json(201, joined()));
+    const bob = mailbox();
+    service.on(SEND, bob, bob, bob, bob);
+    const session = await start({ batchBytes: 130 });
+
+    // {"type":"x","data":"éééééééééé"} is 32 characters but 42 bytes; two fill a body of 100 bytes, three 143.
+    const small = "é".repeat(10);
+    const sent = [small, small, small, "x".repeat(300), small].map((data) => session.send("bob", "x", data));
+    assert.deepEqual((await Promise.all(sent)).map(({ seq }) => seq), [1, 2, 3, 4, 5]);
+    const requests = service.to(SEND);
+    assert.deepEqual(requests.map((r) => r.body.messages.length), [2, 1, 1, 1]);
+    assert.deepEqual(requests.map((r) => r.bytes), [100, 57, 337, 57]);
+  });
+
+  test("413 for a batch sends its envelopes again in smaller batches; 413 for one envelope rejects it", async () => {
+    service.on(JOIN, json(201, joined()));
+    const bob = mailbox({ maxBytes: 2500 });
+    service.on(SEND, bob, bob, bob, bob);
+    const session = await start();
+
+    const kilobyte = "x".repeat(1000 - '{"type":"x","data":""}'.length);
+    const sent = [1, 2, 3, 4].map(() => session.send("bob", "x", kilobyte));
+    assert.deepEqual((await Promise.all(sent)).map(({ seq }) => seq), [1, 2, 3, 4]);
+    const requests = service.to(SEND);
+    assert.deepEqual(requests.map((r) => r.body.messages.length), [4, 2, 2]);
+    assert.equal(new Set(requests.map(keyOf)).size, 3, "each batch has a key of its own");
+
+    await assert.rejects(session.send("bob", "x", "y".repeat(3000)), { code: "payload_too_large", status: 413 });
+  });
+
+  test("a failed batch is retried with the same key and body; sends made meanwhile go next, with a new key", async () => {
+    service.on(JOIN, json(201, joined()));
+    const bob = mailbox({ next: 3 });
+    service.on(SEND, networkDown, failure(503, "backend_unavailable"), bob, bob);
+    const session = await start();
+
+    const first = session.send("bob", "candidate", { c: 1 });
+    await service.waitFor(SEND, 1);
+    const later = [session.send("bob", "candidate", { c: 2 }), session.send("bob", "candidate", { c: 3 })];
+    assert.deepEqual(await Promise.all([first, ...later]), [{ seq: 3 }, { seq: 4 }, { seq: 5 }]);
+
+    const requests = service.to(SEND);
+    assert.deepEqual(requests.map(dataOf), [[{ c: 1 }], [{ c: 1 }], [{ c: 1 }], [{ c: 2 }, { c: 3 }]]);
+    assert.equal(new Set(requests.slice(0, 3).map(keyOf)).size, 1);
+    assert.notEqual(keyOf(requests[3]), keyOf(requests[0]));
   });
 
   test("429 mailbox_full is retried after Retry-After with the same key", async () => {
     service.on(JOIN, json(201, joined()));
-    service.on(SEND, failure(429, "mailbox_full", { "Retry-After": "0.012" }), json(202, { seq: 1 }));
+    service.on(SEND, failure(429, "mailbox_full", { "Retry-After": "0.012" }), mailbox());
     const session = await start();
 
     const started = performance.now();
-    assert.deepEqual(await session.send("bob", "chat", "hi"), { seq: 1 });
+    const sent = [session.send("bob", "chat", "hi"), session.send("bob", "chat", "there")];
+    assert.deepEqual(await Promise.all(sent), [{ seq: 1 }, { seq: 2 }]);
     assert.ok(performance.now() - started >= 10, "waited for Retry-After");
-    const keys = service.to(SEND).map((r) => r.headers["Idempotency-Key"]);
-    assert.equal(keys[0], keys[1]);
+    const requests = service.to(SEND);
+    assert.equal(keyOf(requests[0]), keyOf(requests[1]));
+    assert.deepEqual(requests.map(dataOf), [["hi", "there"], ["hi", "there"]]);
   });
 
-  test("429 mailbox_full past sendRetries rejects with code mailbox_full", async () => {
+  test("429 send_rate_limited is waited out and retried like mailbox_full: a batch is refused whole", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(SEND, failure(429, "send_rate_limited", { "Retry-After": "0.004" }), mailbox());
+    const session = await start();
+
+    const sent = [session.send("bob", "chat", "hi"), session.send("bob", "chat", "there")];
+    assert.deepEqual(await Promise.all(sent), [{ seq: 1 }, { seq: 2 }]);
+    const requests = service.to(SEND);
+    assert.equal(requests.length, 2);
+    assert.equal(keyOf(requests[0]), keyOf(requests[1]));
+  });
+
+  test("429 mailbox_full past sendRetries rejects every send of the batch with code mailbox_full", async () => {
     service.on(JOIN, json(201, joined()));
     const full = failure(429, "mailbox_full", { "Retry-After": "0.001" });
-    service.on(SEND, full, full, full, json(202, { seq: 1 }));
+    service.on(SEND, full, full, full, mailbox());
     const session = await start({ sendRetries: 2 });
 
-    await assert.rejects(session.send("bob", "chat", "hi"), { code: "mailbox_full", status: 429, retryAfter: 0.001 });
+    const sent = [session.send("bob", "chat", "hi"), session.send("bob", "chat", "there")];
+    for (const send of sent) await assert.rejects(send, { code: "mailbox_full", status: 429, retryAfter: 0.001 });
     assert.equal(service.to(SEND).length, 3);
   });
 
-  test("a 4xx other than 429 rejects at once", async () => {
+  test("a 4xx other than 429 rejects every send of the batch at once; later sends still go", async () => {
     service.on(JOIN, json(201, joined()));
-    service.on(SEND, failure(404, "peer_not_found"), json(202, { seq: 1 }));
+    service.on(SEND, failure(400, "bad_field"), mailbox());
     const session = await start();
 
-    await assert.rejects(session.send("bob", "chat"), { code: "peer_not_found", status: 404 });
+    const refused = [session.send("bob", "chat"), session.send("bob", "peer-left", "reserved")];
+    for (const send of refused) await assert.rejects(send, { code: "bad_field", status: 400 });
     assert.equal(service.to(SEND).length, 1);
-    assert.equal(service.to(SEND)[0].body.data, null);
+    assert.deepEqual(dataOf(service.to(SEND)[0]), [null, "reserved"]);
+    assert.deepEqual(await session.send("bob", "chat", "after"), { seq: 1 });
   });
 
-  test("sends to one peer go out in call order, each after the previous one finished", async () => {
+  test("an answer without a seq for every envelope rejects the batch's sends", async () => {
     service.on(JOIN, json(201, joined()));
-    let release;
-    const held = new Promise((resolve) => { release = resolve; });
-    service.on(SEND, () => held.then(json(202, { seq: 1 })), json(202, { seq: 2 }));
-    service.on("POST /rooms/r1/peers/carol/messages", json(202, { seq: 1 }));
+    service.on(SEND, json(202, { seqs: [1] }));
     const session = await start();
 
-    const answer = session.send("bob", "description", "answer");
-    const candidate = session.send("bob", "candidate", "c1");
-    await session.send("carol", "candidate", "other peer, not held up");
-    assert.deepEqual(service.to(SEND).map((r) => r.body.data), ["answer"]);
-    release();
-    assert.deepEqual(await Promise.all([answer, candidate]), [{ seq: 1 }, { seq: 2 }]);
-    assert.deepEqual(service.to(SEND).map((r) => r.body.data), ["answer", "c1"]);
+    const sent = [session.send("bob", "chat", 1), session.send("bob", "chat", 2)];
+    const results = await Promise.allSettled(sent);
+    assert.deepEqual(results.map((r) => r.status), ["rejected", "rejected"]);
+    assert.match(results[0].reason.message, /malformed send response/);
   });
 
-  test("broadcast posts to the room and resolves to the delivery report", async () => {
+  test("sends still queued when the session leaves reject with code closed", async () => {
     service.on(JOIN, json(201, joined()));
-    service.on("POST /rooms/r1/messages", json(202, { delivered_to: ["bob"], mailbox_full: [] }));
+    const first = held(mailbox());
+    service.on(SEND, first.responder);
+    service.on("DELETE /rooms/r1/peers/alice", () => new Response(null, { status: 204 }));
     const session = await start();
 
-    assert.deepEqual(await session.broadcast("hello", { v: 1 }), { delivered_to: ["bob"], mailbox_full: [] });
-    const [request] = service.to("POST /rooms/r1/messages");
-    assert.deepEqual(request.body, { type: "hello", data: { v: 1 } });
-    assert.ok(request.headers["Idempotency-Key"]);
+    const inFlight = session.send("bob", "chat", "a");
+    await service.waitFor(SEND, 1);
+    const queued = session.send("bob", "chat", "b");
+    await session.leave();
+    first.release();
+    assert.deepEqual(await inFlight, { seq: 1 });
+    await assert.rejects(queued, { code: "closed" });
+    assert.equal(service.to(SEND).length, 1);
+  });
+
+  test("broadcasts are batched like sends; each resolves to its batch's delivery report", async () => {
+    service.on(JOIN, json(201, joined()));
+    const first = held(json(202, { delivered_to: ["bob"], mailbox_full: [] }));
+    service.on(BROADCAST, first.responder, json(202, { delivered_to: ["bob"], mailbox_full: ["carol"] }));
+    const session = await start();
+
+    const hello = session.broadcast("hello", { v: 1 });
+    await service.waitFor(BROADCAST, 1);
+    const later = [session.broadcast("chat", "a"), session.broadcast("chat", "b")];
+    assert.equal(service.to(BROADCAST).length, 1);
+    first.release();
+    assert.deepEqual(await hello, { delivered_to: ["bob"], mailbox_full: [] });
+    const report = { delivered_to: ["bob"], mailbox_full: ["carol"] };
+    assert.deepEqual(await Promise.all(later), [report, report]);
+
+    const requests = service.to(BROADCAST);
+    assert.deepEqual(requests.map((r) => r.body.messages), [
+      [{ type: "hello", data: { v: 1 } }],
+      [{ type: "chat", data: "a" }, { type: "chat", data: "b" }],
+    ]);
+    assert.ok(keyOf(requests[0]) && keyOf(requests[1]) && keyOf(requests[0]) !== keyOf(requests[1]));
   });
 });

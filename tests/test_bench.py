@@ -1,0 +1,110 @@
+"""The bench's own parts that its figures rest on: the floor server, the batching client, the report."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http.client
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bench import report
+from bench.client import BenchError, Outbox, Peer, call, connect, envelope
+from bench.procs import FloorServer, Setup
+from bench.scenarios import CallSetups, Floor, Throughput
+
+pytestmark = pytest.mark.live
+
+
+def test_the_floor_is_the_bare_app_on_one_gevent_worker_pinned_to_the_cpu(tmp_path):
+    server = FloorServer(tmp_path, {"WORKER_CONNECTIONS": "20000"}, 1, cpu=0).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("POST", "/rooms/r/peers/p/messages", body=b'{"type":"x"}')
+        reply = conn.getresponse()
+        assert (reply.status, reply.read()) == (200, b"hello world\n")
+        conn.close()
+        [worker] = server.worker_pids()
+        assert os.sched_getaffinity(worker) == {0}
+        assert "Using worker: gevent" in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def run(scenario) -> None:
+    """asyncio.run(scenario()) in a thread of its own: Playwright (the browser tests) may keep an event
+    loop running in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(scenario())).result(timeout=120)
+
+
+async def joined(port: int, room: str, *names: str) -> list[tuple[Peer, object]]:
+    """Peers joined in order, each with its connection, polling with `Last-Event-ID`."""
+    peers = []
+    for name in names:
+        conn = await connect(port)
+        peer = Peer(room, name, cursor_header=True)
+        peer.joined(await call(conn, peer.join_request(), 30, (201,)))
+        peers.append((peer, conn))
+    return peers
+
+
+def test_the_outbox_sends_the_first_envelope_alone_and_what_follows_as_one_batch(live_server):
+    async def scenario():
+        (bob, bob_conn), (alice, alice_conn) = await joined(live_server.port, "r1", "bob", "alice")
+        answered = []
+        outbox = Outbox(alice_conn, alice, "bob", collections.Counter(), lambda reply, n: answered.append(n))
+        seqs = [outbox.send(envelope(f"c{i}", 40)) for i in range(5)]
+        assert alice_conn.waiter is not None  # the first is on its way before send() returns
+        assert await asyncio.wait_for(asyncio.gather(*seqs), 30) == [2, 3, 4, 5, 6]  # 1: alice's peer-joined
+        await outbox.idle()
+        assert (outbox.requests, answered) == (2, [1, 4])
+        messages = bob.polled(await call(bob_conn, bob.poll_request(5), 30))
+        assert [m["type"] for m in messages] == ["peer-joined", "c0", "c1", "c2", "c3", "c4"]
+        again = bob.polled(await call(bob_conn, bob.poll_request(0), 30))  # the header acknowledged them
+        assert again == [] and bob.cursor == 6
+        for conn in (bob_conn, alice_conn):
+            conn.close()
+
+    run(scenario)
+
+
+def test_a_batch_refused_fails_every_send_waiting_and_every_later_one(live_server):
+    async def scenario():
+        (_, bob_conn), (alice, alice_conn) = await joined(live_server.port, "r1", "bob", "alice")
+        errors = []
+        outbox = Outbox(alice_conn, alice, "bob", collections.Counter(), on_error=errors.append)
+        first = outbox.send(envelope("offer", 40))
+        batch = [outbox.send(envelope("candidate", 40)), outbox.send(envelope("peer-joined", 40))]  # reserved: 400
+        assert isinstance(await asyncio.wait_for(first, 30), int)
+        done, _ = await asyncio.wait(batch, timeout=30)
+        assert len(done) == 2 and all(isinstance(f.exception(), BenchError) for f in done)
+        assert "HTTP 400" in str(errors[0]) and "1.1 batch" in str(errors[0])
+        with pytest.raises(BenchError):
+            outbox.send(envelope("candidate", 40))
+        for conn in (bob_conn, alice_conn):
+            conn.close()
+
+    run(scenario)
+
+
+def test_every_cpu_per_request_figure_is_also_a_multiple_of_the_floor():
+    cpu = {"server": 1.0, "load": 0.1, "other": 0.0}
+    floor = Floor(connections=32, seconds=1.0, requests=4_000, cpu=cpu)  # 250 µs per request
+    one = Throughput(pairs=32, seconds=1.0, delivered=1_000, sent=1_000, sends=1_000, refused=0, polls=1_000,
+                     cpu=cpu, failed={})  # 500 µs per request
+    batched = Throughput(pairs=32, seconds=1.0, delivered=3_000, sent=3_000, sends=1_000, refused=0, polls=1_000,
+                         cpu=cpu, failed={}, window=4)
+    setups = CallSetups(calls=10, seconds=1.0, completed=100, p50_ms=20.0, p99_ms=40.0, requests_per_setup=15.0,
+                        requests=1_250, cpu=cpu, failed={})  # 800 µs per request
+    results = {Setup("redis", 1): {"throughput": [one], "batched": [batched], "setups": [setups], "errors": []}}
+    rows = report.rows((50,), (1,), (32,), (10,), floor)
+    text = report.table(results, rows, floor)
+    assert text.startswith("Floor (") and "4,000 requests/s, 250 µs" in text
+    cpu_rows = [line for line in text.splitlines() if line.startswith("|") and "CPU per request" in line]
+    assert len(cpu_rows) == 3
+    assert all("× floor)" in line for line in cpu_rows)
+    assert "500 µs (2.0× floor)" in text and "800 µs (3.2× floor)" in text
+    assert "3,000 (3.0 / 3.0)" in text  # batched: delivered/s (envelopes per send / per poll answer)
