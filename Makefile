@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# `make run` serves this machine only; HOST=0.0.0.0 opens it to the network (the Procfile's default).
+HOST ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint bench clean
@@ -21,10 +23,11 @@ $(VENV)/.dev: $(BIN)/gunicorn requirements-dev.txt
 	@touch $@
 
 run: $(BIN)/gunicorn  ## start the service on $PORT (memory backend unless REDIS_URL is set)
-	@echo "signaling: http://localhost:$(PORT)/  backend: $(if $(REDIS_URL),redis ($(REDIS_URL)),memory)"
-	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py app:app
+	@echo "signaling: http://$(if $(filter 127.0.0.1,$(HOST)),localhost,$(HOST)):$(PORT)/  backend: $(if $(REDIS_URL),redis ($(REDIS_URL)),memory)"
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m signaling
 
 test: $(VENV)/.dev  ## run every test: contract on both backends, live server, browser, client
+	@.ci/system-packages
 	$(BIN)/python -m pytest
 	@if [ -d tests/js ]; then node --test tests/js/; fi
 

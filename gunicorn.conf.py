@@ -1,4 +1,7 @@
-"""gunicorn settings: gevent workers, bind from $PORT, workers from $WEB_CONCURRENCY."""
+"""gunicorn settings: gevent workers, bind from $HOST and $PORT, workers from $WEB_CONCURRENCY.
+
+Every value comes from signaling.config.Settings, which checks them all.
+"""
 
 import os
 import sys
@@ -11,17 +14,18 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from signaling.config import ConfigError, Settings  # noqa: E402
 
 try:
-    _settings = Settings.from_env()
+    _settings = Settings.from_env()  # every setting, gunicorn's below included, is checked there
 except ConfigError as exc:
     sys.exit(f"signaling: bad configuration: {exc}")
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_settings.port}"
+# IPv6 addresses are bound in brackets.
+bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 worker_class = "gevent"
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+workers = _settings.web_concurrency
 # One held poll is one open connection: leave room for thousands per worker.
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
+worker_connections = _settings.worker_connections
 # A held poll lasts up to POLL_WAIT; a restart lets it finish or ends it.
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+graceful_timeout = _settings.graceful_timeout
 keepalive = 75
 accesslog = "-"
 # One line per request, never a query string or header that might hold a token (see signaling/accesslog.py).
@@ -29,15 +33,7 @@ logger_class = "signaling.accesslog.AccessLogger"
 errorlog = "-"
 # gunicorn's control socket sits at one path per user: several instances on one host would collide.
 control_socket_disable = True
-loglevel = os.environ.get("LOG_LEVEL", "info")
-
-if not _settings.redis_url and workers > 1:
-    sys.exit(
-        f"signaling: WEB_CONCURRENCY={workers}, but without REDIS_URL every worker would keep "
-        "its own rooms in memory and peers on different workers could not see each other. "
-        "Set REDIS_URL to run several workers, or use WEB_CONCURRENCY=1."
-    )
-
+loglevel = _settings.log_level.lower()
 
 
 def post_worker_init(worker):

@@ -54,14 +54,20 @@ def join(room: str):
     protocol.check_id(room, "room")
     body = protocol.parse_object(_body(), empty_ok=True)
     requested = body.get("peer_id")
-    peer = protocol.new_peer_id() if requested is None else protocol.check_id(requested, "peer_id")
+    if requested is not None:
+        protocol.check_id(requested, "peer_id")
+    ticket, refusal = _ticket(service, body, room, requested)
+    peer = requested or (ticket and ticket.sub) or protocol.new_peer_id()
     token = _bearer()
     new_token = protocol.new_token(peer)
     now = time.time()
     client_ip = _client_ip()
     leased = service.backend.admit(client_ip, room, peer, now)
     try:
-        joined = service.backend.join(room, peer, new_token, token, now)
+        joined = service.backend.join(
+            room, peer, new_token, token, now,
+            jti=ticket and ticket.jti, jti_until=ticket.usable_until if ticket else 0.0, refusal=refusal,
+        )
     except errors.SignalingError:
         if leased:
             service.backend.release(client_ip, room, peer)
@@ -81,6 +87,20 @@ def join(room: str):
         201 if joined.created else 200,
         Location=f"/rooms/{room}/peers/{peer}",
     )
+
+
+def _ticket(service: Service, body: dict, room: str, peer: str | None):
+    """(the join's checked ticket, or the error a fresh join gets): (None, None) when tickets are off.
+
+    A failed check is not raised here: a resume needs no ticket, and only the
+    backend knows whether this join resumes.
+    """
+    if service.tickets is None:
+        return None, None
+    try:
+        return service.tickets.check(body.get("ticket"), room, peer), None
+    except (errors.TicketRequired, errors.BadTicket) as refusal:
+        return None, refusal
 
 
 @blueprint.get("/rooms/<room>/peers")
@@ -108,16 +128,24 @@ def leave(room: str, peer: str):
 @blueprint.post("/rooms/<room>/peers/<peer>/leave")
 def leave_beacon(room: str, peer: str):
     """Leave for `navigator.sendBeacon`: the token may come in the body, in any Content-Type."""
-    return _leave(room, peer, _bearer() or _token_from_body(_body()))
+    return _leave(room, peer, _bearer() or _beacon_token())
 
 
-def _token_from_body(raw: bytes) -> str | None:
-    """The token of a JSON `{"token": ...}` or a `token=` form body, whatever the Content-Type."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        body = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("latin-1")).items()}
-    token = body.get("token") if isinstance(body, dict) else None
+def _beacon_token() -> str | None:
+    """The token of a beacon body: a `FormData` (multipart) field, or else JSON `{"token": ...}` or `token=`.
+
+    `sendBeacon` sends a string as text/plain, `URLSearchParams` urlencoded, `FormData` as
+    multipart/form-data and a `Blob` as its own type; only multipart needs a real form parser.
+    """
+    if request.mimetype == "multipart/form-data":
+        token = request.form.get("token")
+    else:
+        raw = _body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("latin-1")).items()}
+        token = body.get("token") if isinstance(body, dict) else None
     return token if isinstance(token, str) and token and token.isascii() else None
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 
 class ConfigError(ValueError):
@@ -13,7 +16,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The service's configuration (PROTOCOL.md, "Configuration")."""
+    """The service's configuration (docs/protocol.md, "Configuration", and the README's operator settings)."""
 
     port: int = 8000
     redis_url: str | None = None
@@ -27,6 +30,9 @@ class Settings:
     turn_secret: str | None = None
     turn_ttl: int = 86400
     allowed_origins: tuple[str, ...] = ("*",)
+    # Join tickets (signaling/tickets.py): either set, every fresh join needs one.
+    join_secret: tuple[str, ...] = ()  # HS256 secrets, comma-separated: any of them verifies (rotation)
+    join_public_key: str | None = None  # a PEM public key, inline or a file's path
     # Beyond the protocol's table: operator knobs, documented in the README.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
@@ -37,48 +43,133 @@ class Settings:
     rooms_per_ip: int = 20
     # How many proxies in front append to X-Forwarded-For; 0 means the peer's address is the client's.
     trusted_proxies: int = 0
+    # gunicorn's, read by gunicorn.conf.py; checked here with the rest.
+    host: str = "0.0.0.0"
+    web_concurrency: int = 1
+    worker_connections: int = 10000
+    graceful_timeout: int = 10
+    log_level: str = "info"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables; unset or empty means the default."""
         env = os.environ if environ is None else environ
-        fields = {f.name: f for f in dataclasses.fields(cls)}
         values = {}
-        for name, field in fields.items():
-            raw = env.get(name.upper(), "").strip()
+        for field in dataclasses.fields(cls):
+            raw = env.get(field.name.upper(), "").strip()
             if raw:
-                values[name] = _parse(name.upper(), raw, field.default)
+                values[field.name] = _parse(field.name.upper(), raw, field.default)
         settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        """Refuse settings that cannot work, naming the variable to fix."""
-        positive = {
-            "POLL_WAIT": self.poll_wait >= 0,
-            "PEER_TTL": self.peer_ttl > 0,
-            "MAX_MESSAGE_BYTES": self.max_message_bytes > 0,
-            "MAILBOX_LIMIT": self.mailbox_limit > 0,
-            "ROOM_CAPACITY": self.room_capacity > 0,
-            "TURN_TTL": self.turn_ttl > 0,
-            "REDIS_MAX_CONNECTIONS": self.redis_max_connections > 0,
-            "REAP_INTERVAL": self.reap_interval > 0,
-            "PORT": 0 < self.port < 65536,
-            "JOINS_PER_IP_PER_MINUTE": self.joins_per_ip_per_minute >= 0,
-            "SENDS_PER_PEER_PER_SECOND": self.sends_per_peer_per_second >= 0,
-            "PEERS_PER_IP": self.peers_per_ip >= 0,
-            "ROOMS_PER_IP": self.rooms_per_ip >= 0,
-            "TRUSTED_PROXIES": self.trusted_proxies >= 0,
-        }
-        for name, ok in positive.items():
-            if not ok:
-                raise ConfigError(f"{name} is out of range: {getattr(self, name.lower())!r}")
+        """Refuse settings that cannot work, naming the variable to fix and what it accepts."""
+        for name, check in CHECKS.items():
+            value = getattr(self, name.lower())
+            if value is not None and not check.ok(value):
+                raise ConfigError(f"{name}={_shown(value)} ({check.accepts})")
+        self._validate_tickets()
         if self.poll_wait >= self.peer_ttl:
             raise ConfigError(
-                f"POLL_WAIT ({self.poll_wait:g}) must be below PEER_TTL ({self.peer_ttl:g}), "
+                f"POLL_WAIT={self.poll_wait:g} must be below PEER_TTL={self.peer_ttl:g}, "
                 "or a peer waiting in a poll would time out"
             )
+        if self.turn_urls and not self.turn_secret:
+            raise ConfigError(
+                f"TURN_URLS={_shown(self.turn_urls)} needs TURN_SECRET (the TURN server's static-auth-secret): "
+                "browsers refuse a TURN server without credentials"
+            )
+        if self.web_concurrency > 1 and not self.redis_url:
+            raise ConfigError(
+                f"WEB_CONCURRENCY={self.web_concurrency} needs REDIS_URL: without it every worker would keep "
+                "its own rooms in memory and peers on different workers could not see each other. "
+                "Set REDIS_URL to run several workers, or use WEB_CONCURRENCY=1"
+            )
 
+    def _validate_tickets(self) -> None:
+        """A JOIN_SECRET or JOIN_PUBLIC_KEY that could never verify a ticket is refused at start."""
+        if not (self.join_secret or self.join_public_key):
+            return
+        from .tickets import check_secret, load_public_key  # PyJWT and cryptography load only when asked for
+
+        try:
+            for secret in self.join_secret:
+                check_secret(secret)
+        except ValueError as exc:
+            raise ConfigError(f"JOIN_SECRET is not valid: {exc}") from None
+        if self.join_public_key:
+            try:
+                load_public_key(self.join_public_key)
+            except ValueError as exc:
+                raise ConfigError(f"JOIN_PUBLIC_KEY is not valid: {exc}") from None
+
+
+class Check(NamedTuple):
+    """What one setting accepts: a test of its parsed value, and those words for the error message."""
+
+    ok: Callable[[object], bool]
+    accepts: str
+
+
+def _each(ok: Callable[[str], bool]) -> Callable[[tuple[str, ...]], bool]:
+    return lambda values: all(ok(value) for value in values)
+
+
+def _is_host(value: str) -> bool:
+    """An IP address or a DNS name: what gunicorn can bind."""
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.fullmatch(value))
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+_ICE_HOST = r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+#: RFC 7064 and 7065, as RTCPeerConnection parses them: no "//", a host, an optional port (and transport)
+_STUN_URL = re.compile(f"stun:{_ICE_HOST}")
+_TURN_URL = re.compile(f"turns?:{_ICE_HOST}(\\?transport=(udp|tcp))?")
+#: an Origin header as browsers send it: scheme://host[:port], no path, no trailing slash
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: One row per setting: what it accepts. A value that does not parse gets the same message.
+CHECKS: dict[str, Check] = {
+    "PORT": Check(lambda v: 0 < v < 65536, "a port number 1-65535"),
+    "REDIS_URL": Check(lambda v: v.partition("://")[0] in REDIS_SCHEMES and "://" in v,
+                       "a URL with scheme " + ", ".join(f"{s}://" for s in REDIS_SCHEMES)),
+    "POLL_WAIT": Check(lambda v: v >= 0, "seconds >= 0, below PEER_TTL"),
+    "PEER_TTL": Check(lambda v: v > 0, "seconds > 0"),
+    "MAX_MESSAGE_BYTES": Check(lambda v: v > 0, "a whole number of bytes > 0"),
+    "MAILBOX_LIMIT": Check(lambda v: v > 0, "a whole number > 0"),
+    "ROOM_CAPACITY": Check(lambda v: v > 0, "a whole number > 0"),
+    "STUN_URLS": Check(_each(_STUN_URL.fullmatch), "comma-separated stun:host[:port] URLs"),
+    "TURN_URLS": Check(_each(_TURN_URL.fullmatch),
+                       "comma-separated turn:host[:port] or turns:host[:port] URLs, optionally ?transport=udp|tcp"),
+    "TURN_TTL": Check(lambda v: v > 0, "a whole number of seconds > 0"),
+    "ALLOWED_ORIGINS": Check(_each(lambda v: v == "*" or _ORIGIN.fullmatch(v)),
+                             "* or comma-separated origins like https://app.example (no path, no trailing /)"),
+    "REDIS_MAX_CONNECTIONS": Check(lambda v: v > 0, "a whole number > 0"),
+    "REAP_INTERVAL": Check(lambda v: v > 0, "seconds > 0"),
+    "JOINS_PER_IP_PER_MINUTE": Check(lambda v: v >= 0, "a whole number >= 0; 0 turns the limit off"),
+    "SENDS_PER_PEER_PER_SECOND": Check(lambda v: v >= 0, "a whole number >= 0; 0 turns the limit off"),
+    "PEERS_PER_IP": Check(lambda v: v >= 0, "a whole number >= 0; 0 turns the limit off"),
+    "ROOMS_PER_IP": Check(lambda v: v >= 0, "a whole number >= 0; 0 turns the limit off"),
+    "TRUSTED_PROXIES": Check(lambda v: v >= 0, "a whole number of proxies >= 0"),
+    "HOST": Check(_is_host, "an IP address or host name to listen on, like 127.0.0.1 or 0.0.0.0"),
+    "WEB_CONCURRENCY": Check(lambda v: v >= 1, "a whole number of worker processes >= 1"),
+    "WORKER_CONNECTIONS": Check(lambda v: v >= 1, "a whole number of connections per worker >= 1"),
+    "GRACEFUL_TIMEOUT": Check(lambda v: v >= 0, "a whole number of seconds >= 0"),
+    "LOG_LEVEL": Check(lambda v: v.lower() in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS)),
+}
+
+
+def _shown(value: object) -> str:
+    """A value as the environment would spell it, quoted."""
+    return repr(",".join(value) if isinstance(value, tuple) else value)
 
 def _parse(name: str, raw: str, default: object) -> object:
     """Convert one raw value to the type of its default."""
@@ -94,6 +185,7 @@ def _parse(name: str, raw: str, default: object) -> object:
             if value != value or value in (float("inf"), float("-inf")):
                 raise ValueError("not a finite number")
             return value
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+    except ValueError:
+        accepts = CHECKS[name].accepts if name in CHECKS else f"a {type(default).__name__}"
+        raise ConfigError(f"{name}={raw!r} ({accepts})") from None
     return raw

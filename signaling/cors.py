@@ -2,7 +2,11 @@
 
 One function serves both the Flask app's responses and the message
 endpoints, which answer without Flask (messages.py); flask-cors could only
-serve the first.
+serve the first. Nor could it say two things the protocol and its tests ask
+(flask-cors 6.0.5): it answers `Access-Control-Allow-Headers` with only those
+of the preflight's `Access-Control-Request-Headers` that it allows, never the
+whole list, and with one listed origin it sends no `Vary: Origin`, although
+the answer then differs by origin.
 """
 
 from __future__ import annotations
@@ -25,5 +29,5 @@ def headers(settings: Settings, origin: str | None, preflight: bool = False) -> 
     elif origin in settings.allowed_origins:
         found = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
     else:
-        found = []
+        found = [("Vary", "Origin")]  # refused, and a cache must not hand this answer to an allowed origin
     return found + PREFLIGHT if preflight else [*found, EXPOSE]

@@ -86,6 +86,31 @@ class Unauthorized(SignalingError):
     template = "missing or wrong token for peer '{peer}'"
 
 
+class TicketRequired(Unauthorized):
+    """A fresh join without a ticket while the server needs them (JOIN_SECRET or JOIN_PUBLIC_KEY set)."""
+
+    code = "ticket_required"
+    default_message = "this server admits a fresh join only with a ticket from the application"
+    template = "joining room '{room}' needs a ticket ('ticket' in the join body) from the application"
+
+
+class BadTicket(Unauthorized):
+    """A ticket that failed a check; the message names which one (PROTOCOL.md, "Join tickets")."""
+
+    code = "bad_ticket"
+    default_message = "the ticket failed a check"
+
+    @classmethod
+    def failed(cls, check: str, detail: str | None = None) -> BadTicket:
+        """The error for the named check: signature, expired, not yet valid, another room, ..."""
+        return cls(f"bad ticket: {check}" + (f" ({detail})" if detail else ""))
+
+    @classmethod
+    def used(cls) -> BadTicket:
+        """A single-use ticket's second fresh join: both backends say it so."""
+        return cls.failed("already used", "this ticket's jti admitted a join before")
+
+
 class NotFound(SignalingError):
     status, code, default_message = 404, "not_found", "no such resource"
 

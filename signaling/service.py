@@ -15,6 +15,7 @@ from .backends import Backend, create_backend
 from .config import Settings
 from .hub import Hub
 from .presence import Reaper
+from .tickets import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,13 @@ _HTTP_ERRORS: dict[int, type[errors.SignalingError]] = {
 
 @dataclasses.dataclass
 class Service:
-    """The parts one process runs: settings, backend, held polls, reaper."""
+    """The parts one process runs: settings, backend, held polls, reaper, and the join ticket check."""
 
     settings: Settings
     backend: Backend
     hub: Hub
     reaper: Reaper
+    tickets: Verifier | None  # None: tickets are off, anyone may join
 
     @staticmethod
     def of(app: Flask) -> Service:
@@ -59,12 +61,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes
     app.json.sort_keys = False
 
+    tickets = Verifier.from_settings(settings)
     hub = Hub()
     backend = create_backend(settings, hub)
     backend.start()
     reaper = Reaper(backend, settings.reap_interval)
     reaper.start()
-    service = app.extensions["signaling"] = Service(settings, backend, hub, reaper)
+    service = app.extensions["signaling"] = Service(settings, backend, hub, reaper, tickets)
 
     app.wsgi_app = MessagesApp(service, app.wsgi_app)
     if settings.trusted_proxies:

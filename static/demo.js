@@ -10,13 +10,32 @@ const peers = new Map(); // peer id -> Peer
 let session = null;
 let localStream = null;
 
-/** The room named in `#room=...`, or a fresh random one written into the address. */
-function roomFromHash() {
-  const room = new URLSearchParams(location.hash.slice(1)).get("room");
-  if (room && ID_PATTERN.test(room)) return room;
-  const fresh = randomName(10);
-  history.replaceState(null, "", `#room=${fresh}`);
-  return fresh;
+/**
+ * The room named in `#room=...` (or a fresh random one), and the join ticket of
+ * `#room=...&ticket=...`, if any. The address keeps only the room, so the link
+ * to share carries no ticket (a ticket admits its holder, not everyone).
+ */
+function fromHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const named = params.get("room");
+  const room = named && ID_PATTERN.test(named) ? named : randomName(10);
+  if (room !== named || params.has("ticket")) history.replaceState(null, "", `#room=${room}`);
+  return { room, ticket: params.get("ticket") || null };
+}
+
+/** What a person is told when the server refuses the join's ticket, or needs one. */
+function ticketProblem(error, room) {
+  if (error.code === "ticket_required") {
+    return `This server admits only peers with a join ticket from its application (JOIN_SECRET or ` +
+      `JOIN_PUBLIC_KEY is set), and this page has none. To try it: run ` +
+      `"python -m signaling.tickets --room ${room}" with the server's JOIN_SECRET, then open ` +
+      `${location.origin}${location.pathname}#room=${room}&ticket=<the ticket>`;
+  }
+  if (error.code === "bad_ticket") {
+    return `The server refused this page's join ticket: ${error.message}. A fresh join needs a new one ` +
+      `(a single-use ticket admits one join).`;
+  }
+  return null;
 }
 
 function randomName(length) {
@@ -25,22 +44,26 @@ function randomName(length) {
 }
 
 /**
- * The id and token this tab had in this room. They are taken out of
- * sessionStorage on load and put back on pagehide, so a reload keeps its id
- * while a duplicated tab (which copies sessionStorage) gets its own.
+ * The id, token and join ticket this tab had in this room. They are taken out
+ * of sessionStorage on load and put back on pagehide, so a reload keeps its id
+ * (and its ticket, which a fresh join needs again after the pagehide beacon
+ * left the room) while a duplicated tab (which copies sessionStorage) gets its own.
  */
-function takeIdentity(room) {
+function takeIdentity(room, ticket) {
   const key = `signaling-demo:${room}`;
-  const saved = JSON.parse(sessionStorage.getItem(key) ?? "null");
+  const saved = JSON.parse(sessionStorage.getItem(key) ?? "null") ?? {};
   sessionStorage.removeItem(key);
+  const kept = { ...saved, ticket: ticket ?? saved.ticket ?? null };
   addEventListener("pagehide", () => {
-    if (session) sessionStorage.setItem(key, JSON.stringify({ peerId: session.peerId, token: session.token }));
+    if (session) {
+      sessionStorage.setItem(key, JSON.stringify({ peerId: session.peerId, token: session.token, ticket: kept.ticket }));
+    }
   });
-  return saved ?? {};
+  return kept;
 }
 
 async function start() {
-  const room = roomFromHash();
+  const { room, ticket } = fromHash();
   addEventListener("hashchange", () => location.reload());
   const link = location.href;
   $("#room-name").textContent = room;
@@ -50,13 +73,16 @@ async function start() {
   setupMediaButton();
 
   const baseUrl = new URL(".", location.href).href;
-  const saved = takeIdentity(room);
+  const saved = takeIdentity(room, ticket);
   try {
     session = await join(baseUrl, room, saved);
   } catch (error) {
-    if (error.code !== "peer_id_taken") return showFatal(`Could not join room "${room}": ${error.message}`);
+    if (error.code !== "peer_id_taken") {
+      return showFatal(ticketProblem(error, room) ?? `Could not join room "${room}": ${error.message}`);
+    }
     // Our old id lives on elsewhere (another tab holds it): take a new one.
-    session = await join(baseUrl, room).catch((retry) => showFatal(`Could not join: ${retry.message}`));
+    session = await join(baseUrl, room, { ticket: saved.ticket }).catch((retry) =>
+      showFatal(ticketProblem(retry, room) ?? `Could not join: ${retry.message}`));
     if (!session) return;
   }
 
@@ -66,7 +92,9 @@ async function start() {
   session.addEventListener("state", ({ detail }) => showSessionState(detail));
   session.addEventListener("error", ({ detail }) => {
     logEntry("sys", "", "error", detail.error.message);
-    if (detail.fatal) showFatal(`Disconnected from the signaling service: ${detail.error.message}`);
+    if (detail.fatal) {
+      showFatal(ticketProblem(detail.error, room) ?? `Disconnected from the signaling service: ${detail.error.message}`);
+    }
   });
   session.addEventListener("peer-joined", ({ detail }) => {
     logEntry("in", detail.peerId, "peer-joined", "");

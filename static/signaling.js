@@ -18,6 +18,16 @@
  *                    cache), "closed"
  *   - `error`        `{error, fatal}`: a SignalingError; after a fatal one the session is closed
  *
+ * Join tickets: a server that sets JOIN_SECRET or JOIN_PUBLIC_KEY admits a
+ * fresh join only with a ticket that the application's backend issued. Pass
+ * it as `join(url, room, {ticket})`, or pass `{getTicket: async () => ticket}`,
+ * which is called before each join the session makes (the first one, and each
+ * after the server forgot this peer: `404 not_joined`), so a long-lived page
+ * keeps going with short-lived, single-use tickets (a join that resumes with
+ * the session's token leaves its ticket unused). A join refused with
+ * `ticket_required` or `bad_ticket` is not retried: the first join rejects
+ * with that code, a later one is a fatal `error` event.
+ *
  * `session.peerId` and `session.token` are this member's id and secret (keep
  * both to resume after a reload: `join(url, room, {peerId, token})`);
  * `session.resumed` is true when the join resumed a live member (200) rather
@@ -80,12 +90,15 @@ const BATCH_ITEMS = 100;
 /**
  * Joins `room` and starts polling; resolves to a Session once the server has accepted the join.
  *
- * Options: `peerId` (else the server picks one), `token` (a previous session's
- * token, to resume it after a page reload), `fetch` (a stand-in for tests),
+ * Options: `peerId` (else the server picks one, or the ticket's `sub` names
+ * it), `token` (a previous session's token, to resume it after a page
+ * reload), `ticket` (a join ticket), `getTicket` (an async function returning
+ * a fresh ticket before each join), `fetch` (a stand-in for tests),
  * `backoff` `{base, max}` in ms, `sendRetries`, `batchBytes` (set it to the
  * server's `MAX_MESSAGE_BYTES` when that is below the default 65536).
- * Rejects with a SignalingError when the join is refused (`409 peer_id_taken`,
- * `409 room_full`, …) or the service cannot be reached.
+ * Rejects with a SignalingError when the join is refused (`401 ticket_required`,
+ * `401 bad_ticket`, `409 peer_id_taken`, `409 room_full`, …) or the service
+ * cannot be reached.
  */
 export async function join(baseUrl, room, options = {}) {
   const session = new Session(baseUrl, room, options);
@@ -101,6 +114,8 @@ class Session extends EventTarget {
     this.room = room;
     this.peerId = options.peerId ?? null;
     this.token = options.token ?? null;
+    this._ticket = options.ticket ?? null;
+    this._getTicket = options.getTicket ?? null;
     this.peers = new Set();
     this.iceServers = [];
     this.state = "connecting";
@@ -169,6 +184,8 @@ class Session extends EventTarget {
     const headers = { "Content-Type": "application/json" };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     const body = this.peerId ? { peer_id: this.peerId } : {};
+    const ticket = await this._ticketForJoin();
+    if (ticket) body.ticket = ticket;
     let response;
     try {
       response = await this._fetch(this._url(`/rooms/${enc(this.room)}/peers`), {
@@ -191,6 +208,19 @@ class Session extends EventTarget {
     if (fresh) this._lastSeq = 0;
     this._setPeers(joined.peers ?? [], fresh);
     this.resumed = !fresh;
+  }
+
+  /**
+   * The ticket a join carries: a fresh one from `getTicket`, else the one given.
+   * A `getTicket` that fails is a passing failure (status 0), retried like a network error.
+   */
+  async _ticketForJoin() {
+    if (!this._getTicket) return this._ticket;
+    try {
+      return await this._getTicket();
+    } catch (error) {
+      throw new SignalingError(`getTicket failed: ${error?.message ?? error}`, { code: "ticket_unavailable" });
+    }
   }
 
   /** Makes `peers` equal `ids`; after a fresh rejoin every old peer is announced again. */
@@ -303,7 +333,10 @@ class Session extends EventTarget {
     this._cursor = Number.isInteger(cursor) ? cursor : this._lastSeq;
   }
 
-  /** Joins again with the same id and the old token: resumed (200) or fresh (201). */
+  /**
+   * Joins again with the same id and the old token: resumed (200) or fresh (201).
+   * A refusal (4xx: a ticket refused, the id taken, ...) is fatal; the rest is retried.
+   */
   async _rejoin(failures) {
     while (!this._closed && !this._suspended) {
       this._setState("rejoining");

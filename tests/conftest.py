@@ -11,7 +11,7 @@ from signaling.config import Settings
 from signaling.service import Service, create_app
 
 from .helpers import Api
-from .servers import LiveServer, RedisClusterServers, RedisServer
+from .servers import LiveServer, NginxServer, RedisClusterServers, RedisServer
 
 # Every property-based test here is reproducible (derandomized, no example database), and has no
 # deadline: its examples talk to real servers, whose timings vary.
@@ -111,3 +111,24 @@ def start_server(tmp_path):
 def live_server(start_server) -> LiveServer:
     """A gunicorn+gevent server on the memory backend."""
     return start_server()
+
+
+@pytest.fixture
+def start_behind_nginx(start_server, redis_url, tmp_path):
+    """Two instances on one Redis behind Debian's nginx with the README's configuration (docs/nginx.conf).
+
+    `start_behind_nginx(env={...}, limits=False) -> (nginx, [instance, instance])`; both instances
+    run with TRUSTED_PROXIES=1, as the configuration's header says.
+    """
+    started = []
+
+    def start(env: dict[str, str] | None = None, limits: bool = False) -> tuple[NginxServer, list[LiveServer]]:
+        env = {"REDIS_URL": redis_url, "TRUSTED_PROXIES": "1", **(env or {})}
+        instances = [start_server(env=env, limits=limits) for _ in range(2)]
+        nginx = NginxServer(tmp_path / f"nginx{len(started)}", [i.url.removeprefix("http://") for i in instances])
+        started.append(nginx)
+        return nginx.start(), instances
+
+    yield start
+    for nginx in started:
+        nginx.stop()

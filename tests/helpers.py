@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import ssl
 import threading
 import time
 import urllib.parse
@@ -46,11 +47,17 @@ class Api:
         return cls(call)
 
     @classmethod
-    def over_http(cls, base_url: str, timeout: float = 40) -> Api:
+    def over_http(cls, base_url: str, timeout: float = 40, context: ssl.SSLContext | None = None,
+                  source: str | None = None) -> Api:
+        """Plain HTTP, or HTTPS with `context` for an https URL; from the local address `source` if given."""
         parts = urllib.parse.urlsplit(base_url)
+        options = {"timeout": timeout, "source_address": (source, 0) if source else None}
 
         def call(method, path, headers, body):
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, **options)
+            else:
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, **options)
             try:
                 conn.request(method, path, body=body, headers=headers)
                 r = conn.getresponse()
@@ -72,12 +79,15 @@ class Api:
             data = data.encode()
         return self._call(method, path, headers, data)
 
-    def join(self, room: str, peer: str | None = None, token: str | None = None) -> Reply:
-        return self.request("POST", f"/rooms/{room}/peers", {} if peer is None else {"peer_id": peer}, token=token)
+    def join(self, room: str, peer: str | None = None, token: str | None = None, ticket: str | None = None) -> Reply:
+        body = {} if peer is None else {"peer_id": peer}
+        if ticket is not None:
+            body["ticket"] = ticket
+        return self.request("POST", f"/rooms/{room}/peers", body, token=token)
 
-    def peer(self, room: str, peer: str | None = None) -> Peer:
+    def peer(self, room: str, peer: str | None = None, ticket: str | None = None) -> Peer:
         """Join and return the member, failing the test unless the join succeeds."""
-        reply = self.join(room, peer)
+        reply = self.join(room, peer, ticket=ticket)
         assert reply.status == 201, (reply.status, reply.raw)
         return Peer(self, room, reply.body["peer_id"], reply.body["token"])
 

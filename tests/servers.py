@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -206,3 +208,98 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.process.returncode if self.process else None
+
+
+class NginxServer:
+    """Debian's nginx running the README's docs/nginx.conf on 127.0.0.1 and a free port, in front of `upstreams`.
+
+    The committed file is used as written; only its addresses and certificate paths are
+    replaced: the two `server …:8000;` upstream lines by `upstreams`, `listen 443` by the free
+    port, the certificate by a fresh self-signed one for 127.0.0.1 (`self.certificate`).
+    """
+
+    CONF = ROOT / "docs" / "nginx.conf"
+
+    def __init__(self, workdir: Path, upstreams: list[str]):
+        self.workdir = workdir
+        self.upstreams = upstreams
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.certificate = workdir / "cert.pem"
+        self.log = workdir / "error.log"
+        self.process: subprocess.Popen | None = None
+
+    def render(self) -> str:
+        """docs/nginx.conf with this test's addresses; each replacement must find its line."""
+        text = self.CONF.read_text()
+        upstreams = iter(self.upstreams)
+        replacements = [  # directives only, at the start of a line (comments may name them too)
+            (r"(?m)^(\s*)server \S+:8000;", lambda m: f"{m[1]}server {next(upstreams)};", len(self.upstreams)),
+            (r"(?m)^(\s*)listen 443 ", lambda m: f"{m[1]}listen 127.0.0.1:{self.port} ", 1),
+            (r"(?m)^(\s*)ssl_certificate \S+;", lambda m: f"{m[1]}ssl_certificate {self.certificate};", 1),
+            (r"(?m)^(\s*)ssl_certificate_key \S+;",
+             lambda m: f"{m[1]}ssl_certificate_key {self.workdir / 'key.pem'};", 1),
+        ]
+        for pattern, replacement, count in replacements:
+            text, found = re.subn(pattern, replacement, text)
+            assert found == count, f"docs/nginx.conf: {pattern!r} found {found} times, not {count}"
+        return text
+
+    def start(self) -> NginxServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(self.workdir / "key.pem"),
+             "-out", str(self.certificate)],
+            check=True, capture_output=True, timeout=60,
+        )
+        (self.workdir / "signaling.conf").write_text(self.render())
+        temp = "\n".join(f"    {kind}_temp_path {self.workdir / kind};"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        (self.workdir / "nginx.conf").write_text(
+            f"{'user root;' if os.geteuid() == 0 else ''}\n"
+            f"worker_processes 1;\npid {self.workdir / 'nginx.pid'};\nerror_log {self.log} info;\n"
+            f"events {{ worker_connections 1024; }}\n"
+            f"http {{\n    access_log {self.workdir / 'access.log'};\n{temp}\n"
+            f"    include {self.workdir / 'signaling.conf'};\n}}\n"
+        )
+        self.process = subprocess.Popen(
+            [nginx_binary(), "-p", str(self.workdir), "-e", str(self.log), "-c", str(self.workdir / "nginx.conf"),
+             "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        _wait_until(self._healthy, 20, f"nginx on port {self.port}", self.log)
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts this server's certificate, and only it."""
+        return ssl.create_default_context(cafile=str(self.certificate))
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"nginx exited with {self.process.returncode}\n{self.log.read_text()[-3000:]}")
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=1, context=self.ssl_context())
+        try:
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def nginx_binary() -> str:
+    """nginx on PATH, else Debian's /usr/sbin/nginx (not on a user's PATH)."""
+    found = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(found):
+        raise RuntimeError("no nginx: run `make test` (it installs Debian's nginx) or `apt-get install -y nginx`")
+    return found

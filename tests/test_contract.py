@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import time
 
@@ -351,21 +352,40 @@ def test_leave_by_delete(api):
     assert again.receive() == []  # the old mailbox is gone
 
 
-@pytest.mark.parametrize("how", ["header", "json-text-plain", "json", "form"])
+def beacon_bodies(token: str) -> dict[str, tuple[str, bytes]]:
+    """(Content-Type, body) as Chromium's `navigator.sendBeacon(url, data)` sends each kind of `data`."""
+    boundary = "----WebKitFormBoundaryq3dMfRQ8ZLvB2xTw"
+    form_data = (f'--{boundary}\r\nContent-Disposition: form-data; name="token"\r\n\r\n{token}\r\n'
+                 f"--{boundary}--\r\n")
+    return {
+        "string": ("text/plain;charset=UTF-8", f'{{"token": "{token}"}}'.encode()),
+        "URLSearchParams": ("application/x-www-form-urlencoded;charset=UTF-8", f"token={token}".encode()),
+        "FormData": (f"multipart/form-data; boundary={boundary}", form_data.encode()),
+        "json-Blob": ("application/json", json.dumps({"token": token}).encode()),
+    }
+
+
+@pytest.mark.parametrize("how", ["header", "string", "URLSearchParams", "FormData", "json-Blob"])
 def test_leave_for_send_beacon(api, how):
     alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
     path = "/rooms/r1/peers/bob/leave"
     if how == "header":
         reply = api.request("POST", path, token=bob.token)
-    elif how == "json-text-plain":
-        reply = api.request("POST", path, data=f'{{"token": "{bob.token}"}}', headers={"Content-Type": "text/plain"})
-    elif how == "json":
-        reply = api.request("POST", path, {"token": bob.token})
     else:
-        reply = api.request("POST", path, data=f"token={bob.token}",
-                            headers={"Content-Type": "application/x-www-form-urlencoded"})
-    assert reply.status == 204
+        content_type, body = beacon_bodies(bob.token)[how]
+        reply = api.request("POST", path, data=body, headers={"Content-Type": content_type})
+    assert reply.status == 204, reply.raw
     assert alice.members().body["peers"] == ["alice"]
+
+
+@pytest.mark.parametrize("how", ["string", "URLSearchParams", "FormData", "json-Blob"])
+def test_a_beacon_with_a_wrong_token_changes_nothing(api, how):
+    alice = api.peer("r1", "alice")
+    api.peer("r1", "bob")
+    content_type, body = beacon_bodies(alice.token)[how]
+    reply = api.request("POST", "/rooms/r1/peers/bob/leave", data=body, headers={"Content-Type": content_type})
+    assert reply.code == "unauthorized"
+    assert alice.members().body["peers"] == ["alice", "bob"]
 
 
 def test_leave_with_a_wrong_token_changes_nothing(api):
@@ -444,6 +464,30 @@ def test_cors_with_listed_origins(make_app):
     assert "Origin" in good.headers["vary"]
     bad = api.request("POST", "/rooms/r1/peers", {}, headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in bad.headers
+
+
+def test_a_preflight_lists_every_allowed_header_whatever_it_asks(make_app):
+    """One cached preflight covers every later request of the URL; one listed origin still varies the answer."""
+    api = Api.over_flask(make_app(allowed_origins=("https://a.example",)).test_client())
+    for origin in ("https://a.example", "https://evil.example"):
+        preflight = api.request("OPTIONS", "/rooms/r1/peers/bob/messages", headers={
+            "Origin": origin, "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status == 204
+        assert "Origin" in preflight.headers["vary"]
+    assert preflight.headers["access-control-allow-headers"] == (
+        "Authorization, Content-Type, Idempotency-Key, Last-Event-ID")
+    assert preflight.headers["access-control-max-age"] == "86400"
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_error_answers_carry_cors_headers(make_app):
+    api = Api.over_flask(make_app(allowed_origins=("https://a.example",)).test_client())
+    for method, path in [("GET", "/rooms/r1/peers"), ("GET", "/nowhere"), ("PUT", "/rooms/r1/peers")]:
+        reply = api.request(method, path, headers={"Origin": "https://a.example"})
+        assert reply.status >= 400 and reply.code
+        assert reply.headers["access-control-allow-origin"] == "https://a.example"
+        assert "x-request-id" in reply.headers["access-control-expose-headers"].lower()
 
 
 def test_errors_are_json(api):

@@ -6,6 +6,9 @@ stateful scenarios that follow the document's links (join, then poll, send,
 broadcast, list, refresh ICE servers, resume and leave with the token the
 join gave). Every response must be in the document: status, error code,
 headers, body. Runs are bounded and derandomized, so CI sees the same run.
+A second server needs join tickets: generated joins and the scenarios run
+again there, each join given a ticket minted for its room (one that
+schemathesis wrote itself stays, and must be refused cleanly).
 
 Last, request bodies no schema-driven generator writes (JSON numbers beyond a
 float, deep nesting, lone surrogates, ...) go to every operation that reads a
@@ -21,8 +24,11 @@ import hypothesis
 import pytest
 import schemathesis
 from hypothesis import HealthCheck
+from hypothesis import strategies as st
+from schemathesis.core import NOT_SET
 from schemathesis.specs.openapi.checks import ensure_resource_availability
 
+from signaling import tickets
 from signaling.api import OPENAPI
 from signaling.protocol import ID_PATTERN as ID
 
@@ -41,20 +47,22 @@ SERVER_ENV = {
     "JOINS_PER_IP_PER_MINUTE": "0", "PEERS_PER_IP": "0", "ROOMS_PER_IP": "0",
 }
 
+#: the secret of the server with join tickets on, with which the tests mint the tickets an application would
+JOIN_SECRET = "the-fuzzing-join-secret-of-32-bytes-or-more"
+
 FUZZ_SETTINGS = hypothesis.settings(max_examples=100, suppress_health_check=list(HealthCheck))
 STATEFUL_SETTINGS = hypothesis.settings(FUZZ_SETTINGS, stateful_step_count=15)
+# The scenarios again with tickets on check what tickets change (a join), not the mailboxes all over again.
+TICKET_STATEFUL_SETTINGS = hypothesis.settings(STATEFUL_SETTINGS, max_examples=40)
 
 
-# What a schema cannot say. Leaving when not a member is 204 whatever the body holds
-# (PROTOCOL.md, "Leave"), so a generated stranger's malformed beacon is rightly not refused.
-# Schema-valid input may still be refused for the state it meets: `after` beyond the seqs
+# What a schema cannot say: schema-valid input may still be refused for the state it meets: `after` beyond the seqs
 # given out (400 bad_cursor), an Idempotency-Key used with another body (422); the check
 # `refused_only_for_state` below makes sure nothing else is.
 ACCEPTED = ["2xx", "401", "404", "409", "429"]
 CONFIG = schemathesis.Config.from_dict({
     "request-timeout": 10,
     "operations": [
-        {"include-operation-id": "leaveBeacon", "checks": {"negative_data_rejection": {"enabled": False}}},
         {"include-operation-id": "poll", "checks": {"positive_data_acceptance": {
             "expected-statuses": [*ACCEPTED, "400"]}}},
         # 413: a batch larger than this server's MAILBOX_LIMIT (a setting the document cannot know)
@@ -84,9 +92,36 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def ticket_server(tmp_path_factory):
+    """The same, with join tickets on: every fresh join needs one."""
+    server = LiveServer(tmp_path_factory.mktemp("fuzz-tickets"), {**SERVER_ENV, "JOIN_SECRET": JOIN_SECRET}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def api_schema(server):
     """The document as the server serves it; the requests go to that server."""
     return schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=CONFIG)
+
+
+@pytest.fixture(scope="module")
+def ticket_api_schema(ticket_server):
+    return schemathesis.openapi.from_url(f"{ticket_server.url}/openapi.json", config=CONFIG)
+
+
+def with_ticket(case) -> None:
+    """Give a generated join the ticket the application would have minted for its room, unless it has one.
+
+    A ticket schemathesis wrote itself stays: the server must refuse it cleanly (401 bad_ticket).
+    """
+    room = (case.path_parameters or {}).get("room")
+    if case.operation.definition.raw["operationId"] != "join" or not (isinstance(room, str) and ID.fullmatch(room)):
+        return
+    if isinstance(case.body, dict) and "ticket" not in case.body:
+        case.body = {**case.body, "ticket": tickets.mint(JOIN_SECRET, room, ttl=600)}
+    elif case.body is NOT_SET:
+        case.body, case.media_type = {"ticket": tickets.mint(JOIN_SECRET, room, ttl=600)}, "application/json"
 
 
 schema = schemathesis.openapi.from_path(OPENAPI, config=CONFIG)
@@ -99,8 +134,38 @@ def test_each_operation(case, server):
     case.call_and_validate(base_url=server.url, additional_checks=[refused_only_for_state])
 
 
+beacon_schema = schemathesis.openapi.from_path(OPENAPI).include(operation_id="leaveBeacon")
+
+
+@beacon_schema.parametrize()
+@FUZZ_SETTINGS
+def test_the_beacon_leave_with_every_check(case, server):
+    """The beacon leave takes any body, as sendBeacon sends any: every built-in check, nothing configured away."""
+    case.call_and_validate(base_url=server.url)
+
+
+JOIN = schema["/rooms/{room}/peers"]["POST"]
+
+
+@hypothesis.given(case=st.one_of(JOIN.as_strategy(mode) for mode in schemathesis.GenerationMode))
+@FUZZ_SETTINGS
+def test_join_with_tickets_on(case, ticket_server):
+    """Generated joins, valid and not, to a server that needs tickets; most carry a good one."""
+    with_ticket(case)
+    case.call_and_validate(base_url=ticket_server.url, additional_checks=[refused_only_for_state])
+
+
 def test_stateful_scenarios(api_schema):
     """Join, then follow the links with the join's token; every response as documented."""
+    run_scenarios(api_schema)
+
+
+def test_stateful_scenarios_with_tickets_on(ticket_api_schema):
+    """The same scenarios on a server that needs tickets: each join carries one minted for its room."""
+    run_scenarios(ticket_api_schema, with_ticket, TICKET_STATEFUL_SETTINGS)
+
+
+def run_scenarios(api_schema, prepare_join=lambda case: None, settings=STATEFUL_SETTINGS) -> None:
     seen: collections.Counter = collections.Counter()
 
     scenarios = itertools.count()
@@ -116,6 +181,7 @@ def test_stateful_scenarios(api_schema):
             room = (case.path_parameters or {}).get("room")
             if isinstance(room, str) and ID.fullmatch(room) and not room.startswith(self.prefix):
                 case.path_parameters["room"] = (self.prefix + room)[:64]
+            prepare_join(case)
 
         def get_call_kwargs(self, case):
             # The token comes from the join through the document's links; passed on as the
@@ -137,7 +203,7 @@ def test_stateful_scenarios(api_schema):
             case.validate_response(response, additional_checks=[refused_only_for_state], excluded_checks=excluded,
                                    transport_kwargs=kwargs or None, recorder=self.recorder)
 
-    Scenarios.run(settings=STATEFUL_SETTINGS)
+    Scenarios.run(settings=settings)
     # The links carried the join's room, id and token: members got through, not only strangers.
     reached = {key for key, count in seen.items() if count}
     for outcome in [("join", 201), ("join", 200), ("send", 202), ("broadcast", 202), ("poll", 200),

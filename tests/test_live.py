@@ -162,6 +162,10 @@ def test_make_run_prints_the_url_and_serves(tmp_path):
             lines.append(process.stdout.readline())
         banner = lines[-1]
         assert f"http://localhost:{port}/" in banner and "memory" in banner, lines
+        while "Listening at:" not in lines[-1]:
+            assert len(lines) < 100, lines
+            lines.append(process.stdout.readline())
+        assert f"Listening at: http://127.0.0.1:{port} " in lines[-1], lines  # this machine only, unless HOST
         api = Api.over_http(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

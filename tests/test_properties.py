@@ -2,9 +2,10 @@
 answers like a plain Python model of PROTOCOL.md.
 
 Hypothesis drives the app through Flask's test client: peers join (fresh, resuming, with wrong or stale
-tokens), send, broadcast (with and without Idempotency-Key), poll with `after` anywhere from the
-acknowledged cursor to the last seq seen (and beyond it), list members, leave (DELETE or beacon), and time
-passes so that peers expire and are reaped. Every answer is compared with the model: nothing accepted (202)
+tokens; with join tickets on, carrying good, single-use, reused, missing or failing tickets), send,
+broadcast (with and without Idempotency-Key), poll with `after` anywhere from the acknowledged cursor to the
+last seq seen (and beyond it), list members, leave (DELETE or beacon), and time passes so that peers expire
+and are reaped. Every answer is compared with the model: nothing accepted (202)
 is lost, nothing acknowledged comes back, order per mailbox is kept, and seqs have no gaps.
 
 Time is a fake clock: the views read `time.time()` of `signaling.api` and `signaling.messages`, which the
@@ -31,6 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 import signaling.api
 import signaling.messages
+from signaling import tickets
 from signaling.config import Settings
 from signaling.service import Service, create_app
 
@@ -46,7 +48,12 @@ SETTINGS = {
     "reap_interval": 3600.0,  # the reaper thread never runs: the test reaps with its own clock
 }
 RUN = hypothesis.settings(max_examples=200, stateful_step_count=40, suppress_health_check=[HealthCheck.too_slow])
+# With tickets on, what changes is who gets in: fewer examples check that, the mailboxes having been checked above.
+TICKETS_RUN = hypothesis.settings(RUN, max_examples=100)
 EVENTS = ("peer-joined", "peer-left")
+JOIN_SECRET = "the-properties-join-secret-32-bytes-long"
+#: the tickets a join carries when tickets are on: mostly good ones, single-use ones, and each way to fail
+TICKET_KINDS = ("good", "good", "for-me", "once", "once", "reused", "none", "another-room", "another-peer", "expired")
 
 
 def envelope(sender: str, kind: str, data: Any, ts: float) -> str:
@@ -157,6 +164,7 @@ class Mailboxes(RuleBasedStateMachine):
     make_app: Any = None
     flush: Any = None
     fake_time: types.SimpleNamespace
+    mint: Any = None  # with join tickets on: mint(room, peer=None, ttl=..., once=False) -> a ticket
 
     def __init__(self):
         super().__init__()
@@ -166,6 +174,8 @@ class Mailboxes(RuleBasedStateMachine):
         self.app = self.make_app()
         self.api = Api.over_flask(self.app.test_client())
         self.model = Model(self.clock)
+        self.used_tickets: dict[str, list[str]] = collections.defaultdict(list)  # room -> single-use ones used
+        self.once: set[str] = set()  # every single-use ticket minted
 
     def teardown(self):
         Service.of(self.app).close()
@@ -219,8 +229,12 @@ class Mailboxes(RuleBasedStateMachine):
             presented = data.draw(st.sampled_from(others)) if others else None
         elif token == "stale" and model.old_tokens[room, peer_id]:
             presented = data.draw(st.sampled_from(model.old_tokens[room, peer_id]))
-        reply = self.api.join(room, peer_id, token=presented)
+        ticket, refusal = self.ticket_for(room, peer_id, data)
+        reply = self.api.join(room, peer_id, token=presented, ticket=ticket)
 
+        existing = model.peer(room, peer_id)
+        if refusal is not None and not (model.live(existing) and presented == existing.token):
+            return self.expect(reply, 401, refusal)  # not a resume: refused before anything, reaping included
         model.reap_room(room)
         members = model.rooms.get(room, {})
         existing = members.get(peer_id)
@@ -236,6 +250,8 @@ class Mailboxes(RuleBasedStateMachine):
         if len(members) >= SETTINGS["room_capacity"]:
             return self.expect(reply, 409, "room_full")
         self.expect(reply, 201)
+        if ticket in self.once:
+            self.used_tickets[room].append(ticket)
         assert reply.body["cursor"] == 0 and reply.body["token"] != presented
         assert sorted(reply.body["peers"]) == sorted(members)
         model.rooms.setdefault(room, {})[peer_id] = ModelPeer(reply.body["token"], self.clock.now, self.clock.now)
@@ -243,6 +259,26 @@ class Mailboxes(RuleBasedStateMachine):
             if other != peer_id:
                 model.push(room, other, envelope(peer_id, "peer-joined", None, model.ts()))
         return None
+
+    def ticket_for(self, room: str, peer_id: str, data) -> tuple[str | None, str | None]:
+        """(the ticket a join carries, the error code it gets unless it resumes); (None, None) with tickets off."""
+        if self.mint is None:
+            return None, None
+        kind = data.draw(st.sampled_from(TICKET_KINDS), label="ticket")
+        if kind == "reused" and self.used_tickets[room]:
+            return data.draw(st.sampled_from(self.used_tickets[room]), label="used ticket"), "bad_ticket"
+        if kind in ("once", "reused"):
+            ticket = self.mint(room, once=True)
+            self.once.add(ticket)
+            return ticket, None
+        return {
+            "good": (self.mint(room), None),
+            "for-me": (self.mint(room, peer_id), None),
+            "none": (None, "ticket_required"),
+            "another-room": (self.mint(next(r for r in ROOMS if r != room)), "bad_ticket"),
+            "another-peer": (self.mint(room, next(p for p in PEERS if p != peer_id)), "bad_ticket"),
+            "expired": (self.mint(room, ttl=-120), "bad_ticket"),
+        }[kind]
 
     @rule(kind=st.sampled_from(["offer", "note"]), payload=st.integers(0, 2),
           key=st.sampled_from([None, None, "k1", "k2"]), data=st.data())
@@ -479,18 +515,35 @@ def flush(request, backend_name):
     return request.getfixturevalue(SERVERS[backend_name]).flush
 
 
+@pytest.fixture(params=["open", "tickets"])
+def admission(request) -> str:
+    """Anyone may join ("open"), or every fresh join needs a ticket (JOIN_SECRET set)."""
+    return request.param
+
+
 @pytest.fixture
-def app_factory(request, backend_name):
+def app_factory(request, backend_name, admission):
     """Fresh apps on the test's backend, abuse limits off (the model's bursts would trip them)."""
     overrides = {**SETTINGS, **NO_LIMITS}
+    if admission == "tickets":
+        overrides["join_secret"] = (JOIN_SECRET,)
     if BACKEND_URLS[backend_name]:
         overrides["redis_url"] = request.getfixturevalue(BACKEND_URLS[backend_name])
     return lambda: create_app(dataclasses.replace(Settings(), **overrides))
 
 
-def test_mailboxes_match_the_model(app_factory, flush):
+@pytest.fixture
+def mint(admission):
+    """Mints the join tickets the machine's joins carry (None: tickets are off). They expire in real time,
+    like PyJWT's checks, not on the fake clock."""
+    if admission == "open":
+        return None
+    return lambda room, peer=None, ttl=3600, once=False: tickets.mint(JOIN_SECRET, room, peer, ttl, once)
+
+
+def test_mailboxes_match_the_model(app_factory, flush, mint):
     fake_time = types.SimpleNamespace(time=None, monotonic=signaling.api.time.monotonic)
     machine = type("Mailboxes", (Mailboxes,), {"make_app": staticmethod(app_factory), "flush": staticmethod(flush),
-                                               "fake_time": fake_time})
+                                               "fake_time": fake_time, "mint": staticmethod(mint) if mint else None})
     with mock.patch.object(signaling.api, "time", fake_time), mock.patch.object(signaling.messages, "time", fake_time):
-        hypothesis.stateful.run_state_machine_as_test(machine, settings=RUN)
+        hypothesis.stateful.run_state_machine_as_test(machine, settings=RUN if mint is None else TICKETS_RUN)

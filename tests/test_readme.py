@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
+
+from signaling.tickets import Verifier
 
 from .servers import ROOT
 
@@ -45,18 +49,54 @@ def steps(block: str) -> list[tuple[str, str | None]]:
     return result
 
 
+#: the JOIN_SECRET of the server (and the curl terminal) for the walkthrough's block about join tickets
+JOIN_SECRET = "the-readme-walkthrough-join-secret-32b"
+
+
+def run_steps(pairs: list[tuple[str, str | None]], host: str, env: dict[str, str] | None = None) -> None:
+    """Run the steps in one shell against `host`; each output must be the README's."""
+    script = "set -e\n" + "".join(f"{cmd}\necho {STEP}\n" for cmd, _ in pairs)
+    script = script.replace("localhost:8000", host).replace(".venv/bin/python", sys.executable)
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env=env or dict(os.environ))
+    assert run.returncode == 0, run.stderr
+    outputs = run.stdout.split(STEP + "\n")
+    for (command, expected), output in zip(pairs, outputs, strict=False):
+        if expected is not None:
+            assert output.strip() == expected, command
+
+
 @pytest.mark.parametrize("section", ["Walk through it with curl"])
-def test_curl_walkthrough_runs_as_written(live_server, section):
+def test_curl_walkthrough_runs_as_written(live_server, start_server, section):
     assert shutil.which("curl") and shutil.which("jq"), "the walkthrough needs curl and jq"
-    host = live_server.url.removeprefix("http://")
     for block in shell_blocks(section):
         pairs = steps(block)
         assert pairs
-        script = "set -e\n" + "".join(f"{cmd}\necho {STEP}\n" for cmd, _ in pairs)
-        script = script.replace("localhost:8000", host)
-        run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
-        outputs = run.stdout.split(STEP + "\n")
-        for (command, expected), output in zip(pairs, outputs, strict=False):
-            if expected is not None:
-                assert output.strip() == expected, command
+        env = dict(os.environ)
+        server = live_server
+        if "signaling.tickets" in block:  # the block for a server started with JOIN_SECRET
+            env["JOIN_SECRET"] = JOIN_SECRET
+            server = start_server(env={"JOIN_SECRET": JOIN_SECRET})
+        run_steps(pairs, server.url.removeprefix("http://"), env)
+
+
+def test_the_walkthrough_runs_again_after_one_stopped_halfway(live_server):
+    """A reader who stopped before the leaves and starts over, within PEER_TTL, sees the same answers."""
+    host = live_server.url.removeprefix("http://")
+    pairs = steps(shell_blocks("Walk through it with curl")[0])
+    first_leave = next(i for i, (command, _) in enumerate(pairs) if "-XDELETE" in command)
+    run_steps(pairs[:first_leave], host)
+    run_steps(pairs, host)
+    run_steps(pairs, host)
+
+
+def test_the_python_example_mints_a_ticket_the_server_takes(monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Join tickets\n", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    monkeypatch.setenv("JOIN_SECRET", JOIN_SECRET)
+    namespace: dict = {}
+    exec(example, namespace)
+    ticket = namespace["join_ticket"]("demo", "alice")
+    checked = Verifier([JOIN_SECRET]).check(ticket, "demo", None)
+    assert checked.sub == "alice" and checked.jti

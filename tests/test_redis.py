@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import jwt
 import pytest
 import redis
 
 from signaling.config import Settings
 from signaling.service import Service, create_app
+from signaling.tickets import LEEWAY
 
 from .helpers import Api, held_poll
 from .servers import RedisServer, free_port
@@ -66,6 +68,18 @@ def test_every_key_of_a_room_shares_its_hash_tag_and_has_a_ttl(instances, db):
         assert 0 < db.pttl(key) <= (600 if ":idem:" in key else 2 * 60 + 10) * 1000, key
     assert bob.leave().status == 204
     assert not [k for k in all_keys(db) if k.endswith(":bob")]
+
+
+def test_a_used_ticket_is_kept_with_its_room_until_the_ticket_would_expire(instances, db):
+    secret = "a-join-secret-of-at-least-32-bytes-0001"
+    api = instances(join_secret=(secret,), room_capacity=1, joins_per_ip_per_minute=0, peers_per_ip=0, rooms_per_ip=0)
+    exp = int(time.time()) + 120
+    api.peer("room-1", "alice", ticket=jwt.encode({"room": "room-1", "exp": exp, "jti": "once"}, secret))
+    key = "sig:{room-1}:jti:once"  # the room's hash tag: the join script checks and sets it in one step
+    assert db.get(key) == "alice"
+    assert abs(db.pexpiretime(key) - (exp + LEEWAY) * 1000) <= 1000
+    refused = api.join("room-1", "bob", ticket=jwt.encode({"room": "room-1", "exp": exp, "jti": "later"}, secret))
+    assert refused.code == "room_full" and db.exists("sig:{room-1}:jti:later") == 0  # a failed join keeps no jti
 
 
 def test_tokens_are_stored_only_hashed(instances, db):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 
+from .. import errors
 from ..config import Settings
 from ..hub import Hub
 from ..protocol import Outgoing
@@ -51,7 +52,10 @@ class Backend(ABC):
         self.hub = hub  # told when a mailbox changes or a held poll is superseded
 
     @abstractmethod
-    def join(self, room: str, peer: str, new_token: str, token: str | None, now: float) -> Joined:
+    def join(
+        self, room: str, peer: str, new_token: str, token: str | None, now: float,
+        jti: str | None = None, jti_until: float = 0.0, refusal: errors.SignalingError | None = None,
+    ) -> Joined:
         """Add `peer` with `new_token`, or resume it when `token` is its own.
 
         Removes the room's expired peers first (with `peer-left` timeout
@@ -59,6 +63,17 @@ class Backend(ABC):
         puts `peer-joined` in every other member's mailbox. Raises
         `PeerIdTaken` for a live id whose token is not presented, `RoomFull`
         at `room_capacity`.
+
+        Join tickets (the view has checked the ticket's signature and claims):
+        `refusal` is the error of a join whose ticket was missing or bad; only
+        a resume may then succeed, and anything else raises `refusal` before
+        any other check. `jti` is the single-use id of the ticket that passed,
+        kept with the room's state until `jti_until` (the ticket's `exp` plus
+        the leeway, Unix seconds): a fresh join whose `jti` is kept raises
+        `BadTicket` (already used); one that succeeds keeps it, in the same
+        atomic step, so of two joins with one ticket exactly one succeeds. A
+        resume neither needs nor uses the jti. A join that fails changes
+        nothing: no member, no event, no jti kept.
         """
 
     @abstractmethod

@@ -44,6 +44,7 @@ class MemoryBackend(Backend):
         self._receipts: dict[tuple, _Receipt] = {}
         self._windows: dict[tuple, tuple[int, float]] = {}  # rate key -> (count, window end)
         self._leases: dict[str, dict[tuple[str, str], float]] = {}  # ip -> (room, peer) -> expiry
+        self._used_tickets: dict[tuple[str, str], float] = {}  # (room, jti) -> until when it is kept
 
     # -- helpers; callers hold the lock
 
@@ -141,8 +142,14 @@ class MemoryBackend(Backend):
         with self._lock:
             self._leases.get(client_ip, {}).pop((room, peer), None)
 
-    def join(self, room, peer, new_token, token, now):
+    def join(self, room, peer, new_token, token, now, jti=None, jti_until=0.0, refusal=None):
         with self._lock:
+            existing = self._rooms.get(room, {}).get(peer)
+            if not (self._live(existing, now) and same_hash(existing.token_hash, token)):  # not a resume
+                if refusal is not None:
+                    raise refusal
+                if jti is not None and self._used_tickets.get((room, jti), 0) > now:
+                    raise errors.BadTicket.used()
             self._reap_room(room, now)
             members = self._rooms.get(room, {})
             existing = members.get(peer)
@@ -156,6 +163,8 @@ class MemoryBackend(Backend):
                 raise errors.RoomFull.about(room=room, settings=self.settings)
             others = list(members)
             self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(new_token), now, now)
+            if jti is not None:
+                self._used_tickets[(room, jti)] = jti_until
             self._announce(room, peer, "peer-joined", None, now)
             return Joined(created=True, peers=others, cursor=0)
 
@@ -245,6 +254,8 @@ class MemoryBackend(Backend):
                 del self._receipts[key]
             for key in [k for k, (_, ends) in self._windows.items() if ends <= now]:
                 del self._windows[key]
+            for key in [k for k, until in self._used_tickets.items() if until <= now]:
+                del self._used_tickets[key]
             for ip in list(self._leases):
                 self._leases[ip] = {p: end for p, end in self._leases[ip].items() if end > now}
                 if not self._leases[ip]:

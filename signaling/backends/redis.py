@@ -7,6 +7,7 @@ lives on one Redis Cluster shard and a script may touch all of its keys:
     sig:{room}:peer:<id>          hash  token (sha256), since (join time), seq, acked, events, holder
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
     sig:{room}:idem:<from>@<since>:<to>@<since>:<key>   string  "<digest> <answer>", 10 minutes
+    sig:{room}:jti:<jti>          string  the peer a single-use join ticket admitted, until its exp (+ leeway)
 
     sig:{room}:rate:<id>          string  sends in the current second
 
@@ -47,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import secrets
 import threading
 import time
@@ -214,16 +216,27 @@ end
 
 JOIN = r"""
 -- Add a peer, or resume it when the presented token is its own; reaps the room's expired peers first.
+-- One script, so no other request comes between its checks and its writes: of two joins with one
+-- single-use ticket only one finds its jti unused, and a refused join leaves nothing behind.
 -- KEYS[1]  sig:{room}:members
 -- ARGV     peer, new token's hash, presented token's hash ('' for none), now, peer ttl, room capacity,
---          peer-joined tail, peer-left (timeout) tail's halves before and after the id
+--          peer-joined tail, peer-left (timeout) tail's halves before and after the id,
+--          the code to refuse a fresh join with ('' when it may be fresh: tickets off, or its ticket passed),
+--          the ticket's jti ('' for none; kept at sig:{room}:jti:<jti> once it admitted a join),
+--          until when that jti is kept (unix ms: the ticket's exp plus the leeway)
 -- returns  {'created' | 'resumed', cursor, other ids...} | {'err', code}
 local id, new_hash, given = ARGV[1], ARGV[2], ARGV[3]
-local now, ttl, capacity = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local since, now, ttl, capacity = ARGV[4], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local joined_tail, left_before, left_after = ARGV[7], ARGV[8], ARGV[9]
+local refused, jti, jti_until = ARGV[10], ARGV[11], ARGV[12]
 
-reap_room(now, ttl, left_before, left_after)
 local pk = peer_key(id)
+local jti_key = prefix .. 'jti:' .. jti
+if not (is_live(id, now, ttl) and same(redis.call('HGET', pk, 'token'), given)) then  -- not a resume
+  if refused ~= '' then return {'err', refused} end
+  if jti ~= '' and redis.call('EXISTS', jti_key) == 1 then return {'err', 'bad_ticket'} end
+end
+reap_room(now, ttl, left_before, left_after)
 if redis.call('ZSCORE', members, id) then
   if not same(redis.call('HGET', pk, 'token'), given) then return {'err', 'peer_id_taken'} end
   touch(id, now, ttl)
@@ -233,9 +246,10 @@ end
 if redis.call('ZCARD', members) >= capacity then return {'err', 'room_full'} end
 local others = others_of(id)
 redis.call('DEL', pk, mbox_key(id))
-redis.call('HSET', pk, 'token', new_hash, 'since', ARGV[4], 'seq', 0, 'acked', 0, 'events', 0)
+redis.call('HSET', pk, 'token', new_hash, 'since', since, 'seq', 0, 'acked', 0, 'events', 0)
 touch(id, now, ttl)
 for _, m in ipairs(others) do push(m, {joined_tail}, true, ttl) end
+if jti ~= '' then redis.call('SET', jti_key, id, 'PXAT', jti_until) end
 return {'created', '0', unpack(others)}
 """
 
@@ -591,14 +605,19 @@ class RedisBackend(Backend):
         with _reachable():
             self.client.zrem(ip_keys(client_ip)[1], f"{room} {peer}")
 
-    def join(self, room, peer, new_token, token, now):
+    def join(self, room, peer, new_token, token, now, jti=None, jti_until=0.0, refusal=None):
         before, after = _halves(envelope_tail("@", "peer-left", {"reason": "timeout"}, now))
-        status, cursor, *others = self._run(
-            "join", room,
-            [peer, hash_token(new_token), _hashed(token), repr(now), repr(self.settings.peer_ttl),
-             self.settings.room_capacity, envelope_tail(peer, "peer-joined", None, now), before, after],
-            self._schedule_reap(room, now), peer=peer,
-        )
+        try:
+            status, cursor, *others = self._run(
+                "join", room,
+                [peer, hash_token(new_token), _hashed(token), repr(now), repr(self.settings.peer_ttl),
+                 self.settings.room_capacity, envelope_tail(peer, "peer-joined", None, now), before, after,
+                 refusal.code if refusal else "", jti or "", math.ceil(jti_until * 1000) if jti else 0],
+                self._schedule_reap(room, now), peer=peer,
+            )
+        except (errors.TicketRequired, errors.BadTicket):
+            # the script names the code; which check failed, the view's refusal says, or the jti was used
+            raise (refusal or errors.BadTicket.used()) from None
         return Joined(created=status == "created", peers=others, cursor=int(cursor))
 
     def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None):

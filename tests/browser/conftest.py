@@ -145,23 +145,26 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def open_demo(request, browser):
-    """Open the demo in a fresh browser context: `open_demo(server_url, room) -> Demo`.
+    """Open the demo in a fresh browser context: `open_demo(server_url, room, ticket=None, **context_options)`.
 
-    Fails the test on any uncaught error in a page.
+    With `connected=False` the tab is not expected to join. Fails the test on
+    any uncaught error in a page.
     """
     contexts = []
     errors: list[str] = []
     request.node.demo_tabs = []
 
-    def open_(server_url: str, room: str) -> Demo:
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
+    def open_(server_url: str, room: str, ticket: str | None = None, connected: bool = True,
+              **context_options) -> Demo:
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, **context_options)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.on("pageerror", lambda error: errors.append(f"{page.url}: {error}"))
-        page.goto(f"{server_url}/#room={room}")
+        page.goto(f"{server_url}/#room={room}" + (f"&ticket={ticket}" if ticket else ""))
         tab = Demo(page)
-        tab.expect_session("connected")
+        if connected:
+            tab.expect_session("connected")
         request.node.demo_tabs.append(tab)
         return tab
 

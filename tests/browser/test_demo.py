@@ -5,9 +5,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from signaling.tickets import mint
+
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo.png"
+JOIN_SECRET = "the-browser-tests-join-secret-32-bytes+"
 
 
 def test_two_pages_chat_then_video(live_server, open_demo, room):
@@ -112,3 +115,32 @@ def test_pages_rejoin_after_a_server_restart(live_server, open_demo, room):
     alice.expect_linked(bob)
     alice.say("still here")
     bob.expect_chat(alice, "still here")
+
+
+def test_with_tickets_on_the_page_says_it_needs_one_and_joins_with_one_from_its_address(start_server, open_demo,
+                                                                                      room):
+    server = start_server(env={"JOIN_SECRET": JOIN_SECRET})
+    stranger = open_demo(server.url, room, connected=False)
+    stranger.expect_session("closed")
+    banner = stranger.page.locator("#banner")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("join ticket")
+    expect(banner).to_contain_text(f"python -m signaling.tickets --room {room}")
+    refused = open_demo(server.url, room, ticket=mint(JOIN_SECRET, "another-room"), connected=False)
+    expect(refused.page.locator("#banner")).to_contain_text("refused this page's join ticket: bad ticket: another room")
+
+    alice = open_demo(server.url, room, ticket=mint(JOIN_SECRET, room, "alice"))
+    bob = open_demo(server.url, room, ticket=mint(JOIN_SECRET, room, once=True))
+    assert alice.peer_id == "alice"
+    assert "ticket" not in alice.page.url and alice.page.locator("#room-link").input_value().endswith(f"#room={room}")
+    alice.expect_linked(bob)
+
+    # The beacon of a reload leaves the room; the page joins afresh with the ticket it kept.
+    alice.page.reload()
+    alice.expect_session("connected")
+    assert alice.peer_id == "alice"
+    alice.expect_linked(bob)
+    # Bob's ticket was single-use: after his reload the page says so instead of failing silently.
+    bob.page.reload()
+    bob.expect_session("closed")
+    expect(bob.page.locator("#banner")).to_contain_text("bad ticket: already used")

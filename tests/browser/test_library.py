@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from signaling.tickets import mint
+
 pytestmark = pytest.mark.browser
 
 EXAMPLE = Path(__file__).with_name("example.html")
@@ -57,6 +59,38 @@ def test_readme_example_opens_a_data_channel_cross_origin(browser, example_origi
     finally:
         for context in contexts:
             context.close()
+
+
+def test_get_ticket_gets_a_fresh_single_use_ticket_when_a_restarted_server_forgot_the_page(browser, start_server,
+                                                                                         room):
+    secret = "the-library-tests-join-secret-32-bytes"
+    server = start_server(env={"JOIN_SECRET": secret})
+    minted: list[str] = []
+
+    def mint_ticket() -> str:  # the application's backend: short-lived, single-use tickets for this peer
+        minted.append(mint(secret, room, "alice", ttl=30, once=True))
+        return minted[-1]
+
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.expose_function("mintTicket", mint_ticket)
+        page.goto(f"{server.url}/healthz")  # any page of the service's origin
+        page.evaluate("""async (room) => {
+            const { join } = await import("/static/signaling.js");
+            window.states = [];
+            window.session = await join(location.origin, room, { getTicket: () => window.mintTicket() });
+            session.addEventListener("state", (event) => states.push(event.detail.state));
+        }""", room)
+        assert page.evaluate("session.peerId") == "alice" and len(minted) == 1
+
+        server.stop()
+        server.start()  # the same port, an empty memory: the next poll is 404 not_joined
+        page.wait_for_function("states.includes('rejoining') && session.state === 'connected'", timeout=30_000)
+        assert len(minted) == 2 and page.evaluate("session.peerId") == "alice"
+        assert page.evaluate("session.resumed") is False
+    finally:
+        context.close()
 
 
 # The example keeps its session in a module's const; a test that drives it needs a handle. The

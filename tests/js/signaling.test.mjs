@@ -333,6 +333,69 @@ describe("poll loop", () => {
   });
 });
 
+describe("join tickets", () => {
+  test("a ticket goes in the join body", async () => {
+    service.on(JOIN, json(201, joined()));
+    await start({ ticket: "jwt-1" });
+    assert.deepEqual(service.to(JOIN)[0].body, { peer_id: "alice", ticket: "jwt-1" });
+  });
+
+  test("getTicket is asked for every fresh join: the first, and after the server forgot the peer", async () => {
+    let minted = 0;
+    const getTicket = async () => `jwt-${++minted}`;
+    service.on(JOIN, json(201, joined()), json(201, joined({ token: "tok-2" })));
+    service.on(POLL, failure(404, "not_joined"));
+    const session = await start({ getTicket });
+    assert.equal(minted, 1);
+
+    await service.waitFor(POLL, 2);
+    assert.deepEqual(service.to(JOIN).map((r) => r.body.ticket), ["jwt-1", "jwt-2"]);
+    assert.equal(session.token, "tok-2");
+    assert.equal(minted, 2);
+  });
+
+  for (const code of ["ticket_required", "bad_ticket"]) {
+    test(`${code} on the first join rejects with the code, and is not retried`, async () => {
+      service.on(JOIN, failure(401, code));
+      await assert.rejects(start({ ticket: "jwt" }), (error) => error.code === code && error.status === 401);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.equal(service.to(JOIN).length, 1);
+    });
+
+    test(`${code} on a rejoin is a fatal error event: closed, no retry loop`, async () => {
+      service.on(JOIN, json(201, joined()), failure(401, code));
+      service.on(POLL, failure(404, "not_joined"));
+      const session = await start({ getTicket: async () => "jwt" });
+      const seen = record(session, "error", "state");
+
+      await service.waitFor(JOIN, 2);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      assert.equal(service.to(JOIN).length, 2);
+      assert.equal(service.to(POLL).length, 1);
+      assert.equal(session.state, "closed");
+      assert.deepEqual(seen.filter(([t]) => t === "error").map(([, d]) => [d.error.code, d.fatal]), [[code, true]]);
+    });
+  }
+
+  test("a getTicket that fails on a rejoin is retried with backoff, not fatal", async () => {
+    let calls = 0;
+    const getTicket = async () => {
+      calls += 1;
+      if (calls === 2) throw new Error("backend down");
+      return `jwt-${calls}`;
+    };
+    service.on(JOIN, json(201, joined()), json(201, joined()));
+    service.on(POLL, failure(404, "not_joined"));
+    const session = await start({ getTicket });
+    const seen = record(session, "error");
+
+    await service.waitFor(POLL, 2);
+    assert.deepEqual(service.to(JOIN).map((r) => r.body.ticket), ["jwt-1", "jwt-3"]);
+    assert.deepEqual(seen.map(([, d]) => [d.error.code, d.fatal]), [["ticket_unavailable", false]]);
+    assert.equal(session.state, "connected");
+  });
+});
+
 describe("leave", () => {
   test("deletes the peer with its token, aborts the held poll and polls no more", async () => {
     service.on(JOIN, json(201, joined()));

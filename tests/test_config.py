@@ -1,0 +1,139 @@
+"""Every setting is checked at start-up: a bad one stops the start with one line naming it and what it accepts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from signaling.config import CHECKS, ConfigError, Settings
+
+from .servers import ROOT
+
+#: (environment, the variable the message must name, words of what it accepts)
+BAD = {
+    "port-word": ({"PORT": "http"}, "PORT", "1-65535"),
+    "port-range": ({"PORT": "70000"}, "PORT", "1-65535"),
+    "redis-http": ({"REDIS_URL": "http://x"}, "REDIS_URL", "rediss+cluster://"),
+    "redis-bare-host": ({"REDIS_URL": "localhost:6379"}, "REDIS_URL", "unix://"),
+    "poll-wait-word": ({"POLL_WAIT": "soon"}, "POLL_WAIT", "seconds"),
+    "poll-wait-nan": ({"POLL_WAIT": "nan"}, "POLL_WAIT", "seconds"),
+    "poll-wait-over-ttl": ({"POLL_WAIT": "90"}, "POLL_WAIT", "below PEER_TTL"),
+    "peer-ttl-zero": ({"PEER_TTL": "0"}, "PEER_TTL", "> 0"),
+    "max-message-bytes": ({"MAX_MESSAGE_BYTES": "64k"}, "MAX_MESSAGE_BYTES", "bytes"),
+    "mailbox-limit": ({"MAILBOX_LIMIT": "-1"}, "MAILBOX_LIMIT", "> 0"),
+    "room-capacity": ({"ROOM_CAPACITY": "0"}, "ROOM_CAPACITY", "> 0"),
+    "stun-http": ({"STUN_URLS": "http://x"}, "STUN_URLS", "stun:host"),
+    "stun-slashes": ({"STUN_URLS": "stun:ok.example,stun://x.example"}, "STUN_URLS", "stun:host"),
+    "stun-as-turn": ({"STUN_URLS": "turn:x.example"}, "STUN_URLS", "stun:host"),
+    "turn-http": ({"TURN_URLS": "http://x", "TURN_SECRET": "s"}, "TURN_URLS", "turns:host"),
+    "turn-transport": ({"TURN_URLS": "turn:x.example?transport=sctp", "TURN_SECRET": "s"}, "TURN_URLS", "transport"),
+    "turn-without-secret": ({"TURN_URLS": "turn:x.example:3478"}, "TURN_URLS", "TURN_SECRET"),
+    "turn-ttl": ({"TURN_TTL": "1d"}, "TURN_TTL", "seconds"),
+    "origin-word": ({"ALLOWED_ORIGINS": "notanorigin"}, "ALLOWED_ORIGINS", "https://app.example"),
+    "origin-trailing-slash": ({"ALLOWED_ORIGINS": "https://app.example/"}, "ALLOWED_ORIGINS", "trailing /"),
+    "redis-max-connections": ({"REDIS_MAX_CONNECTIONS": "0"}, "REDIS_MAX_CONNECTIONS", "> 0"),
+    "reap-interval": ({"REAP_INTERVAL": "0"}, "REAP_INTERVAL", "> 0"),
+    "joins-per-ip": ({"JOINS_PER_IP_PER_MINUTE": "-5"}, "JOINS_PER_IP_PER_MINUTE", "0 turns"),
+    "sends-per-peer": ({"SENDS_PER_PEER_PER_SECOND": "many"}, "SENDS_PER_PEER_PER_SECOND", "0 turns"),
+    "peers-per-ip": ({"PEERS_PER_IP": "1.5"}, "PEERS_PER_IP", "whole number"),
+    "rooms-per-ip": ({"ROOMS_PER_IP": "-1"}, "ROOMS_PER_IP", "0 turns"),
+    "trusted-proxies": ({"TRUSTED_PROXIES": "yes"}, "TRUSTED_PROXIES", "proxies"),
+    "host-url": ({"HOST": "http://0.0.0.0"}, "HOST", "IP address"),
+    "host-with-port": ({"HOST": "127.0.0.1:80"}, "HOST", "IP address"),
+    "web-concurrency-word": ({"WEB_CONCURRENCY": "two"}, "WEB_CONCURRENCY", ">= 1"),
+    "web-concurrency-zero": ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY", ">= 1"),
+    "web-concurrency-memory": ({"WEB_CONCURRENCY": "2"}, "WEB_CONCURRENCY", "REDIS_URL"),
+    "worker-connections": ({"WORKER_CONNECTIONS": "lots"}, "WORKER_CONNECTIONS", ">= 1"),
+    "graceful-timeout": ({"GRACEFUL_TIMEOUT": "-1"}, "GRACEFUL_TIMEOUT", ">= 0"),
+    "log-level": ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug, info"),
+}
+
+
+@pytest.mark.parametrize("env, name, accepts", BAD.values(), ids=BAD.keys())
+def test_a_bad_setting_is_refused_naming_it(env, name, accepts):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env(env)
+    message = str(refused.value)
+    assert message.startswith(f"{name}="), message
+    assert accepts in message
+    assert "\n" not in message
+
+
+def test_every_setting_has_a_check_and_a_bad_value_in_the_table():
+    named = {field.name.upper() for field in Settings.__dataclass_fields__.values()}
+    # any string is a TURN secret; the join ticket keys are checked by Settings._validate_tickets (test_tickets)
+    unchecked = {"TURN_SECRET", "JOIN_SECRET", "JOIN_PUBLIC_KEY"}
+    assert named - unchecked == set(CHECKS)
+    assert set(CHECKS) - {name for _, name, _ in BAD.values()} == set(), "a check without a bad value tested"
+
+
+GOOD = {
+    "defaults": {},
+    "redis": {"REDIS_URL": "redis://localhost:6379/0", "WEB_CONCURRENCY": "4"},
+    "every-redis-scheme": {"REDIS_URL": "rediss+cluster://:pw@10.0.0.1:6379"},
+    "unix-socket": {"REDIS_URL": "unix:///run/redis.sock"},
+    "ice": {"STUN_URLS": "stun:stun.example.org:3478, stun:[2001:db8::1]",
+            "TURN_URLS": "turn:turn.example.org:3478?transport=udp,turns:turn.example.org:443?transport=tcp",
+            "TURN_SECRET": "s3cret"},
+    "origins": {"ALLOWED_ORIGINS": "https://a.example, http://localhost:3000, capacitor://localhost"},
+    "host": {"HOST": "::", "LOG_LEVEL": "DEBUG"},
+    "host-name": {"HOST": "localhost"},
+}
+
+
+@pytest.mark.parametrize("env", GOOD.values(), ids=GOOD.keys())
+def test_good_settings_pass(env):
+    Settings.from_env(env)
+
+
+def procfile_command() -> list[str]:
+    """The Procfile's `web:` command, run with this interpreter."""
+    (line,) = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")]
+    command = line.removeprefix("web:").split()
+    assert command[0] == "python"
+    return [sys.executable, *command[1:]]
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """The service as the Procfile starts it, with this environment (and none of the caller's settings)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "HOST", "PORT", "WEB_CONCURRENCY")}
+    return subprocess.run([*procfile_command(), *args], cwd=ROOT, env={**environ, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("env", [{"REDIS_URL": "http://x"}, {"WEB_CONCURRENCY": "two"}, {"LOG_LEVEL": "loud"},
+                                 {"TURN_URLS": "turn:x.example"}, {"ALLOWED_ORIGINS": "notanorigin"}],
+                         ids=["redis-url", "workers", "log-level", "turn", "origins"])
+def test_a_bad_setting_stops_the_start_with_one_line_and_no_traceback(env):
+    (name,) = env
+    run = start(env)
+    assert run.returncode != 0
+    assert run.stdout == ""
+    assert run.stderr.startswith(f"signaling: bad configuration: {name}="), run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+def test_gunicorn_takes_every_value_from_the_settings():
+    run = start({"HOST": "127.0.0.1", "PORT": "8123", "WORKER_CONNECTIONS": "77", "GRACEFUL_TIMEOUT": "3",
+                 "LOG_LEVEL": "WARNING"}, "--print-config")
+    assert run.returncode == 0, run.stderr
+    config = print_config(run.stdout)
+    assert config["bind"] == "['127.0.0.1:8123']"
+    assert (config["workers"], config["worker_connections"], config["graceful_timeout"]) == ("1", "77", "3")
+    assert config["loglevel"] == "warning"
+
+
+def print_config(text: str) -> dict[str, str]:
+    """gunicorn's `--print-config` lines, `name    = value`."""
+    return {name.strip(): value.strip() for name, _, value in (line.partition("=") for line in text.splitlines())}
+
+
+def test_the_procfile_listens_on_every_interface_of_the_platforms_port():
+    """A platform sets PORT and routes to it from outside: the Procfile binds 0.0.0.0 (checked, not bound)."""
+    run = start({"PORT": "5123"}, "--print-config")
+    assert run.returncode == 0, run.stderr
+    assert print_config(run.stdout)["bind"] == "['0.0.0.0:5123']"
+
