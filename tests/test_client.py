@@ -672,3 +672,32 @@ def test_against_a_server_that_takes_no_batches_sends_go_one_by_one():
     assert [body["data"] for body in stored] == list(range(8))
     sends = [body for method, path, _, body in server.requests if method == "POST" and "/messages" in path]
     assert ["messages" in body for body in sends] == [True] + [False] * 8  # one batch tried, then none
+
+
+def test_join_tickets_against_the_real_server(start_server):
+    """JOIN_SECRET on: the client's tickets admit it, a rejoin after a restart fetches a new one, none is fatal."""
+    import jwt
+
+    secret = "s" * 32
+    server = start_server(env={"JOIN_SECRET": secret})
+    r = room()
+    fetched = []
+
+    def get_ticket():
+        fetched.append(jwt.encode({"room": r, "sub": "alice", "exp": int(time.time()) + 60, "jti": uuid.uuid4().hex},
+                                  secret, algorithm="HS256"))
+        return fetched[-1]
+
+    async def scenario():
+        with pytest.raises(SignalingError) as refused:
+            await join(server.url, r, peer_id="alice")
+        assert refused.value.code == "ticket_required"
+        async with await join(server.url, r, peer_id="alice", get_ticket=get_ticket, **FAST) as alice:
+            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(server.start)  # memory forgotten: a fresh join, which needs a new ticket
+            while len(fetched) < 2 or alice.state != "connected":
+                await asyncio.sleep(0.05)
+            assert await alice.send("alice", "note", "me again") == 1
+
+    run(scenario())
+    assert len(set(fetched)) == 2  # single-use tickets (jti): each fresh join had its own
