@@ -29,7 +29,7 @@ run: $(BIN)/gunicorn  ## start the service on $PORT (memory backend unless REDIS
 test: $(VENV)/.dev  ## run every test: contract on both backends, live server, browser, client
 	@.ci/system-packages
 	$(BIN)/python -m pytest
-	@if [ -d tests/js ]; then node --test tests/js/; fi
+	@if [ -d tests/js ]; then node --test --test-timeout=60000 tests/js/; fi
 
 bench: $(VENV)/.dev  ## benchmark the floor, held polls, ping-pong, throughput (two clients), call set-ups (QUICK=1: < 90 s; WRITE=docs/benchmarks.md)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(if $(WRITE),--write $(WRITE)) $(BENCH_ARGS)

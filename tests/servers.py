@@ -66,6 +66,17 @@ def _wait_until(check, timeout: float, what: str, log: Path | None = None) -> No
     raise RuntimeError(f"{what} did not come up within {timeout}s\n{tail}")
 
 
+def stop_process(process: subprocess.Popen | None, grace: float, kill) -> None:
+    """SIGTERM, and `kill()` (which must reap it) if the process is still there after `grace` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        kill()
+        process.wait()
+
 class RedisServer:
     """A redis-server on 127.0.0.1 and a free port, without persistence."""
 
@@ -101,13 +112,7 @@ class RedisServer:
             client.flushall()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 5, lambda: self.process.kill())
 
 
 class RedisClusterServers:
@@ -201,12 +206,7 @@ class LiveServer:
             self.process.wait()
 
     def stop(self, timeout: float = 15) -> int | None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.process, timeout, self.kill)
         return self.process.returncode if self.process else None
 
 
@@ -288,13 +288,7 @@ class NginxServer:
             conn.close()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process(self.process, 10, lambda: os.killpg(self.process.pid, signal.SIGKILL))
 
 
 def nginx_binary() -> str:
