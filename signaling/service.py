@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from pathlib import Path
 
@@ -126,6 +127,9 @@ def _install_body_limit(app: Flask, settings: Settings) -> None:
     @app.before_request
     def read_body():
         g.body = protocol.read_body(request.environ, settings.max_message_bytes)
+        # what was read stays readable: Flask's form parser reads a FormData beacon from here
+        request.environ["wsgi.input"] = io.BytesIO(g.body)
+        request.environ["CONTENT_LENGTH"] = str(len(g.body))
 
 
 def _error_response(error: errors.SignalingError) -> Response:
