@@ -10,7 +10,8 @@ reading a request: a client that sends half a request keeps its connection,
 and a place among `worker_connections`, for 75 s. Here a request must arrive
 whole, headers and body, within REQUEST_READ_TIMEOUT of its first byte (of
 the connection's opening, for the first request), or it is answered 408 and
-the connection closed. Waiting for the next request on a kept-alive
+the connection closed. The clock counts the client's time only: what has
+arrived while the worker was busy elsewhere is read, however late. Waiting for the next request on a kept-alive
 connection is still `keepalive`'s; a held poll reads nothing while it is
 held, so no clock runs on it.
 """
@@ -133,11 +134,17 @@ class RequestClock:
             raise errors.RequestTimeout.about(seconds=self._read_timeout) from None
 
     def _recv(self, size: int, timeout: float) -> bytes:
-        if timeout <= 0:
-            raise TimeoutError
-        self._sock.settimeout(timeout)
+        """Read, waiting at most `timeout` seconds for the client.
+
+        Past the deadline the read still takes what has arrived: the clock is
+        on the client, and bytes that wait in the socket because the worker was
+        busy were sent in time.
+        """
+        self._sock.settimeout(max(timeout, 0.0))
         try:
             return self._sock.recv(size)
+        except BlockingIOError:  # nothing has arrived, and no time is left to wait for it
+            raise TimeoutError from None
         finally:
             self._sock.settimeout(None)
 

@@ -12,6 +12,9 @@ import time
 
 import pytest
 
+from signaling import errors
+from signaling.worker import RequestClock
+
 from .conftest import NO_LIMITS
 from .helpers import Api, Peer, Reply, held_poll
 from .servers import LiveServer
@@ -399,3 +402,15 @@ def test_stalled_connections_neither_block_others_nor_outlive_the_timeout(slow):
             sock.close()
     assert_still_answers(slow)
 
+
+
+def test_a_request_that_waited_in_the_socket_for_a_busy_worker_is_still_read():
+    """The clock is the client's: bytes that arrived in time are read even when the worker gets to them late."""
+    server, client = socket.socketpair()
+    with server, client:
+        clock = RequestClock(server, read_timeout=0.2, keepalive=5)
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.4)  # the worker was busy elsewhere, past the deadline
+        assert clock.recv(1024) == b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        with pytest.raises(errors.RequestTimeout):
+            clock.recv(1024)  # nothing more has arrived, and the deadline is past
