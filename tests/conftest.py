@@ -88,6 +88,14 @@ def api(app) -> Api:
 
 
 @pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of this test's own, which it may stop and start again on the same port."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def start_server(tmp_path):
     """Start gunicorn servers: `start_server(env={...}, workers=1)`; all stopped after the test.
 

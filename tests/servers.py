@@ -66,6 +66,19 @@ def _wait_until(check, timeout: float, what: str, log: Path | None = None) -> No
     raise RuntimeError(f"{what} did not come up within {timeout}s\n{tail}")
 
 
+def answers_healthz(process: subprocess.Popen, name: str, log: Path, conn: http.client.HTTPConnection) -> bool:
+    """Whether the server behind `conn` answers /healthz with 200; a server that exited fails the test."""
+    if process.poll() is not None:
+        raise RuntimeError(f"{name} exited with {process.returncode}\n{log.read_text()[-3000:]}")
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 def stop_process(process: subprocess.Popen | None, grace: float, kill) -> None:
     """SIGTERM, and `kill()` (which must reap it) if the process is still there after `grace` seconds."""
     if process is None or process.poll() is not None:
@@ -184,16 +197,8 @@ class LiveServer:
         return self
 
     def _healthy(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {self.process.returncode}\n{self.log.read_text()[-3000:]}")
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-        try:
-            conn.request("GET", "/healthz")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
+        return answers_healthz(self.process, "gunicorn", self.log, conn)
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
@@ -276,16 +281,8 @@ class NginxServer:
         return ssl.create_default_context(cafile=str(self.certificate))
 
     def _healthy(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"nginx exited with {self.process.returncode}\n{self.log.read_text()[-3000:]}")
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=1, context=self.ssl_context())
-        try:
-            conn.request("GET", "/healthz")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
+        return answers_healthz(self.process, "nginx", self.log, conn)
 
     def stop(self) -> None:
         stop_process(self.process, 10, lambda: os.killpg(self.process.pid, signal.SIGKILL))

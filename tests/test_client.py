@@ -24,7 +24,7 @@ import redis
 from signaling.client import Session, SignalingError, join
 
 from .helpers import Api
-from .servers import ROOT, LiveServer, RedisServer
+from .servers import ROOT, LiveServer
 
 pytestmark = pytest.mark.live
 
@@ -211,14 +211,6 @@ def test_a_full_mailbox_429_is_waited_out_for_its_retry_after_then_the_send_goes
     (refused, _), (accepted, _) = recorder.of("POST", path)[2:]
     assert accepted - refused >= 1.0, "the retry came before the server's Retry-After: 1"
     assert log_lines(server, "POST", path, at_least=4) == [202, 202, 429, 202]
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    """A Redis of this test's own, which it may stop and start again on the same port."""
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def test_a_redis_outage_is_waited_out_by_retry_after_on_503_then_the_peer_rejoins(start_server, private_redis):

@@ -15,7 +15,7 @@ from collections import defaultdict
 import pytest
 
 from .helpers import Api, Peer, Reply
-from .servers import LiveServer, RedisServer
+from .servers import LiveServer
 
 pytestmark = pytest.mark.live
 
@@ -109,14 +109,6 @@ def worker_holding(server: LiveServer, sock: socket.socket) -> int | None:
             except OSError:  # closed meanwhile
                 continue
     return None
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    """A Redis of this test's own, which it may stop and start again on the same port."""
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 # -- Redis goes away while polls are held, and comes back
