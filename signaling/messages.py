@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 
 from . import cors, errors, metrics, protocol
+from .config import Settings
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -177,19 +178,28 @@ class MessagesApp:
             else:
                 allowed = ROUTES["/rooms/{room}/peers/{peer}/messages" if peer_path else "/rooms/{room}/messages"]
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}", allow=(*allowed, "OPTIONS"))
-            extra = []
         except errors.SignalingError as error:
-            status, body, extra = error.status, protocol.dumps(error.body(request_id)), error.headers()
+            status, body = error.status, protocol.dumps(error.body(request_id))
+            error_headers = error.headers()
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", method, path, request_id)
             error = errors.SignalingError()
-            status, body, extra = error.status, protocol.dumps(error.body(request_id)), []
+            status, body, error_headers = error.status, protocol.dumps(error.body(request_id)), []
+        else:
+            error_headers = []
         if kind is not None:
             metrics.SENDS.labels(kind, status).inc()
-        data = body.encode()
-        start_response(_STATUS[status], [
-            ("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("X-Request-Id", request_id),
-            *cors.headers(self.service.settings, environ.get("HTTP_ORIGIN")), *extra,
-        ])
+        data, headers = json_answer(self.service.settings, environ.get("HTTP_ORIGIN"), request_id, body)
+        start_response(_STATUS[status], headers + error_headers)
         return [data]
 
+
+def json_answer(
+    settings: Settings, origin: str | None, request_id: str, body: str,
+) -> tuple[bytes, list[tuple[str, str]]]:
+    """A JSON answer written without Flask, and the headers every answer of the API carries."""
+    data = body.encode()
+    return data, [
+        ("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("X-Request-Id", request_id),
+        *cors.headers(settings, origin),
+    ]

@@ -186,7 +186,7 @@ class Outgoing:
     token: str | None
     to: str | None  # None: every other live member (broadcast)
     tails: tuple[str, ...]  # the envelopes without their seqs (`envelope_tail`), in the order they arrive
-    digest: str  # what the Idempotency-Key is bound to
+    digest: str  # what the Idempotency-Key is bound to ('' without a key: nothing to bind)
     idempotency_key: str | None
     now: float
     batch: bool  # sent as {"messages": [...]}: answered with every seq
@@ -196,7 +196,8 @@ class Outgoing:
              idempotency_key: str | None, now: float) -> Outgoing:
         envelopes, batch = parse_envelopes(raw)
         tails = tuple(envelope_tail(sender, kind, data, now) for kind, data in envelopes)
-        return cls(room, sender, token, to, tails, body_digest(envelopes, batch), idempotency_key, now, batch)
+        digest = body_digest(envelopes, batch) if idempotency_key is not None else ""
+        return cls(room, sender, token, to, tails, digest, idempotency_key, now, batch)
 
 
 def check_idempotency_key(value: str | None) -> str | None:

@@ -29,8 +29,9 @@ from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.ggevent import GeventWorker
 
-from . import cors, errors, protocol
+from . import errors, protocol
 from .config import Settings
+from .messages import json_answer
 from .service import Service
 
 #: gunicorn's complaints about a request, as the protocol's errors: the first that matches counts
@@ -162,13 +163,9 @@ def _as_error(exc: BaseException) -> errors.SignalingError:
 def _error_response(
     error: errors.SignalingError, settings: Settings, origin: str | None, rid: str,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
-    """(status, headers, body) as the app's error handler would answer; the connection then closes."""
-    body = protocol.dumps(error.body(rid)).encode()
-    headers = [
-        ("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close"),
-        ("X-Request-Id", rid), *cors.headers(settings, origin), *error.headers(),
-    ]
-    return error.status, headers, body
+    """(status, headers, body) as the app would answer the error; the connection then closes."""
+    body, headers = json_answer(settings, origin, rid, protocol.dumps(error.body(rid)))
+    return error.status, [*headers, ("Connection", "close"), *error.headers()], body
 
 
 def _http_bytes(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes:
