@@ -4,19 +4,15 @@ Every value comes from signaling.config.Settings, which checks them all.
 """
 
 import os
-import sys
 import tempfile
 
 # Before anything imports prometheus_client: every worker writes its metrics here, /metrics sums them.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="signaling-metrics-")
 
-from signaling.config import ConfigError, Settings  # noqa: E402
+from signaling.config import settings_or_exit  # noqa: E402
 
-try:
-    _settings = Settings.from_env()  # every setting, gunicorn's below included, is checked there
-except ConfigError as exc:
-    sys.exit(f"signaling: bad configuration: {exc}")
+_settings = settings_or_exit()  # every setting, gunicorn's below included, is checked there
 
 # IPv6 addresses are bound in brackets.
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"

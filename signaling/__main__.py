@@ -9,16 +9,13 @@ start the service this way.
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Settings
+from .config import settings_or_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    try:
-        Settings.from_env()
-    except ConfigError as exc:
-        sys.exit(f"signaling: bad configuration: {exc}")
+    settings_or_exit()
     from gunicorn.app.wsgiapp import run
 
     sys.argv = ["gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--chdir", str(ROOT), *sys.argv[1:], "app:app"]

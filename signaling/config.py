@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -106,6 +107,17 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"JOIN_PUBLIC_KEY is not valid: {exc}") from None
 
+
+
+def settings_or_exit() -> Settings:
+    """The settings from the environment, or the process ends with one line naming what is wrong.
+
+    For the entry points (`python -m signaling`, gunicorn.conf.py): never a traceback.
+    """
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"signaling: bad configuration: {exc}")
 
 class Check(NamedTuple):
     """What one setting accepts: a test of its parsed value, and those words for the error message."""
