@@ -22,8 +22,10 @@ import contextlib
 import http
 import socket
 import time
+import warnings
 from datetime import timedelta
 
+from gevent.monkey import MonkeyPatchWarning
 from gunicorn import util
 from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
@@ -31,8 +33,15 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from . import errors, protocol
 from .config import Settings
-from .messages import json_answer
-from .service import Service
+
+# The master imports this module to find the worker class, before the worker
+# monkey-patches: the app's modules (Flask, PyJWT, which imports ssl) load
+# later, in the worker, where they are imported below.
+
+#: gevent's warning when PyJWT's JWKS client, and nothing else, imported ssl before the patch
+_JWKS_CLIENT_UNPATCHED = (
+    r"(?s)Monkey-patching ssl after ssl has already been imported.*\['jwt\.jwks_client \([^)]*\)'\]\. *$"
+)
 
 #: gunicorn's complaints about a request, as the protocol's errors: the first that matches counts
 _GUNICORN_ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], type[errors.SignalingError]], ...] = (
@@ -53,8 +62,21 @@ class SignalingWorker(GeventWorker):
 
     settings: Settings
 
+    def patch(self):
+        """gevent's monkey-patching, without its one warning that does not apply here.
+
+        With JOIN_SECRET or JOIN_PUBLIC_KEY set, the master checks them with
+        PyJWT, whose `jwks_client` imports ssl: gevent then warns that it was
+        not patched. It fetches JWKS over HTTPS, which this service never asks of it.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _JWKS_CLIENT_UNPATCHED, MonkeyPatchWarning)
+            super().patch()
+
     def load_wsgi(self):
         """The worker's settings are the app's: read from the environment once, in one place."""
+        from .service import Service
+
         super().load_wsgi()
         self.settings = Service.of(self.wsgi).settings
 
@@ -164,6 +186,8 @@ def _error_response(
     error: errors.SignalingError, settings: Settings, origin: str | None, rid: str,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """(status, headers, body) as the app would answer the error; the connection then closes."""
+    from .messages import json_answer
+
     body, headers = json_answer(settings, origin, rid, protocol.dumps(error.body(rid)))
     return error.status, [*headers, ("Connection", "close"), *error.headers()], body
 

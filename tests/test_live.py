@@ -31,6 +31,15 @@ def alice_and_a_held_poll_of_bob(server: LiveServer) -> tuple[Peer, dict]:
     return alice, poll
 
 
+def test_a_worker_starts_without_warnings(start_server):
+    """The worker monkey-patches before the app's modules load: no MonkeyPatchWarning (PyJWT imports ssl)."""
+    server = start_server(env={"JOIN_SECRET": "s" * 32})
+    assert Api.over_http(server.url).request("GET", "/healthz").status == 200
+    log = server.log.read_text()
+    assert "Booting worker" in log
+    assert "Warning" not in log, log
+
+
 def test_a_held_poll_is_woken_by_a_send(live_server):
     alice, poll = alice_and_a_held_poll_of_bob(live_server)
     assert poll["thread"].is_alive()
