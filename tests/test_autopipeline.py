@@ -11,19 +11,9 @@ import redis
 from signaling.backends.autopipeline import Autopipeline
 
 
-class CountingRedis(redis.Redis):
-    """A real client that counts its round trips (one pipeline each)."""
-
-    round_trips = 0
-
-    def pipeline(self, *args, **kwargs):
-        self.round_trips += 1
-        return super().pipeline(*args, **kwargs)
-
-
 @pytest.fixture
 def client(redis_url):
-    client = CountingRedis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
 
@@ -59,7 +49,7 @@ def test_requests_queued_behind_a_busy_lane_travel_together_in_one_round_trip(cl
     for thread in [busy, *threads]:
         thread.join(10)
     assert sorted(count for count, _ in results) == list(range(1, 51))
-    assert client.round_trips == 2  # the busy one, then one carrying all 50
+    assert lanes.round_trips == 2  # the busy one, then one carrying all 50
 
 
 def test_a_request_queued_past_its_wait_is_withdrawn_and_never_runs(client):
@@ -81,6 +71,17 @@ def test_an_error_reply_stays_with_its_own_request(client):
     for thread in [busy, *threads]:
         thread.join(10)
     stored, failed = results[0]
-    assert stored is True and isinstance(failed, redis.ResponseError)
+    assert stored == "OK" and isinstance(failed, redis.ResponseError)
     assert results[1] == [1]
-    assert client.round_trips == 2
+    assert lanes.round_trips == 2
+
+
+def test_a_round_trip_cut_short_closes_its_connection_and_the_next_one_reads_only_its_own_replies(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=0.2)
+    lanes = Autopipeline(client, lanes=1, queue_wait=5)
+    with pytest.raises(redis.TimeoutError):
+        lanes.execute([("BLPOP", "cut-short", 2)])  # its reply would come after the socket gave up
+    assert lanes.execute([("LPUSH", "cut-short", "v"), ("LLEN", "cut-short")]) == [1, 1]  # the BLPOP took nothing
+    assert lanes.execute([("PING",)]) == ["PONG"]
+    lanes.close()
+    client.close()

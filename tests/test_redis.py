@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
 import redis
 
+from signaling.backends.redis import scripts
 from signaling.config import Settings
 from signaling.service import Service, create_app
 from signaling.tickets import LEEWAY
@@ -189,6 +191,36 @@ def test_scripts_come_back_after_redis_forgets_them(instances, db):
     db.script_flush()
     assert alice.send("bob").status == 202
     assert len(bob.receive()) == 1
+
+
+def test_many_requests_that_find_the_scripts_gone_load_them_once(instances, db):
+    api = instances()
+    peers = [api.peer("r1", f"p{i}") for i in range(20)]
+    db.script_flush()
+    loads = db.info("commandstats").get("cmdstat_script|load", {}).get("calls", 0)
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(lambda peer: peer.send("p0"), peers))
+    assert {reply.status for reply in replies} == {202}
+    loaded = db.info("commandstats")["cmdstat_script|load"]["calls"] - loads
+    assert loaded == len(scripts(sharded=False))  # each once, not once per request that found them gone
+
+
+def test_requests_keep_within_redis_max_connections(redis_url, redis_server):
+    app = create_app(Settings(redis_url=redis_url, redis_max_connections=3, poll_wait=1))
+    backend = Service.of(app).backend
+    try:
+        api = Api.over_flask(app.test_client())
+        peers = [api.peer("r1", f"p{i}") for i in range(30)]
+        with ThreadPoolExecutor(30) as pool:
+            replies = list(pool.map(lambda i: api.request("GET", "/healthz") if i % 3 == 0 else peers[i].send("p0"),
+                                    range(30)))
+        assert {reply.status for reply in replies} <= {200, 202}
+        with redis_server.client() as db:
+            names = [c["name"] for c in db.client_list()]
+        assert names.count(f"signaling:{backend.instance}") <= 3, names
+        assert names.count(f"signaling:{backend.instance}:wake") == 1, names
+    finally:
+        Service.of(app).close()
 
 
 def test_unreachable_redis_is_503_and_recovers(tmp_path):

@@ -10,6 +10,12 @@ queues; when a round trip ends, the request at the head of the queue is
 handed that lane and sends, in one pipeline, its own commands and those of
 every request queued behind it. Alone, a request costs one round trip as
 before; under load one round trip carries hundreds of requests.
+
+On one Redis each lane is a connection of its own, written and read
+directly: borrowing from redis-py's pool and building a `Pipeline` cost a
+busy worker more CPU than the round trip itself (the pool polls the socket
+on every checkout). On Redis Cluster a lane is a cluster pipeline, which
+routes each command to its node.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import collections
 import threading
 
 import redis
+from redis.connection import Connection
 
 #: most commands in one round trip
 BATCH = 512
@@ -26,7 +33,7 @@ BATCH = 512
 class _Call:
     """The commands of one request, waiting for their replies."""
 
-    __slots__ = ("commands", "replies", "error", "state", "done")
+    __slots__ = ("commands", "replies", "error", "state", "lane", "done")
 
     def __init__(self, commands: list[tuple]):
         self.commands = commands
@@ -34,7 +41,8 @@ class _Call:
         self.error: BaseException | None = None
         # "queued" -> "lead" (handed a lane) or "sent" (carried by another) or "dropped" (stopped waiting)
         self.state = "queued"
-        self.done = threading.Event()
+        self.lane: Connection | None = None  # the lead's connection (None on a cluster)
+        self.done: threading.Event | None = None  # made only for a request that has to queue
 
 
 class Autopipeline:
@@ -42,9 +50,19 @@ class Autopipeline:
 
     def __init__(self, client: redis.Redis | redis.RedisCluster, lanes: int, queue_wait: float):
         self.client, self.lanes, self.queue_wait = client, lanes, queue_wait
+        self.round_trips = 0
         self._lock = threading.Lock()
-        self._busy = 0
+        if isinstance(client, redis.RedisCluster):
+            self._free: list[Connection | None] = [None] * lanes
+        else:  # same settings as the pool's (timeouts, client name, decoding); each connects when first used
+            pool = client.connection_pool
+            self._free = [pool.connection_class(**pool.connection_kwargs) for _ in range(lanes)]
+        self._connections = [lane for lane in self._free if lane is not None]
         self._queued: collections.deque[_Call] = collections.deque()
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.disconnect()
 
     def execute(self, commands: list[tuple]) -> list:
         """Send `commands` together, in order; their replies, a command's error reply as an exception object.
@@ -55,10 +73,10 @@ class Autopipeline:
         """
         call = _Call(commands)
         with self._lock:
-            if self._busy < self.lanes:
-                self._busy += 1
-                call.state = "lead"
+            if self._free:
+                call.lane, call.state = self._free.pop(), "lead"
             else:
+                call.done = threading.Event()
                 self._queued.append(call)
         if call.state != "lead":
             try:
@@ -72,7 +90,7 @@ class Autopipeline:
                 with self._lock:
                     lead, call.state = call.state == "lead", "dropped"
                 if lead:
-                    self._hand_over()
+                    self._hand_over(call.lane)
                 raise
         if call.state == "lead":
             self._carry(call)
@@ -90,12 +108,13 @@ class Autopipeline:
                     other.state = "sent"
                     batch.append(other)
                     size += len(other.commands)
+            self.round_trips += 1
         try:
-            self._send(batch)
+            self._send(batch, call.lane)
         finally:
-            self._hand_over()
+            self._hand_over(call.lane)
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, lane: Connection | None) -> None:
         """A round trip ended: its lane goes to the request at the head of the queue, or becomes free."""
         with self._lock:
             successor = None
@@ -104,19 +123,16 @@ class Autopipeline:
                 if successor.state != "queued":
                     successor = None
             if successor is None:
-                self._busy -= 1
+                self._free.append(lane)
             else:
-                successor.state = "lead"
+                successor.lane, successor.state = lane, "lead"
         if successor is not None:
             successor.done.set()
 
-    def _send(self, batch: list[_Call]) -> None:
+    def _send(self, batch: list[_Call], lane: Connection | None) -> None:
+        commands = [command for call in batch for command in call.commands]
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for call in batch:
-                for command in call.commands:
-                    pipe.execute_command(*command)
-            replies = pipe.execute(raise_on_error=False)
+            replies = self._on_cluster(commands) if lane is None else _on_connection(lane, commands)
             at = 0
             for call in batch:
                 call.replies = replies[at:at + len(call.commands)]
@@ -129,3 +145,26 @@ class Autopipeline:
         finally:
             for call in batch[1:]:
                 call.done.set()
+
+    def _on_cluster(self, commands: list[tuple]) -> list:
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute(raise_on_error=False)
+
+
+def _on_connection(connection: Connection, commands: list[tuple]) -> list:
+    """Write `commands` at once, read their replies; an error reply is its exception, as a pipeline gives it.
+
+    A round trip cut short (timeout, lost connection, killed greenlet) would
+    leave replies unread: redis-py then closes the connection, and the next
+    round trip on this lane connects again.
+    """
+    connection.send_packed_command(connection.pack_commands(commands))
+    replies = []
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as error:
+            replies.append(error)
+    return replies

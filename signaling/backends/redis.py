@@ -68,7 +68,7 @@ REAP_KEY = "sig:reap"
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 #: seconds a Redis that does not answer (or a request waiting for a round trip) may take before 503
 TIMEOUT = 2
-#: round trips in flight at once per process (each on a pooled connection), carrying every request's commands
+#: round trips in flight at once per process (each on a connection of its own), carrying every request's commands
 LANES = 4
 
 
@@ -500,11 +500,13 @@ class RedisBackend(Backend):
         self.instance = secrets.token_hex(8)
         self.sharded = self.settings.redis_url.startswith(CLUSTER_SCHEMES)
         self.name = "redis-cluster" if self.sharded else "redis"
+        self._lanes = max(1, min(LANES, self.settings.redis_max_connections - 1))  # and one left for the pool
         self.client = self._connect(f"signaling:{self.instance}", pooled=True)
         self._scripts = scripts(self.sharded)
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in self._scripts.items()}
         self._loading = threading.Lock()
-        self._round_trips = Autopipeline(self.client, min(LANES, self.settings.redis_max_connections), TIMEOUT)
+        self._script_loads = 0  # how many times the scripts were loaded: a NOSCRIPT seen before a load needs none
+        self._round_trips = Autopipeline(self.client, self._lanes, TIMEOUT)
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
 
@@ -513,6 +515,8 @@ class RedisBackend(Backend):
     def _connect(self, name: str, pooled: bool) -> redis.Redis | redis.RedisCluster:
         """A client for requests (`pooled`: at most REDIS_MAX_CONNECTIONS, per node) or for pub/sub.
 
+        On one Redis the lanes' connections count among REDIS_MAX_CONNECTIONS:
+        the pool keeps the rest (at least one) for the commands outside them.
         No automatic retries: a timed-out send may have run, and running it
         twice would store the envelope twice. The client retries, with an
         Idempotency-Key if it cares.
@@ -522,7 +526,8 @@ class RedisBackend(Backend):
             decode_responses=True, client_name=name,
         )
         if pooled:
-            options.update(max_connections=self.settings.redis_max_connections)
+            most = self.settings.redis_max_connections
+            options.update(max_connections=most if self.sharded else max(1, most - self._lanes))
         else:
             options.update(health_check_interval=10)
         url = self.settings.redis_url
@@ -543,12 +548,15 @@ class RedisBackend(Backend):
         commands = [("EVALSHA", self._sha[name], len(keys), *keys, *args) for name, keys, args in calls]
         commands += extra
         with _reachable():
+            loads = self._script_loads
             replies = self._round_trips.execute(commands)
             forgotten = [i for i, reply in enumerate(replies[: len(calls)]) if _noscript(reply)]
             if forgotten:
-                with self._loading:  # one connection loads them, not every request that found them gone
-                    for name in {calls[i][0] for i in forgotten}:
-                        self.client.script_load(self._scripts[name])
+                with self._loading:  # one request loads them; the others that found them gone meanwhile wait
+                    if self._script_loads == loads:
+                        for source in self._scripts.values():
+                            self.client.script_load(source)
+                        self._script_loads += 1
                 again = self._round_trips.execute([commands[i] for i in forgotten])
                 for i, reply in zip(forgotten, again, strict=True):
                     replies[i] = reply
@@ -698,6 +706,7 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         self._closed.set()
+        self._round_trips.close()
         if self.sharded:
             self.client.close()
         else:  # Redis.close() leaves a pool it was given alone
