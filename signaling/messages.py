@@ -168,7 +168,8 @@ class MessagesApp:
         kind = None
         try:
             if peer_path and method == "GET":
-                status, body = poll(self.service, call, *peer_path.groups())
+                room, peer = peer_path.groups()  # not *groups(): a call with * nests a C frame (see service.py)
+                status, body = poll(self.service, call, room, peer)
             elif peer_path and method == "POST":
                 kind = "send"
                 status, body = send(self.service, call, *peer_path.groups())
