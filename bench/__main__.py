@@ -67,6 +67,9 @@ class Plan:
   {self.throughput_bytes}-byte JSON body) and its poll (GET, token, query). Its server CPU per request is
   measured as the service's is, and every CPU-per-request figure below is also given as a
   multiple of it ("2.9× floor"): what the service adds to what the stack alone costs.
+  Then {max(self.held_steps):,} connections each send it a request shaped as a poll that it holds
+  (`/hold/...`, waiting on an Event as a held poll does): the worker's RSS growth per held
+  request, once it is idle, is the floor for every "RSS per held poll" figure below.
 - Held polls: clients step up through {steps}, in rooms of {self.room_size}. Each client is
   one connection: it joins, reads its `peer-joined` events, then holds a poll (polls are
   started in batches, each once the server has taken in the last). With every poll held
@@ -307,10 +310,12 @@ class Bench:
         try:
             run = asyncio.run(scenarios.floor(server, plan.floor_connections, plan.floor_seconds, plan.warmup,
                                               plan.throughput_bytes))
+            log(f"  {run.per_second:,.0f} requests/s, {run.server_us_per_request:,.0f} µs server CPU per request,"
+                f" {cpu_text(run.cpu)}")
+            run.held, run.rss_per_held_kib = asyncio.run(scenarios.held_floor(server, max(plan.held_steps)))
+            log(f"  {run.held:,} requests held: {run.rss_per_held_kib:.1f} KiB RSS per held request")
         finally:
             server.stop(timeout=20)
-        log(f"  {run.per_second:,.0f} requests/s, {run.server_us_per_request:,.0f} µs server CPU per request,"
-            f" {cpu_text(run.cpu)}")
         self.floor_run = run
         return run
 

@@ -136,6 +136,7 @@ class FloorServer(PinnedServer):
             "--worker-class", "gevent", "--workers", str(self.workers),
             "--worker-connections", self.env.get("WORKER_CONNECTIONS", "10000"),
             "--keep-alive", str(self.KEEPALIVE), "--bind", f"127.0.0.1:{self.port}",
+            "--graceful-timeout", "1",  # its held requests (floor.py's /hold/) never end by themselves
             "--pythonpath", str(ROOT), "bench.floor:app",
         ], self.workdir
 

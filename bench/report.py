@@ -67,7 +67,16 @@ def floor_line(floor: Floor | None) -> str:
         return "Floor: not measured (every \"× floor\" below is missing)."
     return (f"Floor (`bench/floor.py`: a bare WSGI app answering 12 bytes, one gevent worker, the service's worker"
             f" settings): {floor.per_second:,.0f} requests/s, {per_request(floor.server_us_per_request, None)} of"
-            f" server CPU per request (CPU % server / redis / load / other: {_cpu(floor.cpu)}).")
+            f" server CPU per request (CPU % server / redis / load / other: {_cpu(floor.cpu)}); holding"
+            f" {floor.held:,} requests shaped as polls: {floor.rss_per_held_kib:.1f} KiB of RSS per held request.")
+
+
+def per_held_poll(kib: float, floor: Floor | None) -> str:
+    """RSS per held poll, and as a multiple of the bare app's per held request: "17.5 KiB (1.2× floor)"."""
+    text = f"{kib:.1f} KiB"
+    if floor is not None and floor.rss_per_held_kib:
+        text += f" ({kib / floor.rss_per_held_kib:.1f}× floor)"
+    return text
 
 
 def _failures(failed: dict[str, int]) -> str:
@@ -91,7 +100,7 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
         ten_k = n == 10_000
         out.append(Row(
             f"server RSS per held poll at {n:,}",
-            lambda r, n=n: (s := _held(r, n)) and f"{s.rss_per_poll_kib:.1f} KiB",
+            lambda r, n=n: (s := _held(r, n)) and per_held_poll(s.rss_per_poll_kib, floor),
             "≤ 15 KiB" if ten_k else "",
             (lambda r, n=n: (s := _held(r, n)) and s.rss_per_poll_kib) if ten_k else None,
             (lambda v: v <= 15) if ten_k else None,

@@ -31,7 +31,7 @@ from .client import (
     join_all,
     within,
 )
-from .procs import CpuMeter, PinnedRedis, PinnedServer, demand_seconds
+from .procs import CpuMeter, PinnedRedis, PinnedServer, demand_seconds, settle_cpu
 
 #: a held poll waits this long (POLL_WAIT of the held-polls server), far beyond one step
 HELD_POLL_WAIT = 120
@@ -533,6 +533,8 @@ class Floor:
     seconds: float
     requests: int  # answered within the window
     cpu: dict[str, float]
+    held: int = 0  # requests held at once on the bare app, as polls
+    rss_per_held_kib: float = 0.0  # the worker's RSS growth per held request
 
     @property
     def per_second(self) -> float:
@@ -570,6 +572,24 @@ async def floor(server: PinnedServer, connections: int, seconds: float, warmup: 
         for conn in conns:
             conn.close()
     return Floor(connections, seconds, answered[0], shares)
+
+
+async def held_floor(server: PinnedServer, count: int) -> tuple[int, float]:
+    """`count` connections each send a request shaped as a poll that the bare app holds (bench/floor.py's
+    /hold/); (requests held, worker RSS growth per held request in KiB), measured once the worker is idle."""
+    baseline = server.rss_kib()
+    conns = await connect_many(server.port, count)
+    token = "t" * 43
+    try:
+        waits = [conn.request(build("GET", f"/hold/rooms/f{i // 50}/peers/p{i}/messages?after=0&wait=120", token))
+                 for i, conn in enumerate(conns)]
+        await asyncio.sleep(1)
+        await asyncio.to_thread(settle_cpu, server.worker_pids())
+        held = sum(1 for wait in waits if not wait.done())
+        return held, (server.rss_kib() - baseline) / held if held else 0.0
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 # -- call set-ups: two peers join, trade an offer, an answer and ICE candidates, and leave
