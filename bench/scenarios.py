@@ -35,6 +35,8 @@ from .procs import CpuMeter, PinnedRedis, PinnedServer, demand_seconds, settle_c
 
 #: a held poll waits this long (POLL_WAIT of the held-polls server), far beyond one step
 HELD_POLL_WAIT = 120
+#: connections the held-polls step opens before it joins them
+OPEN_AT_ONCE = 500
 #: every client must have its message this long after the first one is sent
 ANSWER_WITHIN = 90
 
@@ -144,9 +146,15 @@ async def held_polls(server: PinnedServer, redis_server: PinnedRedis | None, ste
         for step in steps:
             started = time.monotonic()
             new_peers = [Peer(f"h{i // room_size}", f"p{i}") for i in range(len(peers), step)]
-            new_conns = await connect_many(server.port, len(new_peers))
+            new_conns: list[Conn] = []
+            # A connection must send its first request within REQUEST_READ_TIMEOUT of opening (the server
+            # closes a silent one), so each chunk joins as soon as it is open, as real clients do.
+            for first in range(0, len(new_peers), OPEN_AT_ONCE):
+                chunk = new_peers[first:first + OPEN_AT_ONCE]
+                chunk_conns = await connect_many(server.port, len(chunk))
+                await join_all(chunk_conns, chunk)
+                new_conns += chunk_conns
             conns += new_conns
-            await join_all(new_conns, new_peers)
             await drain_all(new_conns, new_peers)
             peers += new_peers
             polls = await hold_paced(server, conns, peers)
@@ -285,16 +293,18 @@ async def joined_pairs(server: PinnedServer, pairs: int, rooms: str, names: tupl
     """`pairs` rooms (`<rooms>-<i>`) of two joined peers named `names`, their events read: the two Sides.
 
     With `cursor_header` the peers poll with `Last-Event-ID` (see `Peer`)."""
-    conns = await connect_many(server.port, 4 * pairs)
-    lines = [conns[k * pairs:(k + 1) * pairs] for k in range(4)]
-    sides = [Side([Peer(f"{rooms}-{i}", name, cursor_header) for i in range(pairs)], lines[2 * n], lines[2 * n + 1])
-             for n, name in enumerate(names)]
+    # The send connections open last, once every peer has joined: a connection must send its first
+    # request within REQUEST_READ_TIMEOUT of opening (the server closes a silent one).
+    conns = await connect_many(server.port, 2 * pairs)
+    peers = [[Peer(f"{rooms}-{i}", name, cursor_header) for i in range(pairs)] for name in names]
     try:
-        for side in sides:
-            await join_all(side.polls, side.peers)
-        for side in sides:
-            await drain_all(side.polls, side.peers)
-        yield sides
+        for n in range(2):
+            await join_all(conns[n * pairs:(n + 1) * pairs], peers[n])
+        for n in range(2):
+            await drain_all(conns[n * pairs:(n + 1) * pairs], peers[n])
+        conns += await connect_many(server.port, 2 * pairs)
+        lines = [conns[k * pairs:(k + 1) * pairs] for k in range(4)]
+        yield [Side(peers[n], lines[n], lines[2 + n]) for n in range(2)]
     finally:
         for conn in conns:
             conn.close()
