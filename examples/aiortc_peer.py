@@ -62,6 +62,7 @@ class Call:
         self.polite = session.peer_id < peer_id  # the demo's rule, computed alike on both sides
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=rtc_ice_servers(session.ice_servers)))
         self.channel = None
+        self.video_offer: asyncio.Future | None = None
         self.pc.on("connectionstatechange", lambda: log.info("%s: %s", peer_id, self.pc.connectionState))
 
     async def start(self) -> None:
@@ -79,6 +80,25 @@ class Call:
 
     def add_video(self) -> None:
         self.pc.addTrack(ColourTrack())
+
+    async def offer_video_once_connected(self) -> None:
+        """Add the video track and offer it, once the connection is up.
+
+        aiortc starts a new track's sender when a negotiation completes only if
+        the DTLS transport is connected by then; renegotiated while the first
+        handshake is still running, the track would never be sent.
+        """
+        connected = asyncio.Event()
+
+        def check() -> None:
+            if self.pc.connectionState == "connected":
+                connected.set()
+
+        self.pc.on("connectionstatechange", check)
+        check()
+        await connected.wait()
+        self.add_video()
+        await self.offer()
 
     def on_chat(self, text) -> None:
         log.info("%s says %r", self.peer_id, text)
@@ -105,17 +125,18 @@ class Call:
             if data["type"] == "offer":
                 await self.pc.setLocalDescription(await self.pc.createAnswer())
                 await self.describe()
-                if not self.pc.getSenders():
+                if not self.pc.getSenders() and self.video_offer is None:
                     # The demo offers no video when its camera is off, and an answer cannot add
                     # any: offer again, now with the video track (the polite side may offer).
-                    self.add_video()
-                    await self.offer()
+                    self.video_offer = asyncio.ensure_future(self.offer_video_once_connected())
         elif kind == "candidate" and data and data.get("candidate"):
             candidate = candidate_from_sdp(data["candidate"].removeprefix("candidate:"))
             candidate.sdpMid, candidate.sdpMLineIndex = data.get("sdpMid"), data.get("sdpMLineIndex")
             await self.pc.addIceCandidate(candidate)
 
     async def close(self) -> None:
+        if self.video_offer is not None:
+            self.video_offer.cancel()
         await self.pc.close()
 
 
