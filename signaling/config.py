@@ -108,7 +108,6 @@ class Settings:
                 raise ConfigError(f"JOIN_PUBLIC_KEY is not valid: {exc}") from None
 
 
-
 def settings_or_exit() -> Settings:
     """The settings from the environment, or the process ends with one line naming what is wrong.
 
@@ -118,6 +117,7 @@ def settings_or_exit() -> Settings:
         return Settings.from_env()
     except ConfigError as exc:
         sys.exit(f"signaling: bad configuration: {exc}")
+
 
 class Check(NamedTuple):
     """What one setting accepts: a test of its parsed value, and those words for the error message."""

@@ -165,33 +165,35 @@ class MessagesApp:
             return self.fallback(environ, start_response)
         request_id = protocol.request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         call = Call(environ)
-        kind = None
+        kind = error = None
         try:
-            if peer_path and method == "GET":
+            if peer_path and method in ("GET", "POST"):
                 room, peer = peer_path.groups()  # not *groups(): a call with * nests a C frame (see service.py)
-                status, body = poll(self.service, call, room, peer)
-            elif peer_path and method == "POST":
-                kind = "send"
-                status, body = send(self.service, call, *peer_path.groups())
+                if method == "GET":
+                    status, body = poll(self.service, call, room, peer)
+                else:
+                    kind = "send"
+                    status, body = send(self.service, call, room, peer)
             elif room_path and method == "POST":
                 kind = "broadcast"
-                status, body = broadcast(self.service, call, *room_path.groups())
+                status, body = broadcast(self.service, call, room_path.group(1))
             else:
                 allowed = ROUTES["/rooms/{room}/peers/{peer}/messages" if peer_path else "/rooms/{room}/messages"]
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}", allow=(*allowed, "OPTIONS"))
-        except errors.SignalingError as error:
-            status, body = error.status, protocol.dumps(error.body(request_id))
-            error_headers = error.headers()
+        except errors.SignalingError as refused:
+            error = refused
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", method, path, request_id)
             error = errors.SignalingError()
-            status, body, error_headers = error.status, protocol.dumps(error.body(request_id)), []
+        settings, origin = self.service.settings, environ.get("HTTP_ORIGIN")
+        if error is None:
+            data, headers = json_answer(settings, origin, request_id, body)
         else:
-            error_headers = []
+            status = error.status
+            data, headers = error_answer(settings, origin, request_id, error)
         if kind is not None:
             metrics.SENDS.labels(kind, status).inc()
-        data, headers = json_answer(self.service.settings, environ.get("HTTP_ORIGIN"), request_id, body)
-        start_response(_STATUS[status], headers + error_headers)
+        start_response(_STATUS[status], headers)
         return [data]
 
 
@@ -204,3 +206,11 @@ def json_answer(
         ("Content-Type", "application/json"), ("Content-Length", str(len(data))), ("X-Request-Id", request_id),
         *cors.headers(settings, origin),
     ]
+
+
+def error_answer(
+    settings: Settings, origin: str | None, request_id: str, error: errors.SignalingError,
+) -> tuple[bytes, list[tuple[str, str]]]:
+    """The protocol's error body as a JSON answer, with the error's own headers (Retry-After, Allow)."""
+    data, headers = json_answer(settings, origin, request_id, protocol.dumps(error.body(request_id)))
+    return data, headers + error.headers()

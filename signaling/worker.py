@@ -33,10 +33,8 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from . import errors, protocol
 from .config import Settings
-
-# The master imports this module to find the worker class, before the worker
-# monkey-patches: the app's modules (Flask, PyJWT, which imports ssl) load
-# later, in the worker, where they are imported below.
+from .messages import error_answer
+from .service import Service
 
 #: gevent's warning when PyJWT's JWKS client, and nothing else, imported ssl before the patch
 _JWKS_CLIENT_UNPATCHED = (
@@ -65,9 +63,10 @@ class SignalingWorker(GeventWorker):
     def patch(self):
         """gevent's monkey-patching, without its one warning that does not apply here.
 
-        With JOIN_SECRET or JOIN_PUBLIC_KEY set, the master checks them with
-        PyJWT, whose `jwks_client` imports ssl: gevent then warns that it was
-        not patched. It fetches JWKS over HTTPS, which this service never asks of it.
+        The master imports the app's modules before the worker patches (this
+        module, to find the worker class; the settings check, for tickets), and
+        PyJWT's `jwks_client` imports ssl: gevent then warns that it was not
+        patched. It fetches JWKS over HTTPS, which this service never asks of it.
         """
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", _JWKS_CLIENT_UNPATCHED, MonkeyPatchWarning)
@@ -75,8 +74,6 @@ class SignalingWorker(GeventWorker):
 
     def load_wsgi(self):
         """The worker's settings are the app's: read from the environment once, in one place."""
-        from .service import Service
-
         super().load_wsgi()
         self.settings = Service.of(self.wsgi).settings
 
@@ -186,10 +183,8 @@ def _error_response(
     error: errors.SignalingError, settings: Settings, origin: str | None, rid: str,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """(status, headers, body) as the app would answer the error; the connection then closes."""
-    from .messages import json_answer
-
-    body, headers = json_answer(settings, origin, rid, protocol.dumps(error.body(rid)))
-    return error.status, [*headers, ("Connection", "close"), *error.headers()], body
+    body, headers = error_answer(settings, origin, rid, error)
+    return error.status, [*headers, ("Connection", "close")], body
 
 
 def _http_bytes(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes:

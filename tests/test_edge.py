@@ -403,7 +403,6 @@ def test_stalled_connections_neither_block_others_nor_outlive_the_timeout(slow):
     assert_still_answers(slow)
 
 
-
 def test_a_request_that_waited_in_the_socket_for_a_busy_worker_is_still_read():
     """The clock is the client's: bytes that arrived in time are read even when the worker gets to them late."""
     server, client = socket.socketpair()

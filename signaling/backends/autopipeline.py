@@ -49,7 +49,7 @@ class Autopipeline:
     """Run command lists from any number of greenlets (or threads) in at most `lanes` concurrent round trips."""
 
     def __init__(self, client: redis.Redis | redis.RedisCluster, lanes: int, queue_wait: float):
-        self.client, self.lanes, self.queue_wait = client, lanes, queue_wait
+        self.client, self.queue_wait = client, queue_wait
         self.round_trips = 0
         self._lock = threading.Lock()
         if isinstance(client, redis.RedisCluster):
