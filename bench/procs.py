@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.servers import ROOT, LiveServer, RedisServer, redis_server_binary
+from tests.support.servers import ROOT, LiveServer, RedisServer, redis_server_binary
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024

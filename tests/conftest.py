@@ -10,8 +10,8 @@ import pytest
 from signaling.config import Settings
 from signaling.service import Service, create_app
 
-from .helpers import Api
-from .servers import LiveServer, NginxServer, RedisClusterServers, RedisServer
+from .support.helpers import Api
+from .support.servers import LiveServer, NginxServer, RedisClusterServers, RedisServer
 
 # Every property-based test here is reproducible (derandomized, no example database), and has no
 # deadline: its examples talk to real servers, whose timings vary.

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 pytestmark = pytest.mark.browser
 

@@ -15,8 +15,8 @@ from signaling.config import Settings
 from signaling.service import Service, create_app
 from signaling.tickets import LEEWAY
 
-from .helpers import Api, held_poll
-from .servers import RedisServer, free_port
+from ..support.helpers import Api, held_poll
+from ..support.servers import RedisServer, free_port
 
 
 @pytest.fixture(params=["redis", "cluster"])

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from .servers import ROOT
-from .test_openapi import documented_errors, operations, shape
+from ..support.openapi import documented_errors, operations, shape
+from ..support.servers import ROOT
 
 REFERENCE = ROOT / "docs" / "protocol.md"
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .helpers import Api
+from ..support.helpers import Api
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -32,16 +32,16 @@ from signaling import tickets
 from signaling.api import OPENAPI
 from signaling.protocol import ID_PATTERN as ID
 
-from .helpers import Api
-from .servers import LiveServer
-from .test_openapi import conforms
+from ..support.helpers import Api
+from ..support.openapi import conforms
+from ..support.servers import LiveServer
 
 pytestmark = pytest.mark.live
 
 # A short POLL_WAIT keeps held polls of a generated `wait` short; small limits make
 # `429 mailbox_full` and `409 room_full` reachable in a few steps. The per-IP abuse limits are
 # off: every request comes from one address, and they would soon refuse all joins
-# (tests/test_openapi.py checks their answers).
+# (tests/docs/test_openapi.py checks their answers).
 SERVER_ENV = {
     "POLL_WAIT": "0.2", "MAILBOX_LIMIT": "4", "ROOM_CAPACITY": "3",
     "JOINS_PER_IP_PER_MINUTE": "0", "PEERS_PER_IP": "0", "ROOMS_PER_IP": "0",

@@ -15,8 +15,8 @@ import pytest
 
 from signaling.backends.redis import LANES
 
-from .helpers import Api, Peer, held_poll
-from .servers import ROOT, LiveServer, free_port
+from ..support.helpers import Api, Peer, held_poll
+from ..support.servers import ROOT, LiveServer, free_port
 
 pytestmark = pytest.mark.live
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import Api
+from ..support.helpers import Api
 
 LIMIT = 512  # MAX_MESSAGE_BYTES for these tests
 SEND = "/rooms/r1/peers/bob/messages"

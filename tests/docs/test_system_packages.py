@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import ROOT
+from ..support.servers import ROOT
 
 SCRIPT = ROOT / ".ci" / "system-packages"
 COMMANDS = ["chromium", "ip", "nginx", "openssl", "node", "curl", "jq"]

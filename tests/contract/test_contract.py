@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .helpers import Api, held_poll
+from ..support.helpers import Api, held_poll
 
 
 def kinds(messages):

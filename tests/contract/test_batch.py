@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from .helpers import Api, held_poll
+from ..support.helpers import Api, held_poll
 
 
 def notes(*data):

@@ -15,9 +15,9 @@ import pytest
 from signaling import errors
 from signaling.worker import RequestClock
 
-from .conftest import NO_LIMITS
-from .helpers import Api, Peer, Reply, held_poll
-from .servers import LiveServer
+from ..conftest import NO_LIMITS
+from ..support.helpers import Api, Peer, Reply, held_poll
+from ..support.servers import LiveServer
 
 pytestmark = pytest.mark.live
 

@@ -23,8 +23,8 @@ import redis
 
 from signaling.client import Session, SignalingError, join
 
-from .helpers import Api
-from .servers import ROOT, LiveServer
+from ..support.helpers import Api
+from ..support.servers import ROOT, LiveServer
 
 pytestmark = pytest.mark.live
 

@@ -9,7 +9,7 @@ import pytest
 
 from signaling.config import Settings
 
-from .helpers import Api
+from ..support.helpers import Api
 
 
 def from_ip(app, ip: str) -> Api:

@@ -12,7 +12,7 @@ import pytest
 
 from signaling.tickets import Verifier
 
-from .servers import ROOT
+from ..support.servers import ROOT
 
 pytestmark = pytest.mark.live
 

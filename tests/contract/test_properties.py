@@ -36,8 +36,8 @@ from signaling import tickets
 from signaling.config import Settings
 from signaling.service import Service, create_app
 
-from .conftest import BACKEND_URLS, NO_LIMITS
-from .helpers import Api, Reply
+from ..conftest import BACKEND_URLS, NO_LIMITS
+from ..support.helpers import Api, Reply
 
 ROOMS = ("r1", "r2")
 PEERS = ("a", "b", "c", "d")

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from .helpers import Api, held_poll
-from .servers import ROOT, NginxServer
+from ..support.helpers import Api, held_poll
+from ..support.servers import ROOT, NginxServer
 
 pytestmark = pytest.mark.live
 

@@ -1,4 +1,7 @@
-"""The bench's own parts that its figures rest on: the floor server, the batching client, the report."""
+"""The bench's own parts that its figures rest on: the floor server, the batching client, the report.
+
+They live beside the bench (pytest collects bench/ too) because tests/ never imports the bench.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,21 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bench import report
+from bench.__main__ import SERVER_ENV
 from bench.client import BenchError, Outbox, Peer, call, connect, envelope
 from bench.procs import FloorServer, Setup
 from bench.scenarios import CallSetups, Floor, Throughput
+from tests.support.servers import LiveServer
 
 pytestmark = pytest.mark.live
+
+
+@pytest.fixture
+def live_server(tmp_path):
+    """A gunicorn+gevent server on the memory backend, set up as the bench sets up its servers."""
+    server = LiveServer(tmp_path, SERVER_ENV).start()
+    yield server
+    server.stop()
 
 
 def test_the_floor_is_the_bare_app_on_one_gevent_worker_pinned_to_the_cpu(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from signaling.config import CHECKS, ConfigError, Settings
 
-from .servers import ROOT
+from ..support.servers import ROOT
 
 #: (environment, the variable the message must name, words of what it accepts)
 BAD = {

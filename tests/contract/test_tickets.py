@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from signaling.config import ConfigError, Settings
 from signaling.tickets import LEEWAY, Verifier, mint
 
-from .helpers import Api
-from .servers import ROOT
-from .test_openapi import conforms
+from ..support.helpers import Api
+from ..support.openapi import conforms
+from ..support.servers import ROOT
 
 SECRET = "a-join-secret-of-at-least-32-bytes-0001"
 OLD_SECRET = "the-previous-join-secret-still-in-use-02"

@@ -14,8 +14,8 @@ from collections import defaultdict
 
 import pytest
 
-from .helpers import Api, Peer, Reply
-from .servers import LiveServer
+from ..support.helpers import Api, Peer, Reply
+from ..support.servers import LiveServer
 
 pytestmark = pytest.mark.live
 

@@ -1,0 +1,1 @@
+"""The protocol's contract: what every store (memory, Redis, Redis Cluster) must answer alike."""

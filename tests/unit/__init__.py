@@ -1,0 +1,1 @@
+"""Tests of one part at a time (a class, a module, one backend's own promises), in process."""
