@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The service's configuration (docs/protocol.md, "Configuration", and the README's operator settings)."""
+    """The service's configuration (docs/protocol.md, "Configuration", and docs/configuration.md for all of them)."""
 
     port: int = 8000
     redis_url: str | None = None
@@ -34,7 +34,7 @@ class Settings:
     # Join tickets (signaling/tickets.py): either set, every fresh join needs one.
     join_secret: tuple[str, ...] = ()  # HS256 secrets, comma-separated: any of them verifies (rotation)
     join_public_key: str | None = None  # a PEM public key, inline or a file's path
-    # Beyond the protocol's table: operator knobs, documented in the README.
+    # Beyond the protocol's table: operator knobs, documented in docs/configuration.md.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
     # Seconds a request may take to arrive whole, headers and body (signaling/worker.py); past it: 408.

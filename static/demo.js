@@ -28,7 +28,8 @@ function ticketProblem(error, room) {
   if (error.code === "ticket_required") {
     return `This server admits only peers with a join ticket from its application (JOIN_SECRET or ` +
       `JOIN_PUBLIC_KEY is set), and this page has none. To try it: run ` +
-      `"python -m signaling.tickets --room ${room}" with the server's JOIN_SECRET, then open ` +
+      `".venv/bin/python -m signaling.tickets --room ${room}" in the service's repository, with the server's ` +
+      `JOIN_SECRET exported, then open ` +
       `${location.origin}${location.pathname}#room=${room}&ticket=<the ticket>`;
   }
   if (error.code === "bad_ticket") {

@@ -123,7 +123,7 @@ def live_server(start_server) -> LiveServer:
 
 @pytest.fixture
 def start_behind_nginx(start_server, redis_url, tmp_path):
-    """Two instances on one Redis behind Debian's nginx with the README's configuration (docs/nginx.conf).
+    """Two instances on one Redis behind Debian's nginx with the recommended configuration (docs/nginx.conf).
 
     `start_behind_nginx(env={...}, limits=False) -> (nginx, [instance, instance])`; both instances
     run with TRUSTED_PROXIES=1, as the configuration's header says.

@@ -1,4 +1,4 @@
-"""signaling.js used by a page of another origin: the README's example, as written."""
+"""signaling.js used by a page of another origin: the example of docs/clients.md, as written."""
 
 import re
 import threading

@@ -1,4 +1,4 @@
-"""The demo through the README's nginx configuration (docs/nginx.conf): HTTP/2, two instances, round-robin."""
+"""The demo through the recommended nginx configuration (docs/nginx.conf): HTTP/2, two instances, round-robin."""
 
 import time
 

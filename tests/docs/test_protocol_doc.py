@@ -1,10 +1,8 @@
-"""docs/protocol.md and signaling/openapi.json stay in step; README and reference link only inside the repository."""
+"""docs/protocol.md and signaling/openapi.json stay in step (the documents' links: tests/test_docs_links.py)."""
 
 from __future__ import annotations
 
 import re
-
-import pytest
 
 from ..support.openapi import documented_errors, operations, shape
 from ..support.servers import ROOT
@@ -43,23 +41,3 @@ def test_every_error_code_of_the_document_is_in_the_reference_with_its_status():
 def test_the_reference_names_each_error_code_once():
     rows = re.findall(r"^\| \d{3} \| `([a-z_]+)` \|", reference(), re.M)
     assert len(rows) == len(set(rows))
-
-
-def links(path) -> list[str]:
-    """Targets of the Markdown links of a file, code blocks left out."""
-    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
-    return re.findall(r"\]\(([^)\s]+)\)", text)
-
-
-@pytest.mark.parametrize("document", ["README.md", "docs/protocol.md"])
-def test_links_stay_inside_the_repository(document):
-    path = ROOT / document
-    for target in links(path):
-        if target.startswith(("http://", "https://", "#")):
-            continue
-        file = (path.parent / target.split("#", 1)[0]).resolve()
-        assert file.is_relative_to(ROOT) and file.exists(), f"{document} links to {target}, outside the repository"
-
-
-def test_the_readme_links_to_the_reference():
-    assert "docs/protocol.md" in links(ROOT / "README.md")

@@ -1,4 +1,4 @@
-"""The README's curl walkthrough works exactly as written, output included."""
+"""The curl walkthroughs of the README and docs/tickets.md work exactly as written, output included."""
 
 from __future__ import annotations
 
@@ -19,11 +19,19 @@ pytestmark = pytest.mark.live
 STEP = "@@step@@"
 
 
-def shell_blocks(section: str) -> list[str]:
-    """The ```sh blocks of one README section."""
-    text = (ROOT / "README.md").read_text()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```sh\n(.*?)```", body, re.S)
+#: (document, section) of each walkthrough: the README's, and the one for a server with join tickets on
+WALKTHROUGH = ("README.md", "Walk through it with curl")
+TICKETS = ("docs/tickets.md", "Try it with curl")
+
+
+def section(document: str, heading: str) -> str:
+    """The text of one `## heading` section of a Markdown file of the repository."""
+    return (ROOT / document).read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def shell_blocks(document: str, heading: str) -> list[str]:
+    """The ```sh blocks of one section."""
+    return re.findall(r"```sh\n(.*?)```", section(document, heading), re.S)
 
 
 def steps(block: str) -> list[tuple[str, str | None]]:
@@ -49,7 +57,7 @@ def steps(block: str) -> list[tuple[str, str | None]]:
     return result
 
 
-#: the JOIN_SECRET of the server (and the curl terminal) for the walkthrough's block about join tickets
+#: the JOIN_SECRET of the server (and the curl terminal) for the walkthrough of join tickets
 JOIN_SECRET = "the-readme-walkthrough-join-secret-32b"
 
 
@@ -66,10 +74,10 @@ def run_steps(pairs: list[tuple[str, str | None]], host: str, env: dict[str, str
             assert output.strip() == expected, command
 
 
-@pytest.mark.parametrize("section", ["Walk through it with curl"])
-def test_curl_walkthrough_runs_as_written(live_server, start_server, section):
+@pytest.mark.parametrize("walkthrough", [WALKTHROUGH, TICKETS], ids=lambda w: w[0])
+def test_curl_walkthrough_runs_as_written(live_server, start_server, walkthrough):
     assert shutil.which("curl") and shutil.which("jq"), "the walkthrough needs curl and jq"
-    for block in shell_blocks(section):
+    for block in shell_blocks(*walkthrough):
         pairs = steps(block)
         assert pairs
         env = dict(os.environ)
@@ -83,17 +91,23 @@ def test_curl_walkthrough_runs_as_written(live_server, start_server, section):
 def test_the_walkthrough_runs_again_after_one_stopped_halfway(live_server):
     """A reader who stopped before the leaves and starts over, within PEER_TTL, sees the same answers."""
     host = live_server.url.removeprefix("http://")
-    pairs = steps(shell_blocks("Walk through it with curl")[0])
+    pairs = steps(shell_blocks(*WALKTHROUGH)[0])
     first_leave = next(i for i, (command, _) in enumerate(pairs) if "-XDELETE" in command)
     run_steps(pairs[:first_leave], host)
     run_steps(pairs, host)
     run_steps(pairs, host)
 
 
+def test_the_ticket_walkthrough_runs_again_at_once(start_server):
+    """Run twice within PEER_TTL and a join ticket's lifetime: the second run is no 409 peer_id_taken."""
+    server = start_server(env={"JOIN_SECRET": JOIN_SECRET})
+    (block,) = shell_blocks(*TICKETS)
+    for _ in range(2):
+        run_steps(steps(block), server.url.removeprefix("http://"), {**os.environ, "JOIN_SECRET": JOIN_SECRET})
+
+
 def test_the_python_example_mints_a_ticket_the_server_takes(monkeypatch):
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Join tickets\n", 1)[1].split("\n## ", 1)[0]
-    (example,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    (example,) = re.findall(r"```python\n(.*?)```", section("docs/tickets.md", "Minting a ticket"), re.S)
     monkeypatch.setenv("JOIN_SECRET", JOIN_SECRET)
     namespace: dict = {}
     exec(example, namespace)

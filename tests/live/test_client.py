@@ -625,8 +625,8 @@ def test_an_answer_delivered_twice_yields_its_envelopes_once(live_server):
     assert json.loads(replayed[1])["messages"], "the replayed answer should carry envelopes"
 
 
-def test_the_readme_example_prints_what_the_readme_says(live_server):
-    section = (ROOT / "README.md").read_text().split("## Python peers\n", 1)[1].split("\n## ", 1)[0]
+def test_the_documented_example_prints_what_the_document_says(live_server):
+    section = (ROOT / "docs" / "clients.md").read_text().split("## Python peers\n", 1)[1].split("\n## ", 1)[0]
     program = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     printed = section.split("It prints:\n", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     program = program.replace("http://localhost:8000", live_server.url)

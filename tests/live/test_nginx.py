@@ -1,4 +1,4 @@
-"""The deployment the README recommends, as written: docs/nginx.conf in front of two instances on one Redis.
+"""The deployment docs/deploying.md recommends, as written: docs/nginx.conf in front of two instances on one Redis.
 
 Round-robin and no stickiness, so consecutive requests of one peer land on
 different instances: held polls must still pass through and wake at once,
@@ -80,7 +80,7 @@ def test_x_forwarded_for_reaches_the_per_ip_limits(start_behind_nginx):
     assert second.join("r1", "c").status == 201
 
 
-def test_the_readme_shows_the_configuration_that_is_tested():
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```nginx\n(.*?)```", readme, re.S)
+def test_the_deployment_guide_shows_the_configuration_that_is_tested():
+    guide = (ROOT / "docs" / "deploying.md").read_text()
+    blocks = re.findall(r"```nginx\n(.*?)```", guide, re.S)
     assert blocks == [NginxServer.CONF.read_text()]

@@ -216,7 +216,7 @@ class LiveServer:
 
 
 class NginxServer:
-    """Debian's nginx running the README's docs/nginx.conf on 127.0.0.1 and a free port, in front of `upstreams`.
+    """Debian's nginx running docs/nginx.conf on 127.0.0.1 and a free port, in front of `upstreams`.
 
     The committed file is used as written; only its addresses and certificate paths are
     replaced: the two `server …:8000;` upstream lines by `upstreams`, `listen 443` by the free
