@@ -11,7 +11,7 @@ from flask import Flask, Response, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cors, errors, protocol
+from . import cors, errors, logs, protocol
 from .backends import Backend, create_backend
 from .config import Settings
 from .hub import Hub
@@ -112,7 +112,7 @@ def _install_request_ids(app: Flask) -> None:
     if not root.handlers:  # under gunicorn: app logs go to stderr beside gunicorn's, with the id
         handler = logging.StreamHandler()
         handler.addFilter(RequestIdFilter())
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(logs.Formatter(  # a path or header in a message is escaped: one record, one line
             "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"
         ))
         root.addHandler(handler)
