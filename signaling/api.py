@@ -11,6 +11,7 @@ import urllib.parse
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import errors, metrics, protocol
 from .ice import ice_servers
@@ -139,7 +140,13 @@ def _beacon_token() -> str | None:
     multipart/form-data and a `Blob` as its own type; only multipart needs a real form parser.
     """
     if request.mimetype == "multipart/form-data":
-        token = request.form.get("token")
+        try:
+            token = request.form.get("token")
+        except RequestEntityTooLarge:  # werkzeug's form limits: the body's size was held to MAX_MESSAGE_BYTES
+            raise errors.BadRequest(
+                f"the form has more than {request.max_form_parts} parts or a field over "
+                f"{request.max_form_memory_size} bytes; a leave beacon needs only its 'token' field"
+            ) from None
     else:
         raw = _body()
         try:

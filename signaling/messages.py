@@ -32,6 +32,7 @@ ROUTES = {"/rooms/{room}/peers/{peer}/messages": ("GET", "POST"), "/rooms/{room}
 
 #: a decimal number, as JSON writes one (leading zeros and a bare "." allowed): no "1_0", "inf" or "nan"
 _NUMBER = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_MAX_NUMBER_TEXT = 32  # "wait" in more characters than this is no number a client means
 _STATUS = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 StartResponse = Callable[[str, list[tuple[str, str]]], object]
@@ -85,17 +86,18 @@ class Call:
         raw = self.args.get("wait")
         if raw is None:
             return cap
-        if not _NUMBER.fullmatch(raw):
+        if len(raw) > _MAX_NUMBER_TEXT or not _NUMBER.fullmatch(raw):
             raise errors.BadQuery(f"'wait' must be a number of seconds >= 0 like 25 or 0.5, got {raw!r:.40}")
         return min(float(raw), cap)
 
 
 def _whole(raw: str, name: str, low: int, high: int | None = None) -> int:
     """An integer query parameter or header, or a 400 naming it and its bounds."""
-    if not raw.isascii() or not raw.isdigit() or (high is not None and not low <= int(raw) <= high):
-        bounds = f"{low}-{high}" if high is not None else f">= {low}"
+    value = protocol.whole_number(raw)
+    if value is None or value < low or (high is not None and value > high):
+        bounds = f"{low}-{high}" if high is not None else f">= {low} of at most {protocol.MAX_DIGITS} digits"
         raise errors.BadQuery(f"'{name}' must be an integer {bounds}, got {raw!r:.40}")
-    return int(raw)
+    return value
 
 
 # -- the views: (service, call, path parts) -> (status, JSON text)

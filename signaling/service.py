@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from flask import Flask, Response, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cors, errors, protocol
+from . import cors, errors, logs, protocol
 from .backends import Backend, create_backend
 from .config import Settings
 from .hub import Hub
@@ -74,13 +75,50 @@ def create_app(settings: Settings | None = None) -> Flask:
     # held poll's greenlet keeps its C stack (4.0 KiB instead of 5.1 per held poll, with the call below)
     app.wsgi_app = MessagesApp(service, app.wsgi_app).__call__
     if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
+        app.wsgi_app = ProxyFix(_forwarded_address_checked(app.wsgi_app, settings), x_for=settings.trusted_proxies)
     app.register_blueprint(blueprint)
     _install_request_ids(app)
     _install_body_limit(app, settings)
     _install_error_handlers(app, settings)
     _install_cors(app, settings)
     return app
+
+
+#: the longest IP address text: IPv6 in full with an IPv4 tail (45) and a zone (`%eth0`)
+_MAX_ADDRESS = 64
+
+
+def _forwarded_address_checked(wsgi_app, settings: Settings):
+    """WSGI behind ProxyFix: a client address from X-Forwarded-For that is no IP address is refused (400).
+
+    A trusted proxy writes the address it saw. Anything else (a name, digits,
+    8 KB of text) did not come through it, and would otherwise become the key
+    of the per-IP limits and a field of the access log.
+    """
+    from .messages import error_answer
+
+    def checked(environ: dict, start_response):
+        address, socket_address = environ.get("REMOTE_ADDR", ""), environ["werkzeug.proxy_fix.orig"]["REMOTE_ADDR"]
+        if address == socket_address or _is_ip(address):
+            return wsgi_app(environ, start_response)
+        environ["REMOTE_ADDR"] = socket_address  # the access log names who sent it
+        error = errors.BadRequest(f"X-Forwarded-For must end with the client's IP address, got {address!r:.60}")
+        request_id = protocol.request_id(environ.get("HTTP_X_REQUEST_ID"))
+        data, headers = error_answer(settings, environ.get("HTTP_ORIGIN"), request_id, error)
+        start_response("400 Bad Request", headers)
+        return [data]
+
+    return checked
+
+
+def _is_ip(text: str) -> bool:
+    if len(text) > _MAX_ADDRESS:
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class RequestIdFilter(logging.Filter):
@@ -112,7 +150,7 @@ def _install_request_ids(app: Flask) -> None:
     if not root.handlers:  # under gunicorn: app logs go to stderr beside gunicorn's, with the id
         handler = logging.StreamHandler()
         handler.addFilter(RequestIdFilter())
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(logs.Formatter(  # a path or header in a message is escaped: one record, one line
             "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"
         ))
         root.addHandler(handler)

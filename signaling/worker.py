@@ -89,6 +89,7 @@ class SignalingWorker(GeventWorker):
     def handle_request(self, listener_name, req, sock, addr):
         """Run the app on one request; once answered, the connection waits for the next under `keepalive`."""
         try:
+            _check_transfer_coding(req)
             return super().handle_request(listener_name, req, sock, addr)
         finally:
             sock.await_next_request()
@@ -167,6 +168,18 @@ class RequestClock:
             raise TimeoutError from None
         finally:
             self._sock.settimeout(None)
+
+
+def _check_transfer_coding(req) -> None:
+    """501 for a body in any transfer coding but chunked: the one the server decodes.
+
+    gunicorn takes `gzip, chunked` (and `deflate`, `compress`, `identity`)
+    and hands on the body still compressed, which the app would store as if plain.
+    """
+    for name, value in req.headers:
+        if name == "TRANSFER-ENCODING" and any(coding.strip(" \t").lower() != "chunked" for coding in value.split(",")):
+            refused = errors.UnsupportedTransferCoding
+            raise refused(f"{refused.default_message}, not {value!r:.60}")
 
 
 def _as_error(exc: BaseException) -> errors.SignalingError:

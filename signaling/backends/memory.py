@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import struct
 import threading
 
 from .. import errors
@@ -23,13 +25,68 @@ class _Peer:
     mailbox: collections.deque = dataclasses.field(default_factory=collections.deque)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Receipt:
-    """What a send with an Idempotency-Key answered, kept to answer its repeats."""
+class _Receipts:
+    """What each send with an Idempotency-Key answered, kept IDEMPOTENCY_TTL to answer its repeats.
 
-    digest: str
-    result: object
-    expires: float
+    A receipt is two small bytes objects: the digest of who sent what key to
+    whom, and its expiry, body digest and answer packed together (about 200
+    bytes, where a dataclass holding the request's strings took 550). Expiry
+    scans nothing: receipts are filed by the second they expire in, and as all
+    live equally long the files are in time order, so `expire` takes whole
+    files off the front and touches only receipts that are due.
+    """
+
+    _HEAD = struct.Struct("<d16s")  # expires, the body's digest
+    _SEQS = struct.Struct("<QI")  # a send's first seq and how many: a batch's seqs follow each other
+
+    def __init__(self):
+        self._by_key: dict[bytes, bytes] = {}
+        self._files: collections.deque[tuple[int, list[bytes]]] = collections.deque()  # (second, keys), oldest first
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    @staticmethod
+    def key(room: str, sender: str, since: float, to: str, to_since: float, idempotency_key: str) -> bytes:
+        """The receipt's key: ids hold no '/', and the client's key, which may, comes last."""
+        text = f"{room}/{sender}/{since!r}/{to}/{to_since!r}/{idempotency_key}"
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def answer(self, key: bytes, digest: str, now: float) -> list[int] | Broadcast | None:
+        """What the first send with this key answered; None if there was none (or it expired)."""
+        record = self._by_key.get(key)
+        if record is None:
+            return None
+        expires, body = self._HEAD.unpack_from(record)
+        if expires <= now:
+            return None
+        if body != bytes.fromhex(digest):
+            raise errors.IdempotencyKeyReused()
+        result = record[self._HEAD.size:]
+        if result[:1] == b"b":  # a broadcast's: "b" delivered ids ";" full ids
+            delivered, full = result[1:].decode().split(";")
+            return Broadcast(delivered.split(","), full.split(",") if full else [])
+        first, count = self._SEQS.unpack(result)
+        return list(range(first, first + count))
+
+    def keep(self, key: bytes, digest: str, result: list[int] | Broadcast, expires: float) -> None:
+        if isinstance(result, Broadcast):  # ids hold neither ',' nor ';'
+            packed = b"b" + f"{','.join(result.delivered_to)};{','.join(result.mailbox_full)}".encode()
+        else:
+            packed = self._SEQS.pack(result[0], len(result))
+        self._by_key[key] = self._HEAD.pack(expires, bytes.fromhex(digest)) + packed
+        second = int(expires)
+        if not self._files or self._files[-1][0] < second:
+            self._files.append((second, []))
+        self._files[-1][1].append(key)  # a receipt a little older than the last file's waits with it
+
+    def expire(self, now: float) -> None:
+        """Drop the receipts due by `now`, one whole file at a time."""
+        while self._files and self._files[0][0] + 1 <= now:
+            for key in self._files.popleft()[1]:
+                record = self._by_key.get(key)
+                if record is not None and self._HEAD.unpack_from(record)[0] <= now:  # not kept anew since
+                    del self._by_key[key]
 
 
 class MemoryBackend(Backend):
@@ -41,7 +98,7 @@ class MemoryBackend(Backend):
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._rooms: dict[str, dict[str, _Peer]] = {}
-        self._receipts: dict[tuple, _Receipt] = {}
+        self._receipts = _Receipts()
         self._windows: dict[tuple, tuple[int, float]] = {}  # rate key -> (count, window end)
         self._leases: dict[str, dict[tuple[str, str], float]] = {}  # ip -> (room, peer) -> expiry
         self._used_tickets: dict[tuple[str, str], float] = {}  # (room, jti) -> until when it is kept
@@ -93,14 +150,6 @@ class MemoryBackend(Backend):
 
     def _has_room(self, peer: _Peer, count: int) -> bool:
         return len(peer.mailbox) - peer.events + count <= self.settings.mailbox_limit
-
-    def _receipt(self, key: tuple, digest: str, now: float) -> object | None:
-        receipt = self._receipts.get(key)
-        if receipt is None or receipt.expires <= now:
-            return None
-        if receipt.digest != digest:
-            raise errors.IdempotencyKeyReused()
-        return receipt.result
 
     def _over_rate(self, key: tuple, limit: int, window: float, now: float, hits: int = 1) -> float | None:
         """Count `hits` in a fixed window; the seconds until it ends when they go past `limit`.
@@ -198,16 +247,16 @@ class MemoryBackend(Backend):
             recipient = self._rooms[room].get(to)
             if not self._live(recipient, out.now):
                 raise errors.PeerNotFound.about(room=room, to=to)
-            key = (room, out.sender, me.since, to, recipient.since, out.idempotency_key)
             if out.idempotency_key is not None:
-                seqs = self._receipt(key, out.digest, out.now)
+                key = self._receipts.key(room, out.sender, me.since, to, recipient.since, out.idempotency_key)
+                seqs = self._receipts.answer(key, out.digest, out.now)
                 if seqs is not None:
                     return seqs
             if not self._has_room(recipient, len(out.tails)):
                 raise errors.MailboxFull.about(to=to, settings=self.settings)
             seqs = self._push(room, to, recipient, out.tails, is_event=False)
             if out.idempotency_key is not None:
-                self._receipts[key] = _Receipt(out.digest, seqs, out.now + IDEMPOTENCY_TTL)
+                self._receipts.keep(key, out.digest, seqs, out.now + IDEMPOTENCY_TTL)
             return seqs
 
     def broadcast(self, out):
@@ -215,9 +264,9 @@ class MemoryBackend(Backend):
         with self._lock:
             me = self._authenticate(room, out.sender, out.token, now)
             self._check_send_rate(out)
-            key = (room, out.sender, me.since, "*", 0, out.idempotency_key)
             if out.idempotency_key is not None:
-                result = self._receipt(key, out.digest, now)
+                key = self._receipts.key(room, out.sender, me.since, "*", 0, out.idempotency_key)
+                result = self._receipts.answer(key, out.digest, now)
                 if result is not None:
                     return result
             delivered, full = [], []
@@ -231,7 +280,7 @@ class MemoryBackend(Backend):
                     full.append(peer_id)
             result = Broadcast(delivered, full)
             if out.idempotency_key is not None and delivered:
-                self._receipts[key] = _Receipt(out.digest, result, now + IDEMPOTENCY_TTL)
+                self._receipts.keep(key, out.digest, result, now + IDEMPOTENCY_TTL)
             return result
 
     def members(self, room, peer, token, now):
@@ -250,8 +299,7 @@ class MemoryBackend(Backend):
     def reap(self, now):
         with self._lock:
             removed = [(room, pid) for room in list(self._rooms) for pid in self._reap_room(room, now)]
-            for key in [k for k, r in self._receipts.items() if r.expires <= now]:
-                del self._receipts[key]
+            self._receipts.expire(now)
             for key in [k for k, (_, ends) in self._windows.items() if ends <= now]:
                 del self._windows[key]
             for key in [k for k, until in self._used_tickets.items() if until <= now]:

@@ -121,6 +121,17 @@ TABLE = [
     ("transfer-coding-gzip", head("POST", "/rooms/r/peers", "Transfer-Encoding: gzip"), 400, "bad_request"),
     ("transfer-coding-unknown", head("POST", "/rooms/r/peers", "Transfer-Encoding: br, chunked") + chunked(b"{}"),
      501, "unsupported_transfer_coding"),
+    # gunicorn takes these, and would hand on the body still compressed: only chunked is decoded here
+    ("transfer-coding-gzip-chunked", head("POST", "/rooms/r/peers", "Transfer-Encoding: gzip, chunked")
+     + chunked(b"{}"), 501, "unsupported_transfer_coding"),
+    ("send-transfer-coding-deflate-chunked", head("POST", "/rooms/r/peers/bob/messages", "Authorization: Bearer a.x",
+                                                  "Transfer-Encoding: deflate, chunked") + chunked(b"{}"),
+     501, "unsupported_transfer_coding"),
+    ("transfer-coding-two-headers", head("POST", "/rooms/r/peers", "Transfer-Encoding: gzip",
+                                         "Transfer-Encoding: chunked") + chunked(b"{}"),
+     501, "unsupported_transfer_coding"),
+    ("transfer-coding-identity-chunked", head("POST", "/rooms/r/peers", "Transfer-Encoding: identity, chunked")
+     + chunked(b"{}"), 501, "unsupported_transfer_coding"),
     ("expect-unknown", head("GET", "/healthz", "Expect: wonders"), 417, "expectation_failed"),
     ("no-such-path", head("GET", "/nowhere"), 404, "not_found"),
 ]
