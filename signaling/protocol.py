@@ -228,7 +228,8 @@ def envelope_tail(sender: str, kind: str, data: Any, ts: float) -> str:
         allow_nan=False,
         ensure_ascii=False,
     )
-    return _LONE_SURROGATE.sub(_escaped, text[1:])
+    tail = text[1:]
+    return tail if tail.isascii() else _LONE_SURROGATE.sub(_escaped, tail)  # isascii: a flag, no scan
 
 
 #: JSON may carry a lone surrogate ("\ud800"), which `json.loads` keeps and UTF-8 cannot encode
