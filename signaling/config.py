@@ -25,6 +25,7 @@ class Settings:
     peer_ttl: float = 60.0
     max_message_bytes: int = 65536
     mailbox_limit: int = 1000
+    mailbox_bytes: int = 1048576
     room_capacity: int = 50
     stun_urls: tuple[str, ...] = ()
     turn_urls: tuple[str, ...] = ()
@@ -159,6 +160,7 @@ CHECKS: dict[str, Check] = {
     "PEER_TTL": Check(lambda v: v > 0, "seconds > 0"),
     "MAX_MESSAGE_BYTES": Check(lambda v: v > 0, "a whole number of bytes > 0"),
     "MAILBOX_LIMIT": Check(lambda v: v > 0, "a whole number > 0"),
+    "MAILBOX_BYTES": Check(lambda v: 1024 <= v <= 2**30, "a whole number of bytes from 1024 to 1073741824 (1 GiB)"),
     "ROOM_CAPACITY": Check(lambda v: v > 0, "a whole number > 0"),
     "STUN_URLS": Check(_each(_STUN_URL.fullmatch), "comma-separated stun:host[:port] URLs"),
     "TURN_URLS": Check(_each(_TURN_URL.fullmatch),

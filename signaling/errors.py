@@ -188,7 +188,8 @@ class TooManyRequests(SignalingError):
 
 class MailboxFull(TooManyRequests):
     code = "mailbox_full"
-    template = "the mailbox of '{to}' is full ({settings.mailbox_limit} envelopes)"
+    template = ("the mailbox of '{to}' is full (MAILBOX_LIMIT {settings.mailbox_limit} envelopes, "
+                "MAILBOX_BYTES {settings.mailbox_bytes} bytes)")
     retry_after = 1
 
 

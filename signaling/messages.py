@@ -127,10 +127,17 @@ def outgoing(service: Service, call: Call, room: str, to: str | None) -> protoco
     key = protocol.check_idempotency_key(call.header("Idempotency-Key"))
     settings = service.settings
     out = protocol.Outgoing.read(call.body(settings.max_message_bytes), room, sender, token, to, key, time.time())
-    if len(out.tails) > settings.mailbox_limit:  # it could never be stored: not a full mailbox to wait out
+    # what could never be stored is not a full mailbox to wait out
+    if len(out.tails) > settings.mailbox_limit:
         raise errors.PayloadTooLarge(
             f"a batch of {len(out.tails)} envelopes is more than a mailbox holds "
             f"(MAILBOX_LIMIT {settings.mailbox_limit}); send at most {settings.mailbox_limit} at a time"
+        )
+    size = sum(protocol.stored_size(seq, tail) for seq, tail in enumerate(out.tails, 1))
+    if size > settings.mailbox_bytes:
+        raise errors.PayloadTooLarge(
+            f"these envelopes take {size} bytes as stored, more than a mailbox holds "
+            f"(MAILBOX_BYTES {settings.mailbox_bytes}); send less at a time"
         )
     return out
 

@@ -230,14 +230,31 @@ def envelope_tail(sender: str, kind: str, data: Any, ts: float) -> str:
     """The envelope's JSON without its seq; a backend completes it with `with_seq`.
 
     The server encodes an envelope once, here, and never parses it again: a
-    poll answer is the stored texts joined together.
+    poll answer is the stored texts joined together. Compact UTF-8 (not
+    `\\uXXXX` escapes), so an envelope is stored in no more bytes than it was sent in.
     """
     text = json.dumps(
         {"from": sender, "type": kind, "data": data, "ts": round(ts, 3)},
         separators=(",", ":"),
         allow_nan=False,
+        ensure_ascii=False,
     )
-    return text[1:]
+    tail = text[1:]
+    return tail if tail.isascii() else _LONE_SURROGATE.sub(_escaped, tail)  # isascii: a flag, no scan
+
+
+#: JSON may carry a lone surrogate ("\ud800"), which `json.loads` keeps and UTF-8 cannot encode
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(match: re.Match) -> str:
+    """A lone surrogate written back as the JSON escape it came in, so every stored text is UTF-8."""
+    return f"\\u{ord(match.group()):04x}"
+
+
+def stored_size(seq: int, tail: str) -> int:
+    """Bytes of an envelope as stored (`with_seq` in UTF-8): what MAILBOX_BYTES counts."""
+    return len(with_seq(seq, tail).encode())
 
 
 def with_seq(seq: int, tail: str) -> str:

@@ -10,8 +10,20 @@ longer live: calls treat it as absent at once, and `reap` removes it.
 Envelopes are stored as the JSON text `protocol.with_seq(seq, tail)` and
 handed back as stored. Seqs of one mailbox are 1, 2, 3, ... with no gaps;
 the mailbox keeps every envelope above the acknowledged seq, oldest first.
-Server events (`peer-joined`, `peer-left`) never count against
-`mailbox_limit` and are never refused.
+
+A mailbox holds at most `mailbox_limit` unacknowledged envelopes and at most
+`mailbox_bytes` of them (each counted as stored: `protocol.stored_size`).
+Server events (`peer-joined`, `peer-left`) count against neither and are
+never refused: they go to every live member. What bounds them is
+`UNREAD_EVENTS`: a member whose mailbox holds that many unacknowledged events
+is not reading it, and stops being live at once, as if silent for `peer_ttl`
+(calls treat it as absent, `reap` removes it with a `peer-left` timeout, and
+it joins again). So one mailbox holds at most `mailbox_bytes` of envelopes
+and `UNREAD_EVENTS` events.
+
+A store that cannot be reached, or is full (Redis at `maxmemory`), raises
+`BackendUnavailable`; a step that stores envelopes or members then stored
+nothing.
 
 Abuse limits live here too, so they hold across instances: joins per client
 IP per minute and places leased per IP (`admit`), sends per peer per second
@@ -27,6 +39,10 @@ from .. import errors
 from ..config import Settings
 from ..hub import Hub
 from ..protocol import Outgoing
+
+#: unacknowledged server events after which a member is taken for gone (see above): far more than a member
+#: that polls ever holds (a room's every member joining and leaving ten times over between two of its polls)
+UNREAD_EVENTS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +126,7 @@ class Backend(ABC):
 
         Wakes the recipient's poll once, whatever the number of envelopes.
         Raises `PeerNotFound`, `MailboxFull` (when the mailbox has no room for
-        all of them; nothing stored), `SendRateLimited` (the sender's envelopes
+        all of them, by count or by bytes; nothing stored), `SendRateLimited` (the sender's envelopes
         are counted, not its requests; a batch that finds the second untouched
         is let through whole) and `IdempotencyKeyReused`. A repeated key with
         the same digest returns the first seqs and stores nothing.

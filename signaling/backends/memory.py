@@ -5,12 +5,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import math
 import struct
 import threading
 
 from .. import errors
 from ..protocol import IDEMPOTENCY_TTL, Outgoing, envelope_tail, hash_token, same_hash, with_seq
-from .base import Backend, Broadcast, Joined
+from .base import UNREAD_EVENTS, Backend, Broadcast, Joined
 
 
 @dataclasses.dataclass(eq=False)
@@ -21,7 +22,8 @@ class _Peer:
     seq: int = 0  # the last seq given out
     acked: int = 0
     events: int = 0  # server events among the stored envelopes
-    # (seq, is_event, text), oldest first
+    size: int = 0  # bytes of the stored envelopes that are not events (MAILBOX_BYTES)
+    # (seq, is_event, UTF-8 text), oldest first: bytes, not str, which one emoji makes take 4 bytes a character
     mailbox: collections.deque = dataclasses.field(default_factory=collections.deque)
 
 
@@ -117,22 +119,31 @@ class MemoryBackend(Backend):
         peer.last_seen = now
         return peer
 
-    def _push(self, room: str, peer_id: str, peer: _Peer, tails: tuple[str, ...], is_event: bool) -> list[int]:
-        """Store envelopes with the next seqs and wake the peer's poll once."""
-        seqs = []
-        for tail in tails:
+    @staticmethod
+    def _texts(peer: _Peer, tails: tuple[str, ...]) -> list[bytes]:
+        """The envelopes as `peer`'s mailbox would store them, with the next seqs."""
+        return [with_seq(peer.seq + i, tail).encode() for i, tail in enumerate(tails, 1)]
+
+    def _push(self, room: str, peer_id: str, peer: _Peer, texts: list[bytes], is_event: bool) -> list[int]:
+        """Store envelopes (`_texts`) with the next seqs and wake the peer's poll once."""
+        first = peer.seq + 1
+        for text in texts:
             peer.seq += 1
-            peer.mailbox.append((peer.seq, is_event, with_seq(peer.seq, tail)))
-            seqs.append(peer.seq)
-        peer.events += is_event * len(tails)
+            peer.mailbox.append((peer.seq, is_event, text))
+        if is_event:
+            peer.events += len(texts)
+            if peer.events >= UNREAD_EVENTS:  # it does not read its mailbox: gone, as if silent (base.py)
+                peer.last_seen = -math.inf
+        else:
+            peer.size += sum(map(len, texts))
         self.hub.wake(room, peer_id)
-        return seqs
+        return list(range(first, peer.seq + 1))
 
     def _announce(self, room: str, about: str, kind: str, data: object, now: float) -> None:
         tail = envelope_tail(about, kind, data, now)
         for other_id, other in self._rooms.get(room, {}).items():
-            if other_id != about:
-                self._push(room, other_id, other, (tail,), is_event=True)
+            if other_id != about and self._live(other, now):
+                self._push(room, other_id, other, self._texts(other, (tail,)), is_event=True)
 
     def _remove(self, room: str, peer_id: str, reason: str, now: float) -> None:
         members = self._rooms[room]
@@ -148,8 +159,10 @@ class MemoryBackend(Backend):
             self._remove(room, peer_id, "timeout", now)
         return expired
 
-    def _has_room(self, peer: _Peer, count: int) -> bool:
-        return len(peer.mailbox) - peer.events + count <= self.settings.mailbox_limit
+    def _has_room(self, peer: _Peer, texts: list[bytes]) -> bool:
+        settings = self.settings
+        return (len(peer.mailbox) - peer.events + len(texts) <= settings.mailbox_limit
+                and peer.size + sum(map(len, texts)) <= settings.mailbox_bytes)
 
     def _over_rate(self, key: tuple, limit: int, window: float, now: float, hits: int = 1) -> float | None:
         """Count `hits` in a fixed window; the seconds until it ends when they go past `limit`.
@@ -226,12 +239,15 @@ class MemoryBackend(Backend):
             if after > p.seq:
                 raise errors.BadCursor.about(after=after, seq=p.seq)
             while p.mailbox and p.mailbox[0][0] <= after:
-                _, is_event, _ = p.mailbox.popleft()
-                p.events -= is_event
+                _, is_event, text = p.mailbox.popleft()
+                if is_event:
+                    p.events -= 1
+                else:
+                    p.size -= len(text)
             p.acked = max(p.acked, after)
             batch = [p.mailbox[i] for i in range(min(limit, len(p.mailbox)))]
             cursor = batch[-1][0] if batch else after
-            return [text for _, _, text in batch], cursor
+            return [text.decode() for _, _, text in batch], cursor
 
     def _check_send_rate(self, out: Outgoing) -> None:
         limit = self.settings.sends_per_peer_per_second
@@ -252,9 +268,10 @@ class MemoryBackend(Backend):
                 seqs = self._receipts.answer(key, out.digest, out.now)
                 if seqs is not None:
                     return seqs
-            if not self._has_room(recipient, len(out.tails)):
+            texts = self._texts(recipient, out.tails)
+            if not self._has_room(recipient, texts):
                 raise errors.MailboxFull.about(to=to, settings=self.settings)
-            seqs = self._push(room, to, recipient, out.tails, is_event=False)
+            seqs = self._push(room, to, recipient, texts, is_event=False)
             if out.idempotency_key is not None:
                 self._receipts.keep(key, out.digest, seqs, out.now + IDEMPOTENCY_TTL)
             return seqs
@@ -273,8 +290,9 @@ class MemoryBackend(Backend):
             for peer_id, p in self._rooms[room].items():
                 if peer_id == out.sender or not self._live(p, now):
                     continue
-                if self._has_room(p, len(out.tails)):
-                    self._push(room, peer_id, p, out.tails, is_event=False)
+                texts = self._texts(p, out.tails)
+                if self._has_room(p, texts):
+                    self._push(room, peer_id, p, texts, is_event=False)
                     delivered.append(peer_id)
                 else:
                     full.append(peer_id)

@@ -60,7 +60,7 @@ from redis.retry import Retry
 from .. import errors
 from ..protocol import IDEMPOTENCY_TTL, envelope_tail, hash_token
 from .autopipeline import Autopipeline
-from .base import Backend, Broadcast, Joined
+from .base import UNREAD_EVENTS, Backend, Broadcast, Joined
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,22 @@ end
 
 local function keep_ms(ttl) return math.floor((2 * ttl + 10) * 1000) end
 
--- the heartbeat: the peer is live from now, its keys kept as long
+-- Redis at maxmemory (noeviction) refuses a script's first write of a command that may grow memory
+-- (ZADD, HSET, RPUSH, ...), and no write after the script's first one of any kind: a script is refused
+-- whole or runs whole. A script that stores calls this before its first write, so it is refused whole
+-- when Redis is full (an OOM error: 503). It writes nothing: no '' member exists, and XX adds none.
+local function refuse_when_full()
+  redis.call('ZADD', members, 'XX', 0, '')
+end
+
+-- the heartbeat: the peer is live from now, its keys kept as long. PEXPIRE first: it may not grow memory,
+-- so a script that starts with a heartbeat (a poll's acknowledgement, a member list) runs when Redis is full
 local function touch(id, now, ttl)
-  redis.call('ZADD', members, now, id)
   local ms = keep_ms(ttl)
   redis.call('PEXPIRE', members, ms)
   redis.call('PEXPIRE', peer_key(id), ms)
   redis.call('PEXPIRE', mbox_key(id), ms)
+  redis.call('ZADD', members, now, id)
 end
 
 -- On one Redis a holder's wake-ups arrive in the order of their seqs, so the new
@@ -150,19 +159,28 @@ local function wake(id, envelopes)
   end
 end
 
--- store envelopes under the next seqs, oldest first, and wake the peer's poll once; returns their seqs
+-- an envelope as stored (protocol.with_seq); #text is its size in bytes (MAILBOX_BYTES)
+local function with_seq(seq, tail) return '{"seq":' .. seq .. ',' .. tail end
+
+-- store envelopes under the next seqs, oldest first, and wake the peer's poll once; returns their seqs.
+-- A member left with UNREAD_EVENTS unacknowledged events is not reading: it is gone at once, as if silent.
 local function push(id, tails, is_event, ttl)
   local pk, mb = peer_key(id), mbox_key(id)
   local first = redis.call('HINCRBY', pk, 'seq', #tails) - #tails + 1
   local mark = is_event and 'E' or 'M'
-  local seqs, envelopes, stored = {}, {}, {}
+  local seqs, envelopes, stored, size = {}, {}, {}, 0
   for i, tail in ipairs(tails) do
     seqs[i] = first + i - 1
-    envelopes[i] = '{"seq":' .. seqs[i] .. ',' .. tail
+    envelopes[i] = with_seq(seqs[i], tail)
     stored[i] = mark .. envelopes[i]
+    size = size + #envelopes[i]
   end
   redis.call('RPUSH', mb, unpack(stored))
-  if is_event then redis.call('HINCRBY', pk, 'events', #tails) end
+  if is_event then
+    if redis.call('HINCRBY', pk, 'events', #tails) >= UNREAD_EVENTS then redis.call('ZADD', members, 0, id) end
+  else
+    redis.call('HINCRBY', pk, 'bytes', size)
+  end
   redis.call('PEXPIRE', mb, keep_ms(ttl))
   wake(id, envelopes)
   return seqs
@@ -173,9 +191,14 @@ local function incarnation(id)
   return id .. '@' .. (redis.call('HGET', peer_key(id), 'since') or '0')
 end
 
-local function unacked_messages(id)
-  local v = redis.call('HMGET', peer_key(id), 'seq', 'acked', 'events')
-  return (tonumber(v[1]) or 0) - (tonumber(v[2]) or 0) - (tonumber(v[3]) or 0)
+-- whether `id`'s mailbox has room for all of `tails`: MAILBOX_LIMIT envelopes and MAILBOX_BYTES as stored
+local function has_room(id, tails, limit, max_bytes)
+  local v = redis.call('HMGET', peer_key(id), 'seq', 'acked', 'events', 'bytes')
+  local seq = tonumber(v[1]) or 0
+  if seq - (tonumber(v[2]) or 0) - (tonumber(v[3]) or 0) + #tails > limit then return false end
+  local size = tonumber(v[4]) or 0
+  for i, tail in ipairs(tails) do size = size + #with_seq(seq + i, tail) end
+  return size <= max_bytes
 end
 
 -- count `hits` sends in a fixed one-second window; the milliseconds left in it when they go past
@@ -200,16 +223,20 @@ local function others_of(id)
   return out
 end
 
-local function remove_peer(id, tail, ttl)
+local function live_members(now, ttl)
+  return redis.call('ZRANGEBYSCORE', members, '(' .. tostring(now - ttl), '+inf')
+end
+
+local function remove_peer(id, tail, now, ttl)
   wake(id)  -- a poll it still holds looks again and learns it is gone
   redis.call('ZREM', members, id)
   redis.call('DEL', peer_key(id), mbox_key(id))
-  for _, m in ipairs(redis.call('ZRANGE', members, 0, -1)) do push(m, {tail}, true, ttl) end
+  for _, m in ipairs(live_members(now, ttl)) do push(m, {tail}, true, ttl) end
 end
 
 local function reap_room(now, ttl, before, after)
   local expired = redis.call('ZRANGEBYSCORE', members, '-inf', tostring(now - ttl))
-  for _, id in ipairs(expired) do remove_peer(id, about(id, before, after), ttl) end
+  for _, id in ipairs(expired) do remove_peer(id, about(id, before, after), now, ttl) end
   return expired
 end
 """
@@ -236,6 +263,7 @@ if not (is_live(id, now, ttl) and same(redis.call('HGET', pk, 'token'), given)) 
   if refused ~= '' then return {'err', refused} end
   if jti ~= '' and redis.call('EXISTS', jti_key) == 1 then return {'err', 'bad_ticket'} end
 end
+refuse_when_full()
 reap_room(now, ttl, left_before, left_after)
 if redis.call('ZSCORE', members, id) then
   if not same(redis.call('HGET', pk, 'token'), given) then return {'err', 'peer_id_taken'} end
@@ -246,7 +274,7 @@ end
 if redis.call('ZCARD', members) >= capacity then return {'err', 'room_full'} end
 local others = others_of(id)
 redis.call('DEL', pk, mbox_key(id))
-redis.call('HSET', pk, 'token', new_hash, 'since', since, 'seq', 0, 'acked', 0, 'events', 0)
+redis.call('HSET', pk, 'token', new_hash, 'since', since, 'seq', 0, 'acked', 0, 'events', 0, 'bytes', 0)
 touch(id, now, ttl)
 for _, m in ipairs(others) do push(m, {joined_tail}, true, ttl) end
 if jti ~= '' then redis.call('SET', jti_key, id, 'PXAT', jti_until) end
@@ -266,24 +294,23 @@ local err = authenticate(id, given, now, ttl)
 if err then return {'err', err} end
 touch(id, now, ttl)
 local pk, mb = peer_key(id), mbox_key(id)
-local v = redis.call('HMGET', pk, 'seq', 'acked', 'events', 'holder')
-local seq, acked, events = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0
+local v = redis.call('HMGET', pk, 'seq', 'acked', 'holder')
+local seq, acked = tonumber(v[1]) or 0, tonumber(v[2]) or 0
 if after > seq then return {'err', 'bad_cursor', tostring(seq)} end
 if after > acked then
   local n = after - acked
-  if events > 0 then
-    local gone = 0
-    for _, text in ipairs(redis.call('LRANGE', mb, 0, n - 1)) do
-      if string.byte(text, 1) == 69 then gone = gone + 1 end  -- 'E'
-    end
-    if gone > 0 then redis.call('HINCRBY', pk, 'events', -gone) end
+  local events, size = 0, 0
+  for _, text in ipairs(redis.call('LRANGE', mb, 0, n - 1)) do
+    if string.byte(text, 1) == 69 then events = events + 1 else size = size + #text - 1 end  -- 'E', or 'M' .. text
   end
+  if events > 0 then redis.call('HINCRBY', pk, 'events', -events) end
+  if size > 0 then redis.call('HINCRBY', pk, 'bytes', -size) end
   redis.call('LTRIM', mb, n, -1)
   redis.call('HSET', pk, 'acked', after)
   acked = after
 end
 if hold ~= '' then
-  local old = v[4]
+  local old = v[3]
   redis.call('HSET', pk, 'holder', hold)
   if old and old ~= hold then
     local old_instance, old_poll = string.match(old, '^(%S+) (%S+)$')
@@ -302,15 +329,16 @@ SEND = r"""
 -- Store a send's envelopes in one mailbox, all of them or none, and wake its poll once.
 -- KEYS[1]  sig:{room}:members
 -- ARGV     sender, token hash, now, peer ttl, recipient, digest of the body, Idempotency-Key ('' for none),
---          mailbox limit, receipt lifetime (s), sends per second, then each envelope's tail, in order
+--          mailbox limit, mailbox bytes, receipt lifetime (s), sends per second, then each envelope's tail, in order
 -- returns  {'ok', seqs joined by ','} | {'err', code[, milliseconds to wait]}
 local from, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local to, digest, key = ARGV[5], ARGV[6], ARGV[7]
-local limit, receipt_ttl, per_second = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
-local tails = {unpack(ARGV, 11)}
+local limit, max_bytes, receipt_ttl, per_second = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
+local tails = {unpack(ARGV, 12)}
 
 local err = authenticate(from, given, now, ttl)
 if err then return {'err', err} end
+refuse_when_full()
 touch(from, now, ttl)
 local wait = over_rate(from, per_second, #tails)
 if wait then return {'err', 'send_rate_limited', tostring(wait)} end
@@ -325,7 +353,7 @@ if key ~= '' then
     return {'ok', answer}
   end
 end
-if unacked_messages(to) + #tails > limit then return {'err', 'mailbox_full'} end
+if not has_room(to, tails, limit, max_bytes) then return {'err', 'mailbox_full'} end
 local seqs = table.concat(push(to, tails, false, ttl), ',')
 if receipt then redis.call('SET', receipt, digest .. ' ' .. seqs, 'EX', receipt_ttl) end
 return {'ok', seqs}
@@ -335,14 +363,16 @@ BROADCAST = r"""
 -- Store a broadcast's envelopes for every other live member with room for all of them.
 -- KEYS[1]  sig:{room}:members
 -- ARGV     sender, token hash, now, peer ttl, digest of the body, Idempotency-Key ('' for none),
---          mailbox limit, receipt lifetime (s), sends per second, then each envelope's tail, in order
+--          mailbox limit, mailbox bytes, receipt lifetime (s), sends per second, then each envelope's tail, in order
 -- returns  {'ok', delivered ids joined by ',', full ids joined by ','} | {'err', code[, milliseconds to wait]}
 local from, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local digest, key, limit, receipt_ttl, per_second = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
-local tails = {unpack(ARGV, 10)}
+local digest, key, limit, max_bytes = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local receipt_ttl, per_second = ARGV[9], tonumber(ARGV[10])
+local tails = {unpack(ARGV, 11)}
 
 local err = authenticate(from, given, now, ttl)
 if err then return {'err', err} end
+refuse_when_full()
 touch(from, now, ttl)
 local wait = over_rate(from, per_second, #tails)
 if wait then return {'err', 'send_rate_limited', tostring(wait)} end
@@ -357,9 +387,9 @@ if key ~= '' then
   end
 end
 local delivered, full = {}, {}
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', members, '(' .. tostring(now - ttl), '+inf')) do
+for _, m in ipairs(live_members(now, ttl)) do
   if m ~= from then
-    if unacked_messages(m) + #tails > limit then
+    if not has_room(m, tails, limit, max_bytes) then
       full[#full + 1] = m
     else
       push(m, tails, false, ttl)
@@ -382,7 +412,7 @@ local id, given, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4
 local err = authenticate(id, given, now, ttl)
 if err then return {'err', err} end
 touch(id, now, ttl)
-return {'ok', unpack(redis.call('ZRANGEBYSCORE', members, '(' .. tostring(now - ttl), '+inf'))}
+return {'ok', unpack(live_members(now, ttl))}
 """
 
 LEAVE = r"""
@@ -394,7 +424,7 @@ local id, given, now, ttl, left_tail = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonu
 
 local err = authenticate(id, given, now, ttl)
 if err == 'unauthorized' then return {'err', err} end
-if err == nil then remove_peer(id, left_tail, ttl) end
+if err == nil then remove_peer(id, left_tail, now, ttl) end
 return {'ok'}
 """
 
@@ -457,7 +487,8 @@ _ROOM_SCRIPTS = {
 def scripts(sharded: bool) -> dict[str, str]:
     """Every script's full source; each returns {its result, the wake-ups it left to send}."""
     def build(body: str, prelude: str) -> str:
-        head = f"local SHARDED = {'true' if sharded else 'false'}\n{_NOTIFY}{prelude}"
+        constants = f"local SHARDED = {'true' if sharded else 'false'}\nlocal UNREAD_EVENTS = {UNREAD_EVENTS}\n"
+        head = f"{constants}{_NOTIFY}{prelude}"
         return f"{head}local function main()\n{body}\nend\nreturn {{main(), WAKES}}\n"
 
     return {
@@ -477,11 +508,19 @@ UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.Clust
 
 @contextlib.contextmanager
 def _reachable():
-    """Turn a lost or timed-out Redis into `503 backend_unavailable`."""
+    """Turn a lost, timed-out or full Redis into `503 backend_unavailable`.
+
+    Full: at `maxmemory` with `noeviction` (the README's deployment), Redis
+    refuses writes that may grow memory with an OOM error; a script is refused
+    whole, before its first write (`refuse_when_full`).
+    """
     try:
         yield
     except UNREACHABLE as exc:
         raise errors.BackendUnavailable() from exc
+    except redis.exceptions.OutOfMemoryError as exc:
+        log.warning("Redis is full (maxmemory): %s", exc)
+        raise errors.BackendUnavailable("the state store is full; try again shortly") from exc
 
 
 def _halves(peer_tail: str) -> tuple[str, str]:
@@ -642,7 +681,7 @@ class RedisBackend(Backend):
         _, seqs = self._run(
             "send", out.room,
             [out.sender, _hashed(out.token), repr(out.now), repr(self.settings.peer_ttl), out.to, out.digest,
-             out.idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL,
+             out.idempotency_key or "", self.settings.mailbox_limit, self.settings.mailbox_bytes, IDEMPOTENCY_TTL,
              self.settings.sends_per_peer_per_second, *out.tails],
             peer=out.sender, to=out.to,
         )
@@ -652,7 +691,7 @@ class RedisBackend(Backend):
         _, delivered, full = self._run(
             "broadcast", out.room,
             [out.sender, _hashed(out.token), repr(out.now), repr(self.settings.peer_ttl), out.digest,
-             out.idempotency_key or "", self.settings.mailbox_limit, IDEMPOTENCY_TTL,
+             out.idempotency_key or "", self.settings.mailbox_limit, self.settings.mailbox_bytes, IDEMPOTENCY_TTL,
              self.settings.sends_per_peer_per_second, *out.tails],
             peer=out.sender,
         )

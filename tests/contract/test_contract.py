@@ -240,7 +240,8 @@ def test_mailbox_full_refuses_and_stores_nothing(make_app):
         assert alice.send("bob", "n", i).status == 202
     reply = alice.send("bob", "n", 3)
     assert reply.status == 429 and reply.code == "mailbox_full"
-    assert reply.body["error"]["message"] == "the mailbox of 'bob' is full (3 envelopes)"  # every backend
+    assert reply.body["error"]["message"] == ("the mailbox of 'bob' is full (MAILBOX_LIMIT 3 envelopes, "
+                                             "MAILBOX_BYTES 1048576 bytes)")  # every backend
     assert int(reply.headers["retry-after"]) >= 1
     assert [m["data"] for m in bob.receive()] == [0, 1, 2]
     assert alice.send("bob", "n", 4).status == 429  # seen, not yet acknowledged

@@ -30,7 +30,7 @@ class Room:
     """alice and bob in room r1 of a memory backend whose peers outlive the test's clock jumps."""
 
     def __init__(self):
-        settings = dataclasses.replace(Settings(), peer_ttl=10 * IDEMPOTENCY_TTL, mailbox_limit=10**9,
+        settings = dataclasses.replace(Settings(), peer_ttl=10 * IDEMPOTENCY_TTL, mailbox_limit=10**9, mailbox_bytes=2**30,
                                        sends_per_peer_per_second=0, joins_per_ip_per_minute=0)
         self.backend = MemoryBackend(settings, Hub())
         self.tokens = {peer: new_token(peer) for peer in ("alice", "bob")}
