@@ -69,6 +69,7 @@ def join(room: str):
         joined = service.backend.join(
             room, peer, new_token, token, now,
             jti=ticket and ticket.jti, jti_until=ticket.usable_until if ticket else 0.0, refusal=refusal,
+            client_ip=client_ip,
         )
     except errors.SignalingError:
         if leased:
@@ -116,9 +117,7 @@ def members(room: str):
 def _leave(room: str, peer: str, token: str | None) -> Response:
     protocol.check_id(room, "room")
     protocol.check_id(peer, "peer")
-    backend = _service().backend
-    backend.leave(room, peer, token, time.time())
-    backend.release(_client_ip(), room, peer)
+    _service().backend.leave(room, peer, token, time.time())
     return Response(status=204)
 
 

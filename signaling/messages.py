@@ -59,10 +59,6 @@ class Call:
     def token(self) -> str | None:
         return protocol.bearer(self.header("Authorization"))
 
-    def client_ip(self) -> str:
-        """The socket's address, or X-Forwarded-For's when TRUSTED_PROXIES put ProxyFix in front."""
-        return self.environ.get("REMOTE_ADDR") or "unknown"
-
     def body(self, limit: int) -> bytes:
         return protocol.read_body(self.environ, limit)
 
@@ -108,10 +104,10 @@ def poll(service: Service, call: Call, room: str, peer: str) -> tuple[int, str]:
     protocol.check_id(peer, "peer")
     after, limit, wait = call.cursor(), call.limit(), call.wait(service.settings.poll_wait)
     call.body(service.settings.max_message_bytes)  # a poll has no use for a body, but refuses one past the limit
-    token, client_ip = call.token(), call.client_ip()
+    token = call.token()
 
     def fetch(hold: int | None):
-        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold, client_ip)
+        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold)
 
     messages, cursor = service.hub.poll(room, peer, after, limit, wait, fetch)
     metrics.DELIVERIES.inc(len(messages))

@@ -3,9 +3,12 @@
 Every method is one atomic step: no other request sees it half done, on any
 instance. Every method that takes a `token` authenticates first: a peer that
 is not a live member raises `NotJoined` whatever the token; a live member with
-a missing or wrong token raises `Unauthorized`. Authenticated calls count as
-the peer's heartbeat. A peer not heard from for `peer_ttl` seconds is no
-longer live: calls treat it as absent at once, and `reap` removes it.
+a missing or wrong token raises `Unauthorized`. A call that fails its token
+check changes nothing in the store (no heartbeat, no lease, no reap schedule).
+Every authenticated call, whatever it asks, counts as the peer's heartbeat,
+and keeps its place leased to the client IP it joined from (`admit`). A peer
+not heard from for `peer_ttl` seconds is no longer live: calls treat it as
+absent at once, and `reap` removes it.
 
 Envelopes are stored as the JSON text `protocol.with_seq(seq, tail)` and
 handed back as stored. Seqs of one mailbox are 1, 2, 3, ... with no gaps;
@@ -71,6 +74,7 @@ class Backend(ABC):
     def join(
         self, room: str, peer: str, new_token: str, token: str | None, now: float,
         jti: str | None = None, jti_until: float = 0.0, refusal: errors.SignalingError | None = None,
+        client_ip: str | None = None,
     ) -> Joined:
         """Add `peer` with `new_token`, or resume it when `token` is its own.
 
@@ -90,17 +94,24 @@ class Backend(ABC):
         atomic step, so of two joins with one ticket exactly one succeeds. A
         resume neither needs nor uses the jti. A join that fails changes
         nothing: no member, no event, no jti kept.
+
+        `client_ip` is the address `admit` leased the place to: the peer's
+        heartbeats keep that lease (a resume from another address moves it there).
         """
 
     @abstractmethod
     def admit(self, client_ip: str, room: str, peer: str, now: float) -> bool:
         """Count a join attempt from `client_ip` and lease it a place for `peer`.
 
-        Raises `JoinRateLimited` past `joins_per_ip_per_minute`, and, for a
-        place the IP does not hold yet, `TooManyPeers` or `TooManyRooms`
-        past `peers_per_ip` or `rooms_per_ip`. A lease lasts `peer_ttl` and
-        is renewed by the peer's polls from that IP. Returns True when the
-        lease is new, so a join that then fails can `release` it.
+        Every attempt counts, before anything is known about the join (a
+        refused one too). Raises `JoinRateLimited` past `joins_per_ip_per_minute`,
+        and, for a place the IP does not hold yet, `TooManyPeers` or
+        `TooManyRooms` past `peers_per_ip` or `rooms_per_ip`. A lease lasts
+        `peer_ttl` (the join's time to happen); the joined peer's heartbeats,
+        from any address, keep it as long as the peer lives: it ends when the
+        peer times out (memory), or at most `peer_ttl / 2` + 2 s after (Redis,
+        which renews it every `peer_ttl / 2`). `leave` gives it back. Returns
+        True when the lease is new, so a join that then fails can `release` it.
         """
 
     @abstractmethod
@@ -110,14 +121,14 @@ class Backend(ABC):
     @abstractmethod
     def fetch(
         self, room: str, peer: str, token: str | None, after: int, limit: int, now: float,
-        hold: int | None = None, client_ip: str | None = None,
+        hold: int | None = None,
     ) -> tuple[list[str], int]:
         """Acknowledge seqs <= `after`, return (up to `limit` envelopes, cursor).
 
         Raises `BadCursor` when `after` is beyond the last seq given out.
         With `hold` (a poll id), that poll is recorded as the one waiting on
         this mailbox, so a send wakes it and a newer poll held on another
-        instance supersedes it. Renews the lease `client_ip` holds for the peer.
+        instance supersedes it.
         """
 
     @abstractmethod
@@ -142,7 +153,7 @@ class Backend(ABC):
 
     @abstractmethod
     def leave(self, room: str, peer: str, token: str | None, now: float) -> None:
-        """Remove `peer` and its mailbox; others get `peer-left` (left).
+        """Remove `peer` and its mailbox, and give back its place; others get `peer-left` (left).
 
         A peer that is not a member is not an error: nothing happens.
         """

@@ -19,6 +19,7 @@ class _Peer:
     token_hash: str
     last_seen: float
     since: float  # when it joined: receipts of an earlier peer with its id do not apply
+    ip: str = ""  # the client IP whose place it holds ("" for none)
     seq: int = 0  # the last seq given out
     acked: int = 0
     events: int = 0  # server events among the stored envelopes
@@ -116,8 +117,15 @@ class MemoryBackend(Backend):
             raise errors.NotJoined.about(room=room, peer=peer_id)
         if not same_hash(peer.token_hash, token):
             raise errors.Unauthorized.about(peer=peer_id)
-        peer.last_seen = now
+        self._heartbeat(room, peer_id, peer, now)
         return peer
+
+    def _heartbeat(self, room: str, peer_id: str, peer: _Peer, now: float) -> None:
+        """The peer is live from now, and keeps its place leased to its IP as long."""
+        peer.last_seen = now
+        leases = self._leases.get(peer.ip)
+        if leases and (room, peer_id) in leases:
+            leases[(room, peer_id)] = now + self.settings.peer_ttl
 
     @staticmethod
     def _texts(peer: _Peer, tails: tuple[str, ...]) -> list[bytes]:
@@ -204,7 +212,8 @@ class MemoryBackend(Backend):
         with self._lock:
             self._leases.get(client_ip, {}).pop((room, peer), None)
 
-    def join(self, room, peer, new_token, token, now, jti=None, jti_until=0.0, refusal=None):
+    def join(self, room, peer, new_token, token, now, jti=None, jti_until=0.0, refusal=None, client_ip=None):
+        leased_to = client_ip if client_ip and (self.settings.peers_per_ip or self.settings.rooms_per_ip) else ""
         with self._lock:
             existing = self._rooms.get(room, {}).get(peer)
             if not (self._live(existing, now) and same_hash(existing.token_hash, token)):  # not a resume
@@ -218,24 +227,22 @@ class MemoryBackend(Backend):
             if existing is not None:
                 if not same_hash(existing.token_hash, token):
                     raise errors.PeerIdTaken.about(room=room, peer=peer)
-                existing.last_seen = now
+                existing.ip = leased_to or existing.ip  # resumed from another address: its place now
+                self._heartbeat(room, peer, existing, now)
                 others = [pid for pid in members if pid != peer]
                 return Joined(created=False, peers=others, cursor=existing.acked)
             if len(members) >= self.settings.room_capacity:
                 raise errors.RoomFull.about(room=room, settings=self.settings)
             others = list(members)
-            self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(new_token), now, now)
+            self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(new_token), now, now, leased_to)
             if jti is not None:
                 self._used_tickets[(room, jti)] = jti_until
             self._announce(room, peer, "peer-joined", None, now)
             return Joined(created=True, peers=others, cursor=0)
 
-    def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None):
+    def fetch(self, room, peer, token, after, limit, now, hold=None):
         with self._lock:
             p = self._authenticate(room, peer, token, now)
-            leases = self._leases.get(client_ip)
-            if leases and (room, peer) in leases:
-                leases[(room, peer)] = now + self.settings.peer_ttl
             if after > p.seq:
                 raise errors.BadCursor.about(after=after, seq=p.seq)
             while p.mailbox and p.mailbox[0][0] <= after:
@@ -309,10 +316,11 @@ class MemoryBackend(Backend):
     def leave(self, room, peer, token, now):
         with self._lock:
             try:
-                self._authenticate(room, peer, token, now)
+                p = self._authenticate(room, peer, token, now)
             except errors.NotJoined:
                 return
             self._remove(room, peer, "left", now)
+            self._leases.get(p.ip, {}).pop((room, peer), None)
 
     def reap(self, now):
         with self._lock:

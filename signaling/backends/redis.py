@@ -4,7 +4,8 @@ Key layout. Every key of a room carries the hash tag `{room}`, so a room
 lives on one Redis Cluster shard and a script may touch all of its keys:
 
     sig:{room}:members            zset  peer id -> last heartbeat (unix s)
-    sig:{room}:peer:<id>          hash  token (sha256), since (join time), seq, acked, events, holder
+    sig:{room}:peer:<id>          hash  token (sha256), since (join time), seq, acked, events, holder,
+                                        ip (whose place it holds), renewed (when it last asked for a renewal)
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
     sig:{room}:idem:<from>@<since>:<to>@<since>:<key>   string  "<digest> <answer>", 10 minutes
     sig:{room}:jti:<jti>          string  the peer a single-use join ticket admitted, until its exp (+ leeway)
@@ -20,6 +21,13 @@ Peer keys expire 2 * PEER_TTL + 10 s after the last heartbeat, so a crash
 leaves nothing behind for long. One global key, `sig:reap` (zset room ->
 when to look for expired peers next), lets any instance find rooms to reap
 without scanning; scripts never touch it, so no script crosses slots.
+
+Renewals. A heartbeat keeps two things alive outside its room's slot: the
+room's entry in `sig:reap` and the lease of the IP the peer counts against.
+A script cannot reach them, so once it has authenticated the caller it asks
+for them (`RENEW`), at most once per PEER_TTL / 2 per peer (the peer hash's
+`renewed`), and the backend sends the commands after it (`_renew`). A
+request that fails its token check writes nothing at all.
 
 Wake-ups: a held poll records its `holder` ("<instance> <poll id>") on the
 peer hash. A script that adds to that mailbox sends "M <room> <peer>" to
@@ -86,8 +94,11 @@ def wake_channel(instance: str) -> str:
 
 # Heads every script. Wake-ups go out through `notify`: published at once on
 # one Redis, collected in WAKES (returned beside the result) on a cluster.
+# RENEW, when a heartbeat sets it, is {peer, its IP ('' for none), now}: the
+# renewals the backend sends after the script (see the module docstring).
 _NOTIFY = r"""
 local WAKES = {}
+local RENEW = false
 local function notify(instance, message)
   if SHARDED then
     WAKES[#WAKES + 1] = instance
@@ -138,14 +149,21 @@ local function refuse_when_full()
   redis.call('ZADD', members, 'XX', 0, '')
 end
 
--- the heartbeat: the peer is live from now, its keys kept as long. PEXPIRE first: it may not grow memory,
+-- the heartbeat: the peer is live from now, its keys kept as long; once per half PEER_TTL it asks for
+-- the room's look in sig:reap and its IP's lease to be renewed. PEXPIRE first: it may not grow memory,
 -- so a script that starts with a heartbeat (a poll's acknowledgement, a member list) runs when Redis is full
 local function touch(id, now, ttl)
+  local pk = peer_key(id)
   local ms = keep_ms(ttl)
   redis.call('PEXPIRE', members, ms)
-  redis.call('PEXPIRE', peer_key(id), ms)
+  redis.call('PEXPIRE', pk, ms)
   redis.call('PEXPIRE', mbox_key(id), ms)
   redis.call('ZADD', members, now, id)
+  local v = redis.call('HMGET', pk, 'renewed', 'ip')
+  if not v[1] or now - tonumber(v[1]) >= ttl / 2 then
+    redis.call('HSET', pk, 'renewed', tostring(now))
+    RENEW = {id, v[2] or '', tostring(now)}
+  end
 end
 
 -- On one Redis a holder's wake-ups arrive in the order of their seqs, so the new
@@ -250,12 +268,13 @@ JOIN = r"""
 --          peer-joined tail, peer-left (timeout) tail's halves before and after the id,
 --          the code to refuse a fresh join with ('' when it may be fresh: tickets off, or its ticket passed),
 --          the ticket's jti ('' for none; kept at sig:{room}:jti:<jti> once it admitted a join),
---          until when that jti is kept (unix ms: the ticket's exp plus the leeway)
+--          until when that jti is kept (unix ms: the ticket's exp plus the leeway),
+--          the client IP whose place the peer takes ('' when per-IP limits are off)
 -- returns  {'created' | 'resumed', cursor, other ids...} | {'err', code}
 local id, new_hash, given = ARGV[1], ARGV[2], ARGV[3]
 local since, now, ttl, capacity = ARGV[4], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local joined_tail, left_before, left_after = ARGV[7], ARGV[8], ARGV[9]
-local refused, jti, jti_until = ARGV[10], ARGV[11], ARGV[12]
+local refused, jti, jti_until, ip = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 
 local pk = peer_key(id)
 local jti_key = prefix .. 'jti:' .. jti
@@ -267,6 +286,10 @@ refuse_when_full()
 reap_room(now, ttl, left_before, left_after)
 if redis.call('ZSCORE', members, id) then
   if not same(redis.call('HGET', pk, 'token'), given) then return {'err', 'peer_id_taken'} end
+  if ip ~= '' and redis.call('HGET', pk, 'ip') ~= ip then  -- resumed from another address: its place now
+    redis.call('HSET', pk, 'ip', ip)
+    redis.call('HDEL', pk, 'renewed')
+  end
   touch(id, now, ttl)
   local acked = redis.call('HGET', pk, 'acked') or '0'
   return {'resumed', acked, unpack(others_of(id))}
@@ -274,7 +297,7 @@ end
 if redis.call('ZCARD', members) >= capacity then return {'err', 'room_full'} end
 local others = others_of(id)
 redis.call('DEL', pk, mbox_key(id))
-redis.call('HSET', pk, 'token', new_hash, 'since', since, 'seq', 0, 'acked', 0, 'events', 0, 'bytes', 0)
+redis.call('HSET', pk, 'token', new_hash, 'since', since, 'seq', 0, 'acked', 0, 'events', 0, 'bytes', 0, 'ip', ip)
 touch(id, now, ttl)
 for _, m in ipairs(others) do push(m, {joined_tail}, true, ttl) end
 if jti ~= '' then redis.call('SET', jti_key, id, 'PXAT', jti_until) end
@@ -419,13 +442,15 @@ LEAVE = r"""
 -- Remove a peer and its mailbox; the others get peer-left. Not a member: nothing happens.
 -- KEYS[1]  sig:{room}:members
 -- ARGV     peer, token hash, now, peer ttl, peer-left (left) tail
--- returns  {'ok'} | {'err', 'unauthorized'}
+-- returns  {'ok', the IP whose place it held ('' for none)} | {'ok'} (not a member) | {'err', 'unauthorized'}
 local id, given, now, ttl, left_tail = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 
 local err = authenticate(id, given, now, ttl)
 if err == 'unauthorized' then return {'err', err} end
-if err == nil then remove_peer(id, left_tail, now, ttl) end
-return {'ok'}
+if err then return {'ok'} end
+local ip = redis.call('HGET', peer_key(id), 'ip') or ''
+remove_peer(id, left_tail, now, ttl)
+return {'ok', ip}
 """
 
 REAP = r"""
@@ -473,8 +498,10 @@ if new then
     if max_rooms > 0 and not rooms[room] and count >= max_rooms then return {'err', 'too_many_rooms', wait} end
   end
 end
-redis.call('ZADD', leases_key, expiry, place)
-redis.call('PEXPIREAT', leases_key, math.ceil(tonumber(expiry) * 1000))
+redis.call('ZADD', leases_key, 'GT', expiry, place)  -- never shortens a lease a heartbeat renewed
+-- the key lasts as long as its longest lease (a heartbeat's renewal may have set one beyond this one)
+local last = redis.call('ZRANGE', leases_key, -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', leases_key, math.ceil(tonumber(last[2]) * 1000))
 return {'ok', new and 1 or 0}
 """
 
@@ -485,11 +512,11 @@ _ROOM_SCRIPTS = {
 
 
 def scripts(sharded: bool) -> dict[str, str]:
-    """Every script's full source; each returns {its result, the wake-ups it left to send}."""
+    """Every script's full source; each returns {its result, the wake-ups it left to send, RENEW}."""
     def build(body: str, prelude: str) -> str:
         constants = f"local SHARDED = {'true' if sharded else 'false'}\nlocal UNREAD_EVENTS = {UNREAD_EVENTS}\n"
         head = f"{constants}{_NOTIFY}{prelude}"
-        return f"{head}local function main()\n{body}\nend\nreturn {{main(), WAKES}}\n"
+        return f"{head}local function main()\n{body}\nend\nreturn {{main(), WAKES, RENEW}}\n"
 
     return {
         **{name: build(body, _PRELUDE) for name, body in _ROOM_SCRIPTS.items()},
@@ -578,14 +605,13 @@ class RedisBackend(Backend):
             return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, timeout=TIMEOUT, **options))
         return redis.Redis.from_url(url, **options)
 
-    def _pipeline(self, calls: list[tuple[str, list[str], list]], extra: list[tuple] = ()) -> list:
-        """Run scripts (name, keys, args) and optional extra commands in one round trip.
+    def _pipeline(self, calls: list[tuple[str, list[str], list]]) -> tuple[list, list]:
+        """Run scripts (name, keys, args) in one round trip: (their results, the renewals each asked for).
 
         Scripts go by EVALSHA; after a Redis restart forgot them, they are
         loaded and the ones that got NOSCRIPT (and so did not run) run again.
         """
         commands = [("EVALSHA", self._sha[name], len(keys), *keys, *args) for name, keys, args in calls]
-        commands += extra
         with _reachable():
             loads = self._script_loads
             replies = self._round_trips.execute(commands)
@@ -602,21 +628,23 @@ class RedisBackend(Backend):
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
-            results, wakes = [], []
-            for result, notify in replies[: len(calls)]:
+            results, renewals, wakes = [], [], []
+            for result, notify, renew in replies:
                 results.append(result)
+                renewals.append(renew)
                 wakes += notify
             if wakes:  # Redis Cluster: the script could not publish to another slot's channel
                 self._round_trips.execute(
                     [("SPUBLISH", wake_channel(instance), message)
                      for instance, message in zip(wakes[::2], wakes[1::2], strict=True)]
                 )
-        return results
+        return results, renewals
 
-    def _run(self, name: str, room: str, args: list, extra: list[tuple] = (), keys: list[str] | None = None,
-             **context) -> list:
+    def _run(self, name: str, room: str, args: list, keys: list[str] | None = None, **context) -> list:
         """Run one script on the room's keys (or `keys`); an error reply becomes the API error."""
-        reply = self._pipeline([(name, keys or [members_key(room)], args)], extra)[0]
+        (reply,), (renewal,) = self._pipeline([(name, keys or [members_key(room)], args)])
+        if renewal:  # the caller authenticated, even if the script then refused what it asked
+            self._renew(room, *renewal)
         if reply and reply[0] == "err":
             kind, detail = _ERRORS[reply[1]], reply[2:]
             # the detail is the last seq given out (bad_cursor), or the milliseconds to wait (a limit)
@@ -625,14 +653,27 @@ class RedisBackend(Backend):
                              retry_after=int(detail[0]) / 1000 if waits else None, **context)
         return reply
 
-    def _schedule_reap(self, room: str, now: float, renew: tuple[str, str] | None = None) -> list[tuple]:
-        """Commands riding along a join or poll: keep the room in `sig:reap`, renew the IP's lease."""
-        until = repr(now + self.settings.peer_ttl)
-        commands = [("ZADD", REAP_KEY, "NX", until, room)]
-        if renew:
-            client_ip, peer = renew
-            commands.append(("ZADD", ip_keys(client_ip)[1], "XX", until, f"{room} {peer}"))
-        return commands
+    def _renew(self, room: str, peer: str, client_ip: str, now: str) -> None:
+        """What a heartbeat asked for: the room stays in `sig:reap`, the IP keeps the peer's place.
+
+        A lease runs 1.5 * PEER_TTL + TIMEOUT from a renewal: without another
+        renewal the peer outlives this one by at most 1.5 * PEER_TTL (a heartbeat
+        just before the next renewal is due, then PEER_TTL of silence), and
+        TIMEOUT covers the next renewal's way here. The request's own work is
+        done by now: a renewal that fails is logged, not answered.
+        """
+        ttl, since = self.settings.peer_ttl, float(now)
+        commands = [("ZADD", REAP_KEY, "NX", repr(since + ttl), room)]
+        if client_ip:
+            leases, until = ip_keys(client_ip)[1], since + 1.5 * ttl + TIMEOUT
+            commands += [("ZADD", leases, "XX", "GT", repr(until), f"{room} {peer}"),
+                         ("PEXPIREAT", leases, math.ceil(until * 1000))]
+        try:
+            failed = [reply for reply in self._round_trips.execute(commands) if isinstance(reply, Exception)]
+        except UNREACHABLE as exc:
+            failed = [exc]
+        if failed:
+            log.warning("renewal of %s in room %s failed: %s", peer, room, failed[0])
 
     # -- the contract
 
@@ -652,28 +693,29 @@ class RedisBackend(Backend):
         with _reachable():
             self.client.zrem(ip_keys(client_ip)[1], f"{room} {peer}")
 
-    def join(self, room, peer, new_token, token, now, jti=None, jti_until=0.0, refusal=None):
+    def join(self, room, peer, new_token, token, now, jti=None, jti_until=0.0, refusal=None, client_ip=None):
+        settings = self.settings
         before, after = _halves(envelope_tail("@", "peer-left", {"reason": "timeout"}, now))
+        leased_to = client_ip if client_ip and (settings.peers_per_ip or settings.rooms_per_ip) else ""
         try:
             status, cursor, *others = self._run(
                 "join", room,
-                [peer, hash_token(new_token), _hashed(token), repr(now), repr(self.settings.peer_ttl),
-                 self.settings.room_capacity, envelope_tail(peer, "peer-joined", None, now), before, after,
-                 refusal.code if refusal else "", jti or "", math.ceil(jti_until * 1000) if jti else 0],
-                self._schedule_reap(room, now), peer=peer,
+                [peer, hash_token(new_token), _hashed(token), repr(now), repr(settings.peer_ttl),
+                 settings.room_capacity, envelope_tail(peer, "peer-joined", None, now), before, after,
+                 refusal.code if refusal else "", jti or "", math.ceil(jti_until * 1000) if jti else 0, leased_to],
+                peer=peer,
             )
         except (errors.TicketRequired, errors.BadTicket):
             # the script names the code; which check failed, the view's refusal says, or the jti was used
             raise (refusal or errors.BadTicket.used()) from None
         return Joined(created=status == "created", peers=others, cursor=int(cursor))
 
-    def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None):
+    def fetch(self, room, peer, token, after, limit, now, hold=None):
         holder = f"{self.instance} {hold}" if hold is not None else ""
-        renew = (client_ip, peer) if client_ip and (self.settings.peers_per_ip or self.settings.rooms_per_ip) else None
         _, cursor, *items = self._run(
             "fetch", room,
             [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl), after, limit, holder],
-            self._schedule_reap(room, now, renew), peer=peer, after=after,
+            peer=peer, after=after,
         )
         return [item[1:] for item in items], int(cursor)
 
@@ -705,9 +747,11 @@ class RedisBackend(Backend):
 
     def leave(self, room, peer, token, now):
         tail = envelope_tail(peer, "peer-left", {"reason": "left"}, now)
-        self._run(
+        _, *place = self._run(
             "leave", room, [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl), tail], peer=peer
         )
+        if place and place[0]:
+            self.release(place[0], room, peer)
 
     def reap(self, now):
         with _reachable():
@@ -716,7 +760,7 @@ class RedisBackend(Backend):
             return []
         before, after = _halves(envelope_tail("@", "peer-left", {"reason": "timeout"}, now))
         args = [repr(now), repr(self.settings.peer_ttl), before, after]
-        replies = self._pipeline([("reap", [members_key(room)], args) for room in due])
+        replies, _ = self._pipeline([("reap", [members_key(room)], args) for room in due])
         removed, empty, next_look = [], [], {}
         for room, (look, *gone) in zip(due, replies, strict=True):
             removed += [(room, peer) for peer in gone]
@@ -731,7 +775,24 @@ class RedisBackend(Backend):
             if next_look:
                 pipe.zadd(REAP_KEY, next_look)
             pipe.execute()
+            if empty:
+                self._keep_joined_rooms(empty, now)
         return removed
+
+    def _keep_joined_rooms(self, rooms: list[str], now: float) -> None:
+        """Schedule again the rooms found empty that a join has filled since.
+
+        The look and the ZREM are two steps: a join between them adds its room
+        to `sig:reap` while it is still there, and the ZREM then takes it out.
+        Looking once more after the ZREM closes the gap: a join this look does
+        not see comes after the ZREM, and its own renewal puts the room back.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for room in rooms:
+            pipe.exists(members_key(room))
+        joined = {room: now for room, found in zip(rooms, pipe.execute(), strict=True) if found}
+        if joined:
+            self.client.zadd(REAP_KEY, joined, nx=True)
 
     def ping(self):
         with _reachable():

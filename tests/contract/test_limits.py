@@ -16,6 +16,11 @@ def from_ip(app, ip: str) -> Api:
     return Api.over_flask(app.test_client(), remote_addr=ip)
 
 
+#: the longest a lease may still run (Retry-After) with the default PEER_TTL: Redis renews one every
+#: PEER_TTL / 2, for 1.5 * PEER_TTL + 2 s (the memory backend: PEER_TTL from the peer's last heartbeat)
+PLACE_HELD = 1.5 * 60 + 2
+
+
 def assert_limited(reply, code: str, most: float) -> None:
     assert reply.status == 429 and reply.code == code, reply.raw
     assert 1 <= int(reply.headers["retry-after"]) <= most
@@ -71,7 +76,7 @@ def test_peers_per_ip(make_app):
     api = from_ip(app, "10.0.0.1")
     first = api.peer("r1", "a")
     api.peer("r2", "b")
-    assert_limited(api.join("r3", "c"), "too_many_peers", 60)
+    assert_limited(api.join("r3", "c"), "too_many_peers", PLACE_HELD)
     assert from_ip(app, "10.0.0.2").join("r3", "c").status == 201
     assert api.join("r1", "a", token=first.token).status == 200  # a resume holds its place already
     first.leave()  # gives its place back
@@ -83,7 +88,7 @@ def test_rooms_per_ip(make_app):
     api = from_ip(app, "10.0.0.1")
     api.peer("r1", "a")
     api.peer("r2", "b")
-    assert_limited(api.join("r3", "c"), "too_many_rooms", 60)
+    assert_limited(api.join("r3", "c"), "too_many_rooms", PLACE_HELD)
     assert api.join("r1", "c").status == 201  # a room it is in already
 
 
@@ -124,3 +129,28 @@ def test_a_default_server_limits_joins(start_server):
     statuses = [api.join(f"room{i % 10}").status for i in range(61)]
     assert statuses[:60] == [201] * 60
     assert statuses[60] == 429
+
+
+def test_a_place_is_held_while_its_peer_lives_whatever_keeps_it_alive(make_app):
+    """Members, ice-servers, send and broadcast calls are heartbeats: they keep the peer's place leased too."""
+    ttl = 1.5
+    app = make_app(peers_per_ip=5, rooms_per_ip=2, peer_ttl=ttl, poll_wait=0.5, reap_interval=0.2)
+    mine = from_ip(app, "10.0.0.1")
+    friend = from_ip(app, "10.0.0.2").peer("r2", "friend")  # someone to send to, alive by its polls
+    heartbeats = [
+        (mine.peer("r1", "by-members"), lambda peer: peer.members()),
+        (mine.peer("r1", "by-ice"), lambda peer: peer.request("GET", f"/rooms/r1/peers/{peer.id}/ice-servers")),
+        (mine.peer("r2", "by-send"), lambda peer: peer.send("friend")),
+        (mine.peer("r2", "by-broadcast"), lambda peer: peer.broadcast()),
+    ]
+    deadline = time.monotonic() + 2 * ttl  # well past the lease each join took
+    while time.monotonic() < deadline:
+        for peer, heartbeat in heartbeats:
+            assert heartbeat(peer).status in (200, 202)
+        friend.receive()
+        time.sleep(0.1)
+    assert_limited(mine.join("r3", "more"), "too_many_rooms", 1.5 * ttl + 2)
+    mine.peer("r1", "fifth")  # a room it is in: the fifth place
+    assert_limited(mine.join("r2", "sixth"), "too_many_peers", 1.5 * ttl + 2)
+    time.sleep(1.5 * ttl + 2.5)  # no more heartbeats: the peers time out, and their places go with them
+    assert mine.join("r3", "more").status == 201

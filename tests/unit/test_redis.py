@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,8 +11,9 @@ import jwt
 import pytest
 import redis
 
-from signaling.backends.redis import scripts
+from signaling.backends.redis import RedisBackend, scripts
 from signaling.config import Settings
+from signaling.hub import Hub
 from signaling.service import Service, create_app
 from signaling.tickets import LEEWAY
 
@@ -250,3 +252,72 @@ def test_unreachable_redis_is_503_and_recovers(tmp_path):
     finally:
         Service.of(app).close()
         server.stop()
+
+
+def test_requests_that_fail_their_token_check_write_nothing(private_redis):
+    """Tokenless and wrong-token polls, sends and leaves of random rooms leave the store as it was, sig:reap too."""
+    app = create_app(Settings(redis_url=private_redis.url, reap_interval=3600))  # default limits: leases on
+    api = Api.over_flask(app.test_client())
+    try:
+        alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+        wrong = dataclasses.replace(alice, token="alice.not-her-secret")
+        with private_redis.client() as db:
+            writes = {name for name, info in db.command().items() if "write" in info["flags"]}
+            before = {key: db.dump(key) for key in db.keys("*")}
+            calls_before = db.info("commandstats")
+            statuses = set()
+            for i in range(250):
+                room = secrets.token_hex(6)
+                statuses |= {
+                    api.request("GET", f"/rooms/{room}/peers/p{i}/messages?wait=0").status,
+                    wrong.poll().status,
+                    api.request("POST", f"/rooms/{room}/peers/p{i}/messages", {"type": "x"},
+                                token=f"p{i}.secret").status,
+                    wrong.send("bob").status,
+                    api.request("DELETE", f"/rooms/{room}/peers/p{i}").status,  # not a member: nothing to do
+                    wrong.leave().status,
+                }
+            calls_after = db.info("commandstats")
+            after = {key: db.dump(key) for key in db.keys("*")}
+        assert statuses == {204, 401, 404}
+        ran = {name.removeprefix("cmdstat_"): stats["calls"] - calls_before.get(name, {}).get("calls", 0)
+               for name, stats in calls_after.items()}
+        assert {name: n for name, n in ran.items() if n and name in writes} == {}
+        assert after == before
+        assert alice.send("bob").status == 202 and bob.receive()[-1]["from"] == "alice"
+    finally:
+        Service.of(app).close()
+
+
+class RacedReaper(RedisBackend):
+    """A reaper that, once, lets `meanwhile` run between its look at the due rooms and what it does about them."""
+
+    meanwhile = None
+
+    def _pipeline(self, calls, *args, **kwargs):
+        replies = super()._pipeline(calls, *args, **kwargs)
+        if calls and calls[0][0] == "reap" and self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return replies
+
+
+def test_a_room_joined_while_a_reaper_finds_it_empty_stays_scheduled(store, db):
+    settings = dataclasses.replace(Settings(), redis_url=store, peer_ttl=10.0)
+    reaper, other = RacedReaper(settings, Hub()), RedisBackend(settings, Hub())
+    try:
+        now = time.time()
+        other.join("r1", "alice", "alice.one", None, now)
+        later = now + 11  # alice said nothing since: r1 is due and she expired
+
+        def join_and_reap():  # bob joins, and another instance's reaper looks at r1 and reschedules it
+            other.join("r1", "bob", "bob.two", None, later)
+            assert other.reap(later) == []
+
+        reaper.meanwhile = join_and_reap
+        assert reaper.reap(later) == [("r1", "alice")]  # it found r1 empty, and bob joined before it acted
+        assert db.zscore("sig:reap", "r1") is not None  # bob is live: r1 must stay scheduled
+        assert reaper.reap(later + 11) == [("r1", "bob")]  # so bob's silence is noticed
+    finally:
+        reaper.close()
+        other.close()
