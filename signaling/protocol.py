@@ -1,13 +1,11 @@
-"""The wire format: ids, tokens, request bodies and how envelopes are encoded."""
+"""The wire format: ids, JSON bodies, envelopes and how they are encoded once, poll answers."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import json
 import math
-import os
 import re
 import secrets
 from typing import Any
@@ -30,28 +28,6 @@ def check_id(value: Any, what: str) -> str:
     return value
 
 
-def bearer(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None."""
-    scheme, _, token = (authorization or "").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
-def caller(token: str | None) -> tuple[str, str]:
-    """(peer id, token) of a request that names no peer in its path: the token tells."""
-    peer = token_peer(token)
-    if peer is None:
-        raise errors.Unauthorized("this call needs 'Authorization: Bearer <token>' from your join")
-    return peer, token
-
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def request_id(given: str | None) -> str:
-    """A request's id: the caller's `X-Request-Id` if sane, else a new one."""
-    return given if given and _REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
-
-
 def dumps(body: Any) -> str:
     """A response body: compact JSON."""
     return json.dumps(body, separators=(",", ":"))
@@ -60,35 +36,6 @@ def dumps(body: Any) -> str:
 def new_peer_id() -> str:
     """An unguessable peer id that fits ID_PATTERN."""
     return secrets.token_urlsafe(12)
-
-
-def new_token(peer_id: str) -> str:
-    """A secret that also names its peer, so a send or a member list knows its caller.
-
-    The peer id part is public; only the random part is secret, and only the
-    token's hash is stored.
-    """
-    return f"{peer_id}.{secrets.token_urlsafe(32)}"
-
-
-def token_peer(token: str | None) -> str | None:
-    """The peer id a token was issued to, or None for something that is no token of ours."""
-    if not token:
-        return None
-    peer_id, dot, secret = token.partition(".")
-    return peer_id if dot and secret and ID_PATTERN.fullmatch(peer_id) else None
-
-
-def hash_token(token: str) -> str:
-    """Tokens are stored only as this hash, so a leaked store reveals no usable token."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def same_hash(stored: str | None, token: str | None) -> bool:
-    """Constant-time comparison of a stored hash with a presented token."""
-    if not stored or not token:
-        return False
-    return hmac.compare_digest(stored, hash_token(token))
 
 
 def _reject_constant(name: str) -> None:
@@ -100,31 +47,6 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise errors.BadJson(f"the number {text:.40} is out of range")
     return value
-
-
-def read_body(environ: dict, limit: int) -> bytes:
-    """A request's whole body, or 413 past `limit` bytes, with a Content-Length or without one (chunked).
-
-    A body without a length is read one byte past the limit: that tells a
-    body of exactly the limit from a longer one, which must not be cut to fit.
-    """
-    length = environ.get("CONTENT_LENGTH")
-    if not length and "HTTP_TRANSFER_ENCODING" not in environ:
-        return b""  # neither a length nor chunked: no body (RFC 9112, 6.3)
-    stream = environ["wsgi.input"]
-    if length and not length.isdigit():
-        raise errors.BadRequest(f"Content-Length must be a number of bytes, got {length!r:.40}")
-    if length and int(length) > limit:
-        raise errors.PayloadTooLarge(f"the body is larger than MAX_MESSAGE_BYTES ({limit} bytes)")
-    try:
-        data = stream.read(int(length) if length else limit + 1)
-    except errors.SignalingError:  # 408: it did not arrive in time (signaling/worker.py)
-        raise
-    except Exception as exc:  # the server could not read it: a malformed chunk, or the client went away
-        raise errors.BadRequest(f"the body could not be read: {exc}"[:300]) from None
-    if len(data) > limit:
-        raise errors.PayloadTooLarge(f"the body is larger than MAX_MESSAGE_BYTES ({limit} bytes)")
-    return data
 
 
 def parse_json(raw: bytes) -> Any:

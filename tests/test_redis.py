@@ -10,9 +10,10 @@ import jwt
 import pytest
 import redis
 
+from signaling import create_app
 from signaling.backends.redis import scripts
 from signaling.config import Settings
-from signaling.service import Service, create_app
+from signaling.service import Service
 from signaling.tickets import LEEWAY
 
 from .helpers import Api, held_poll
