@@ -40,6 +40,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import errors, protocol
 from .config import Settings
+from .service import Service
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +230,9 @@ class Front:
     Install `Front(...).answer`, the bound method (rule 1).
     """
 
-    def __init__(self, service, routes: Sequence[Route], fallback: Callable):
+    def __init__(self, service: Service, routes: Sequence[Route], fallback: Callable):
         self.service = service
-        self.settings: Settings = service.settings
+        self.settings = service.settings
         self.fallback = fallback
         by_path: dict[str, dict[str, Route]] = {}
         for route in routes:
@@ -293,14 +294,14 @@ _HTTP_ERRORS: dict[int, type[errors.SignalingError]] = {
 }
 
 
-def install(app: Flask, service, routes: Sequence[Route]) -> None:
+def install(app: Flask, service: Service, routes: Sequence[Route]) -> None:
     """Serve `routes` on `app`: the plain ones by `Front`, the others as Flask views, all with one layer.
 
     Flask's routes get the same `Request` (its body read before any view, so a
     view that ignores its body cannot act on a refused request), the same
     answer headers and one error handler that makes anything a `SignalingError`.
     """
-    settings: Settings = service.settings
+    settings = service.settings
     counted: dict[str, Callable[[int], object]] = {}
     for route in routes:
         if not route.plain:
@@ -344,7 +345,7 @@ def install(app: Flask, service, routes: Sequence[Route]) -> None:
         return response
 
 
-def _flask_view(service, view: Callable) -> Callable:
+def _flask_view(service: Service, view: Callable) -> Callable:
     """Flask's view function for `view`: Flask passes the path values by name."""
 
     def flask_view(**values):
