@@ -28,6 +28,19 @@ accesslog = "-"
 # One line per request, never a query string or header that might hold a token (see signaling/accesslog.py).
 logger_class = "signaling.accesslog.AccessLogger"
 errorlog = "-"
+# The app's own log lines (logging's root logger) go to stderr beside gunicorn's, with the request's id.
+# Only these keys: gunicorn merges them over its defaults, and its own loggers stay as it sets them.
+logconfig_dict = {
+    "root": {"level": "INFO", "handlers": ["app"]},
+    "loggers": {},
+    "handlers": {"app": {"class": "logging.StreamHandler", "filters": ["request_id"], "formatter": "app"}},
+    "filters": {"request_id": {"()": "signaling.http.RequestIdFilter"}},
+    "formatters": {
+        # a path or header in a message is escaped: one record, one line (signaling/logs.py)
+        "app": {"()": "signaling.logs.Formatter",
+                "fmt": "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"},
+    },
+}
 # gunicorn's control socket sits at one path per user: several instances on one host would collide.
 control_socket_disable = True
 loglevel = _settings.log_level.lower()

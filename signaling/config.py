@@ -95,7 +95,7 @@ class Settings:
         """A JOIN_SECRET or JOIN_PUBLIC_KEY that could never verify a ticket is refused at start."""
         if not (self.join_secret or self.join_public_key):
             return
-        from .tickets import check_secret, load_public_key  # PyJWT and cryptography load only when asked for
+        from .ticket_keys import check_secret, load_public_key  # PyJWT and cryptography load only when asked for
 
         try:
             for secret in self.join_secret:

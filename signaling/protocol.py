@@ -1,13 +1,11 @@
-"""The wire format: ids, tokens, request bodies and how envelopes are encoded."""
+"""The wire format: ids, JSON bodies, envelopes and how they are encoded once, poll answers."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import json
 import math
-import os
 import re
 import secrets
 from typing import Any
@@ -21,9 +19,6 @@ MAX_LIMIT = 100
 MAX_BATCH = 100
 IDEMPOTENCY_TTL = 600
 MAX_IDEMPOTENCY_KEY = 64
-#: the most digits of an integer in a header or query: 2**63 has 19. int() refuses more than 4,300 (a 500),
-#: and the header limit allows 8,190 bytes, so the length is checked before the conversion
-MAX_DIGITS = 19
 
 
 def check_id(value: Any, what: str) -> str:
@@ -31,28 +26,6 @@ def check_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise errors.BadId(f"{what} must be 1-64 characters of A-Z a-z 0-9 _ -, got {value!r:.80}")
     return value
-
-
-def bearer(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None."""
-    scheme, _, token = (authorization or "").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
-
-
-def caller(token: str | None) -> tuple[str, str]:
-    """(peer id, token) of a request that names no peer in its path: the token tells."""
-    peer = token_peer(token)
-    if peer is None:
-        raise errors.Unauthorized("this call needs 'Authorization: Bearer <token>' from your join")
-    return peer, token
-
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def request_id(given: str | None) -> str:
-    """A request's id: the caller's `X-Request-Id` if sane, else a new one."""
-    return given if given and _REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
 
 
 def dumps(body: Any) -> str:
@@ -65,42 +38,6 @@ def new_peer_id() -> str:
     return secrets.token_urlsafe(12)
 
 
-def new_token(peer_id: str) -> str:
-    """A secret that also names its peer, so a send or a member list knows its caller.
-
-    The peer id part is public; only the random part is secret, and only the
-    token's hash is stored.
-    """
-    return f"{peer_id}.{secrets.token_urlsafe(32)}"
-
-
-def token_peer(token: str | None) -> str | None:
-    """The peer id a token was issued to, or None for something that is no token of ours."""
-    if not token:
-        return None
-    peer_id, dot, secret = token.partition(".")
-    return peer_id if dot and secret and ID_PATTERN.fullmatch(peer_id) else None
-
-
-def hash_token(token: str) -> str:
-    """Tokens are stored only as this hash, so a leaked store reveals no usable token."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def same_hash(stored: str | None, token: str | None) -> bool:
-    """Constant-time comparison of a stored hash with a presented token."""
-    if not stored or not token:
-        return False
-    return hmac.compare_digest(stored, hash_token(token))
-
-
-def whole_number(text: str) -> int | None:
-    """The integer that `text` spells in 1-MAX_DIGITS ASCII digits (no sign, no space), or None."""
-    if 0 < len(text) <= MAX_DIGITS and text.isascii() and text.isdigit():
-        return int(text)
-    return None
-
-
 def _reject_constant(name: str) -> None:
     raise errors.BadJson(f"the body holds {name}, which is not JSON")
 
@@ -110,32 +47,6 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise errors.BadJson(f"the number {text:.40} is out of range")
     return value
-
-
-def read_body(environ: dict, limit: int) -> bytes:
-    """A request's whole body, or 413 past `limit` bytes, with a Content-Length or without one (chunked).
-
-    A body without a length is read one byte past the limit: that tells a
-    body of exactly the limit from a longer one, which must not be cut to fit.
-    """
-    length = environ.get("CONTENT_LENGTH")
-    if not length and "HTTP_TRANSFER_ENCODING" not in environ:
-        return b""  # neither a length nor chunked: no body (RFC 9112, 6.3)
-    stream = environ["wsgi.input"]
-    size = whole_number(length) if length else None
-    if length and size is None:
-        raise errors.BadRequest(f"Content-Length must be a number of bytes (1-{MAX_DIGITS} digits), got {length!r:.40}")
-    if size is not None and size > limit:
-        raise errors.PayloadTooLarge(f"the body is larger than MAX_MESSAGE_BYTES ({limit} bytes)")
-    try:
-        data = stream.read(limit + 1 if size is None else size)
-    except errors.SignalingError:  # 408: it did not arrive in time (signaling/worker.py)
-        raise
-    except Exception as exc:  # the server could not read it: a malformed chunk, or the client went away
-        raise errors.BadRequest(f"the body could not be read: {exc}"[:300]) from None
-    if len(data) > limit:
-        raise errors.PayloadTooLarge(f"the body is larger than MAX_MESSAGE_BYTES ({limit} bytes)")
-    return data
 
 
 def parse_json(raw: bytes) -> Any:

@@ -21,15 +21,14 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from . import errors
+from .config import ConfigError, Settings
 from .protocol import ID_PATTERN
+from .ticket_keys import load_public_key
 
 #: seconds that the service's and the application's clocks may differ
 LEEWAY = 30
@@ -60,7 +59,7 @@ class Verifier:
             self._keys.append(load_public_key(public_key))
 
     @classmethod
-    def from_settings(cls, settings) -> Verifier | None:
+    def from_settings(cls, settings: Settings) -> Verifier | None:
         """The verifier the settings ask for, or None when tickets are off."""
         if not (settings.join_secret or settings.join_public_key):
             return None
@@ -116,56 +115,6 @@ class Verifier:
         raise errors.BadTicket.failed("signature", "it was not signed with a key this server accepts")
 
 
-#: the algorithm each kind of public key verifies
-_KEY_ALGORITHMS = (
-    (rsa.RSAPublicKey, "RS256"),
-    (ec.EllipticCurvePublicKey, "ES256"),
-    (ed25519.Ed25519PublicKey, "EdDSA"),
-    (ed448.Ed448PublicKey, "EdDSA"),
-)
-
-
-def read_pem(value: str) -> bytes:
-    """JOIN_PUBLIC_KEY's PEM: the value itself (`\\n` escapes allowed, as env files write them) or a file's text."""
-    text = value.strip().replace("\\n", "\n")
-    if text.startswith("-----BEGIN"):
-        return text.encode()
-    try:
-        return Path(text).expanduser().read_bytes()
-    except OSError as exc:
-        raise ValueError(f"neither a PEM (-----BEGIN PUBLIC KEY-----...) nor a readable file: {exc.strerror}") from None
-
-
-def load_public_key(value: str) -> tuple[Any, str]:
-    """(key, algorithm) for a JOIN_PUBLIC_KEY value; ValueError saying why it cannot be used."""
-    try:
-        key = load_pem_public_key(read_pem(value))
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not a PEM public key ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
-    algorithm = next((algorithm for kind, algorithm in _KEY_ALGORITHMS if isinstance(key, kind)), None)
-    if algorithm is None:
-        raise ValueError(f"a {type(key).__name__}: only RSA, EC P-256, Ed25519 and Ed448 keys verify tickets")
-    if algorithm == "ES256" and not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError(f"an EC key on {key.curve.name}: ES256 needs P-256 (secp256r1)")
-    weak = jwt.get_algorithm_by_name(algorithm).check_key_length(key)
-    if weak:
-        raise ValueError(weak)
-    return key, algorithm
-
-
-def check_secret(secret: str) -> None:
-    """ValueError for a JOIN_SECRET too short for HS256 (RFC 7518, 3.2: at least 32 bytes)."""
-    if len(secret.encode()) < 32:
-        raise ValueError(
-            "each secret must be at least 32 bytes; make one with "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
-    try:
-        jwt.get_algorithm_by_name("HS256").prepare_key(secret)
-    except jwt.InvalidKeyError as exc:  # PyJWT refuses a PEM or SSH key as an HMAC secret
-        raise ValueError(str(exc)) from None
-
-
 def mint(secret: str, room: str, peer: str | None = None, ttl: float = 60, once: bool = False,
          now: float | None = None) -> str:
     """A ticket for `room` (and `peer`), good for `ttl` seconds; `once` adds a random jti."""
@@ -179,8 +128,6 @@ def mint(secret: str, room: str, peer: str | None = None, ttl: float = 60, once:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .config import ConfigError, Settings
-
     parser = argparse.ArgumentParser(
         prog="python -m signaling.tickets",
         description="Print a join ticket signed with the first JOIN_SECRET (for curl and for trying the demo).",

@@ -19,7 +19,6 @@ held, so no clock runs on it.
 from __future__ import annotations
 
 import contextlib
-import http
 import socket
 import time
 import warnings
@@ -31,9 +30,9 @@ from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.ggevent import GeventWorker
 
-from . import errors, protocol
+from . import errors
 from .config import Settings
-from .messages import error_answer
+from .http import STATUS_LINES, error_answer, request_id
 from .service import Service
 
 #: gevent's warning when PyJWT's JWKS client, and nothing else, imported ssl before the patch
@@ -100,7 +99,7 @@ class SignalingWorker(GeventWorker):
             req = exc.req  # the request whose header it was, when known
         headers = dict(req.headers) if req is not None else {}
         error = _as_error(exc)
-        rid = protocol.request_id(headers.get("X-REQUEST-ID"))
+        rid = request_id(headers.get("X-REQUEST-ID"))
         ip = addr[0] if addr else "-"
         if error.status >= 500 and not isinstance(error, errors.UnsupportedTransferCoding):
             self.log.exception("Error handling request (request_id=%s)", rid)
@@ -118,7 +117,7 @@ class SignalingWorker(GeventWorker):
         environ = default_environ(req, client, self.cfg)
         environ["REMOTE_ADDR"] = ip
         resp = Response(req, client, self.cfg)
-        resp.status, resp.status_code = f"{status} {http.HTTPStatus(status).phrase}", status
+        resp.status, resp.status_code = STATUS_LINES[status], status
         resp.headers, resp.sent = headers, len(body)
         self.log.access(resp, req, environ, timedelta(0))
 
@@ -201,6 +200,6 @@ def _error_response(
 
 
 def _http_bytes(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes:
-    head = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+    head = f"HTTP/1.1 {STATUS_LINES[status]}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers)
     return (head + "\r\n").encode("latin-1") + body

@@ -7,8 +7,9 @@ import dataclasses
 import hypothesis
 import pytest
 
+from signaling import create_app
 from signaling.config import Settings
-from signaling.service import Service, create_app
+from signaling.service import Service
 
 from .support.helpers import Api
 from .support.servers import LiveServer, NginxServer, RedisClusterServers, RedisServer

@@ -10,7 +10,8 @@ import struct
 import threading
 
 from .. import errors
-from ..protocol import IDEMPOTENCY_TTL, Outgoing, envelope_tail, hash_token, same_hash, with_seq
+from ..protocol import IDEMPOTENCY_TTL, Outgoing, envelope_tail, with_seq
+from ..tokens import hash_token, same_hash
 from .base import UNREAD_EVENTS, Backend, Broadcast, Joined
 
 

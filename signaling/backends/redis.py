@@ -66,7 +66,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import errors
-from ..protocol import IDEMPOTENCY_TTL, envelope_tail, hash_token
+from ..protocol import IDEMPOTENCY_TTL, envelope_tail
+from ..tokens import hash_token
 from .autopipeline import Autopipeline
 from .base import UNREAD_EVENTS, Backend, Broadcast, Joined
 

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from signaling import errors, protocol
+from signaling import errors, http
 
 from ..support.helpers import Api
 
@@ -152,4 +152,4 @@ def test_a_deeply_nested_beacon_body_holds_no_token(make_app):
 def test_a_content_length_that_is_no_short_number_is_refused(length):
     """gunicorn refuses these before the app; read_body holds without it (the test client, another server)."""
     with pytest.raises(errors.BadRequest):
-        protocol.read_body({"CONTENT_LENGTH": length, "wsgi.input": io.BytesIO(b"{}")}, 65536)
+        http.read_body({"CONTENT_LENGTH": length, "wsgi.input": io.BytesIO(b"{}")}, 65536)

@@ -32,9 +32,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 import signaling.api
 import signaling.messages
-from signaling import tickets
+from signaling import create_app, tickets
 from signaling.config import Settings
-from signaling.service import Service, create_app
+from signaling.service import Service
 
 from ..conftest import BACKEND_URLS, NO_LIMITS
 from ..support.helpers import Api, Reply

@@ -19,7 +19,8 @@ from signaling.backends.base import Broadcast
 from signaling.backends.memory import MemoryBackend
 from signaling.config import Settings
 from signaling.hub import Hub
-from signaling.protocol import IDEMPOTENCY_TTL, Outgoing, new_token
+from signaling.protocol import IDEMPOTENCY_TTL, Outgoing
+from signaling.tokens import new_token
 
 T0 = 1_700_000_000.0
 #: retained bytes per receipt of a send, measured with tracemalloc (550 with the dataclass of the request's strings)
@@ -30,7 +31,8 @@ class Room:
     """alice and bob in room r1 of a memory backend whose peers outlive the test's clock jumps."""
 
     def __init__(self):
-        settings = dataclasses.replace(Settings(), peer_ttl=10 * IDEMPOTENCY_TTL, mailbox_limit=10**9, mailbox_bytes=2**30,
+        settings = dataclasses.replace(Settings(), peer_ttl=10 * IDEMPOTENCY_TTL, mailbox_limit=10**9,
+                                       mailbox_bytes=2**30,
                                        sends_per_peer_per_second=0, joins_per_ip_per_minute=0)
         self.backend = MemoryBackend(settings, Hub())
         self.tokens = {peer: new_token(peer) for peer in ("alice", "bob")}

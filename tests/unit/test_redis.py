@@ -11,10 +11,11 @@ import jwt
 import pytest
 import redis
 
+from signaling import create_app
 from signaling.backends.redis import RedisBackend, scripts
 from signaling.config import Settings
 from signaling.hub import Hub
-from signaling.service import Service, create_app
+from signaling.service import Service
 from signaling.tickets import LEEWAY
 
 from ..support.helpers import Api, held_poll

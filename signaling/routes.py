@@ -1,0 +1,29 @@
+"""Every endpoint of the API, one row each: the one routing table (tests/test_openapi.py reads it too).
+
+`plain` rows are answered by `http.Front` before Flask (messages.py); the
+others are Flask views (api.py). `count` counts each answer by its status.
+"""
+
+from __future__ import annotations
+
+from . import api, messages, metrics
+from .http import Route
+
+ROOM_PEER = "/rooms/{room}/peers/{peer}"
+
+ROUTES = (
+    Route("GET", ROOM_PEER + "/messages", messages.poll, plain=True),
+    Route("POST", ROOM_PEER + "/messages", messages.send, plain=True,
+          count=lambda status: metrics.SENDS.labels("send", status).inc()),
+    Route("POST", "/rooms/{room}/messages", messages.broadcast, plain=True,
+          count=lambda status: metrics.SENDS.labels("broadcast", status).inc()),
+    Route("POST", "/rooms/{room}/peers", api.join, count=lambda status: metrics.JOINS.labels(status).inc()),
+    Route("GET", "/rooms/{room}/peers", api.members),
+    Route("DELETE", ROOM_PEER, api.leave),
+    Route("POST", ROOM_PEER + "/leave", api.leave_beacon),
+    Route("GET", ROOM_PEER + "/ice-servers", api.refresh_ice_servers),
+    Route("GET", "/healthz", api.healthz),
+    Route("GET", "/openapi.json", api.openapi),
+    Route("GET", "/metrics", api.prometheus_metrics),
+    Route("GET", "/", api.demo),
+)
