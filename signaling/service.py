@@ -7,7 +7,7 @@ import dataclasses
 from .backends import Backend, create_backend
 from .config import Settings
 from .hub import Hub
-from .presence import Reaper
+from .reaper import Reaper
 from .tickets import Verifier
 
 
