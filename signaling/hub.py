@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 
 from . import metrics
-from .protocol import seq_of
+from .protocol import Fetch, seq_of
 
-#: a look in the backend for a poll: (hold: this poll's id, or None) -> (envelopes, cursor)
-Fetch = Callable[[int | None], tuple[list[str], int]]
+#: a poll's look in the backend (`Backend.acknowledge_and_read`): (hold: its poll id, or None) -> (envelopes, cursor)
+Look = Callable[[int | None], tuple[list[str], int]]
 
 
 class Waiter:
@@ -89,26 +89,26 @@ class Hub:
             waiter.end()
         return waiter
 
-    def poll(self, room: str, peer: str, after: int, limit: int, wait: float, fetch: Fetch) -> tuple[list[str], int]:
-        """A long poll: look, and while nothing is there wait up to `wait` seconds for a wake-up.
+    def poll(self, fetch: Fetch, wait: float, look: Look) -> tuple[list[str], int]:
+        """A long poll for `fetch`: look, and while nothing is there wait up to `wait` seconds for a wake-up.
 
         The poll is held before its first look, so no wake-up slips between the
         two; once that look has accepted its token it ends the peer's older
         polls. A wake-up that carried its envelopes answers without a second look.
         """
         if wait <= 0:
-            return fetch(None)
-        waiter = self.hold(room, peer)
+            return look(None)
+        waiter = self.hold(fetch.room, fetch.peer)
         started = time.monotonic()
         metrics.HELD_POLLS.inc()
         try:
-            messages, cursor = fetch(waiter.poll_id)  # authenticates
+            messages, cursor = look(waiter.poll_id)  # authenticates
             self.claim(waiter)
             while not messages and not waiter.ended:
                 remaining = started + wait - time.monotonic()
                 if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:
                     break
-                messages, cursor = waiter.carried(after, limit) or fetch(waiter.poll_id)
+                messages, cursor = waiter.carried(fetch.after, fetch.limit) or look(waiter.poll_id)
             metrics.POLL_WAIT.observe(time.monotonic() - started)
         finally:
             metrics.HELD_POLLS.dec()

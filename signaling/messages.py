@@ -21,12 +21,9 @@ def poll(service: Service, request: Request, room: str, peer: str) -> tuple[int,
     protocol.check_id(peer, "peer")
     after, limit, wait = request.cursor(), request.limit(), request.wait(service.settings.poll_wait)
     request.body()  # a poll has no use for a body, but refuses one past the limit
-    token = request.token()
-
-    def fetch(hold: int | None):
-        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold)
-
-    messages, cursor = service.hub.poll(room, peer, after, limit, wait, fetch)
+    fetch = protocol.Fetch(room, peer, request.token(), after, limit)
+    read = service.backend.acknowledge_and_read
+    messages, cursor = service.hub.poll(fetch, wait, lambda hold: read(fetch, time.time(), hold))
     metrics.DELIVERIES.inc(len(messages))
     return 200, protocol.poll_body(messages, cursor)
 
