@@ -1,4 +1,4 @@
-"""The message endpoints (poll, send, broadcast) as plain WSGI, in front of the Flask app.
+"""The message endpoints (poll or stream, send, broadcast) as plain WSGI, in front of the Flask app.
 
 Polls and sends are nearly all of a signaling service's requests, and
 Flask's per-request machinery (two contexts, URL routing, hooks, a Response
@@ -22,6 +22,7 @@ from http import HTTPStatus
 from . import cors, errors, metrics, protocol
 from .config import Settings
 from .service import Service
+from .stream import Stream, accepted
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +104,19 @@ def _whole(raw: str, name: str, low: int, high: int | None = None) -> int:
 # -- the views: (service, call, path parts) -> (status, JSON text)
 
 
-def poll(service: Service, call: Call, room: str, peer: str) -> tuple[int, str]:
+def poll(service: Service, call: Call, room: str, peer: str) -> tuple[int, str] | Stream:
+    """A long poll; or, for a client that accepts text/event-stream (1.2), a stream, after the same checks."""
     protocol.check_id(room, "room")
     protocol.check_id(peer, "peer")
     after, limit, wait = call.cursor(), call.limit(), call.wait(service.settings.poll_wait)
     call.body(service.settings.max_message_bytes)  # a poll has no use for a body, but refuses one past the limit
     token, client_ip = call.token(), call.client_ip()
 
-    def fetch(hold: int | None):
-        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold, client_ip)
+    def fetch(hold: int | None, read_after: int):
+        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold, client_ip, read_after)
 
+    if accepted(call.header("Accept")):
+        return Stream.open(service, room, peer, after, limit, fetch, token, client_ip)
     messages, cursor = service.hub.poll(room, peer, after, limit, wait, fetch)
     metrics.DELIVERIES.inc(len(messages))
     return 200, protocol.poll_body(messages, cursor)
@@ -167,12 +171,16 @@ class MessagesApp:
             return self.fallback(environ, start_response)
         request_id = protocol.request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         call = Call(environ)
-        kind = error = None
+        kind = error = stream = None
         try:
             if peer_path and method in ("GET", "POST"):
                 room, peer = peer_path.groups()  # not *groups(): a call with * nests a C frame (see service.py)
                 if method == "GET":
-                    status, body = poll(self.service, call, room, peer)
+                    answer = poll(self.service, call, room, peer)
+                    if isinstance(answer, Stream):
+                        stream = answer
+                    else:
+                        status, body = answer
                 else:
                     kind = "send"
                     status, body = send(self.service, call, room, peer)
@@ -188,6 +196,9 @@ class MessagesApp:
             log.exception("unhandled error on %s %s (request %s)", method, path, request_id)
             error = errors.SignalingError()
         settings, origin = self.service.settings, environ.get("HTTP_ORIGIN")
+        if stream is not None:  # its checks passed: the WSGI server writes it as it comes
+            start_response(_STATUS[200], stream.headers(self.service, origin, request_id))
+            return stream
         if error is None:
             data, headers = json_answer(settings, origin, request_id, body)
         else:

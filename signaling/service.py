@@ -16,7 +16,7 @@ from . import cors, errors, logs, protocol
 from .backends import Backend, create_backend
 from .config import Settings
 from .hub import Hub
-from .presence import Reaper
+from .presence import KeepAlive, Reaper
 from .tickets import Verifier
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,14 @@ _HTTP_ERRORS: dict[int, type[errors.SignalingError]] = {
 
 @dataclasses.dataclass
 class Service:
-    """The parts one process runs: settings, backend, held polls, reaper, and the join ticket check."""
+    """The parts one process runs: settings, backend, held polls and streams, reaper, keep-alive of the streaming
+    peers, and the join ticket check."""
 
     settings: Settings
     backend: Backend
     hub: Hub
     reaper: Reaper
+    keep_alive: KeepAlive
     tickets: Verifier | None  # None: tickets are off, anyone may join
 
     @staticmethod
@@ -50,6 +52,7 @@ class Service:
     def close(self) -> None:
         self.hub.close()
         self.reaper.stop()
+        self.keep_alive.stop()
         self.backend.close()
 
 
@@ -69,7 +72,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     backend.start()
     reaper = Reaper(backend, settings.reap_interval)
     reaper.start()
-    service = app.extensions["signaling"] = Service(settings, backend, hub, reaper, tickets)
+    # A stream is its peer's heartbeat: renewed in one backend call a tick, well within PEER_TTL.
+    keep_alive = KeepAlive(backend, min(settings.stream_heartbeat, settings.peer_ttl / 3))
+    keep_alive.start()
+    service = app.extensions["signaling"] = Service(settings, backend, hub, reaper, keep_alive, tickets)
 
     # A bound method, not the instance: calling an instance's __call__ nests a C stack frame, and every
     # held poll's greenlet keeps its C stack (4.0 KiB instead of 5.1 per held poll, with the call below)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import hmac
 import struct
 import threading
 
@@ -217,21 +218,33 @@ class MemoryBackend(Backend):
             self._announce(room, peer, "peer-joined", None, now)
             return Joined(created=True, peers=others, cursor=0)
 
-    def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None):
+    def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None, read_after=None):
         with self._lock:
             p = self._authenticate(room, peer, token, now)
-            leases = self._leases.get(client_ip)
-            if leases and (room, peer) in leases:
-                leases[(room, peer)] = now + self.settings.peer_ttl
+            self._renew_lease(client_ip, room, peer, now)
             if after > p.seq:
                 raise errors.BadCursor.about(after=after, seq=p.seq)
             while p.mailbox and p.mailbox[0][0] <= after:
                 _, is_event, _ = p.mailbox.popleft()
                 p.events -= is_event
             p.acked = max(p.acked, after)
-            batch = [p.mailbox[i] for i in range(min(limit, len(p.mailbox)))]
-            cursor = batch[-1][0] if batch else after
+            start = 0 if read_after is None else max(0, read_after - p.acked)  # the mailbox holds acked+1, ...
+            batch = [p.mailbox[i] for i in range(start, min(start + limit, len(p.mailbox)))]
+            cursor = batch[-1][0] if batch else (after if read_after is None else read_after)
             return [text for _, _, text in batch], cursor
+
+    def _renew_lease(self, client_ip: str | None, room: str, peer: str, now: float) -> None:
+        leases = self._leases.get(client_ip)
+        if leases and (room, peer) in leases:
+            leases[(room, peer)] = now + self.settings.peer_ttl
+
+    def keep_alive(self, listeners, now):
+        with self._lock:
+            for listener in listeners:
+                p = self._rooms.get(listener.room, {}).get(listener.peer)
+                if self._live(p, now) and hmac.compare_digest(p.token_hash, listener.token_hash):
+                    p.last_seen = now
+                    self._renew_lease(listener.client_ip, listener.room, listener.peer, now)
 
     def _check_send_rate(self, out: Outgoing) -> None:
         limit = self.settings.sends_per_peer_per_second

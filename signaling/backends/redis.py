@@ -254,13 +254,14 @@ return {'created', '0', unpack(others)}
 """
 
 FETCH = r"""
--- A poll's look: acknowledge seqs <= after, record the holder, return what is left.
+-- A poll's or stream's look: acknowledge seqs <= after, record the holder, return what is left past read_after.
 -- KEYS[1]  sig:{room}:members
--- ARGV     peer, token hash, now, peer ttl, after, limit, holder ("<instance> <poll id>", '' for none)
+-- ARGV     peer, token hash, now, peer ttl, after, limit, holder ("<instance> <poll id>", '' for none),
+--          read_after (a stream reads on past what it delivered without acknowledging it; '' for after)
 -- returns  {'ok', cursor, stored envelopes...} | {'err', code[, last seq given out]}
 local id, given = ARGV[1], ARGV[2]
 local now, ttl, after, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local hold = ARGV[7]
+local hold, read_after = ARGV[7], tonumber(ARGV[8]) or tonumber(ARGV[5])
 
 local err = authenticate(id, given, now, ttl)
 if err then return {'err', err} end
@@ -292,10 +293,28 @@ if hold ~= '' then
     end
   end
 end
-local items = redis.call('LRANGE', mb, 0, limit - 1)
-local cursor = after
-if #items > 0 then cursor = acked + #items end
+local skip = math.max(read_after - acked, 0)  -- the list holds seqs acked + 1, acked + 2, ...
+local items = redis.call('LRANGE', mb, skip, skip + limit - 1)
+local cursor = read_after
+if #items > 0 then cursor = acked + skip + #items end
 return {'ok', tostring(cursor), unpack(items)}
+"""
+
+KEEP_ALIVE = r"""
+-- Peers of one room with an open stream are heard from now: a batch of heartbeats, without tokens.
+-- KEYS[1]  sig:{room}:members
+-- ARGV     now, peer ttl, then for each peer: its id, the hash of the token its stream opened with
+-- returns  {'ok'}
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+
+for i = 3, #ARGV, 2 do
+  local id, token_hash = ARGV[i], ARGV[i + 1]
+  -- only this life of the peer: a later one with its id (another token) is left to its own requests
+  if is_live(id, now, ttl) and same(redis.call('HGET', peer_key(id), 'token'), token_hash) then
+    touch(id, now, ttl)
+  end
+end
+return {'ok'}
 """
 
 SEND = r"""
@@ -450,7 +469,7 @@ return {'ok', new and 1 or 0}
 
 _ROOM_SCRIPTS = {
     "join": JOIN, "fetch": FETCH, "send": SEND, "broadcast": BROADCAST,
-    "members": MEMBERS, "leave": LEAVE, "reap": REAP,
+    "members": MEMBERS, "leave": LEAVE, "reap": REAP, "keep_alive": KEEP_ALIVE,
 }
 
 
@@ -628,15 +647,28 @@ class RedisBackend(Backend):
             raise (refusal or errors.BadTicket.used()) from None
         return Joined(created=status == "created", peers=others, cursor=int(cursor))
 
-    def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None):
+    def fetch(self, room, peer, token, after, limit, now, hold=None, client_ip=None, read_after=None):
         holder = f"{self.instance} {hold}" if hold is not None else ""
         renew = (client_ip, peer) if client_ip and (self.settings.peers_per_ip or self.settings.rooms_per_ip) else None
         _, cursor, *items = self._run(
             "fetch", room,
-            [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl), after, limit, holder],
+            [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl), after, limit, holder,
+             "" if read_after is None else read_after],
             self._schedule_reap(room, now, renew), peer=peer, after=after,
         )
         return [item[1:] for item in items], int(cursor)
+
+    def keep_alive(self, listeners, now):
+        """One round trip: a `keep_alive` script per room, and the renewal of each listener's IP lease."""
+        by_room: dict[str, list[str]] = {}
+        leases, until = [], repr(now + self.settings.peer_ttl)
+        for listener in listeners:
+            by_room.setdefault(listener.room, []).extend((listener.peer, listener.token_hash))
+            if listener.client_ip and (self.settings.peers_per_ip or self.settings.rooms_per_ip):
+                place = f"{listener.room} {listener.peer}"
+                leases.append(("ZADD", ip_keys(listener.client_ip)[1], "XX", until, place))
+        args = [repr(now), repr(self.settings.peer_ttl)]
+        self._pipeline([("keep_alive", [members_key(room)], args + peers) for room, peers in by_room.items()], leases)
 
     def send(self, out):
         _, seqs = self._run(

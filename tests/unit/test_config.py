@@ -24,7 +24,12 @@ BAD = {
     "peer-ttl-zero": ({"PEER_TTL": "0"}, "PEER_TTL", "> 0"),
     "max-message-bytes": ({"MAX_MESSAGE_BYTES": "64k"}, "MAX_MESSAGE_BYTES", "bytes"),
     "mailbox-limit": ({"MAILBOX_LIMIT": "-1"}, "MAILBOX_LIMIT", "> 0"),
+    "mailbox-bytes": ({"MAILBOX_BYTES": "1M"}, "MAILBOX_BYTES", "bytes > 0"),
     "room-capacity": ({"ROOM_CAPACITY": "0"}, "ROOM_CAPACITY", "> 0"),
+    "stream-heartbeat-zero": ({"STREAM_HEARTBEAT": "0"}, "STREAM_HEARTBEAT", "> 0"),
+    "stream-heartbeat-over-max": ({"STREAM_HEARTBEAT": "30", "STREAM_MAX": "30"}, "STREAM_HEARTBEAT",
+                                  "below STREAM_MAX"),
+    "stream-max-word": ({"STREAM_MAX": "5m"}, "STREAM_MAX", "seconds > 0"),
     "stun-http": ({"STUN_URLS": "http://x"}, "STUN_URLS", "stun:host"),
     "stun-slashes": ({"STUN_URLS": "stun:ok.example,stun://x.example"}, "STUN_URLS", "stun:host"),
     "stun-as-turn": ({"STUN_URLS": "turn:x.example"}, "STUN_URLS", "stun:host"),
@@ -82,6 +87,7 @@ GOOD = {
     "origins": {"ALLOWED_ORIGINS": "https://a.example, http://localhost:3000, capacitor://localhost"},
     "host": {"HOST": "::", "LOG_LEVEL": "DEBUG"},
     "host-name": {"HOST": "localhost"},
+    "streams": {"STREAM_HEARTBEAT": "0.5", "STREAM_MAX": "60", "MAILBOX_BYTES": "65536"},
 }
 
 
