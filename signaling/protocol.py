@@ -177,5 +177,17 @@ def seq_of(envelope: str) -> int:
     return int(envelope[7:envelope.index(",", 7)])
 
 
+_EVENT_TYPES = tuple(f'"type":"{kind}"' for kind in sorted(RESERVED_TYPES))
+
+
+def is_server_event(envelope: str) -> bool:
+    """Whether an envelope made by `with_seq` is a server event, without parsing its JSON.
+
+    Its first `"type":"` is its own: only the seq and the sender's id, which
+    holds no quote, come before it.
+    """
+    return envelope.startswith(_EVENT_TYPES, envelope.index('"type":"'))
+
+
 def poll_body(messages: list[str], cursor: int) -> str:
     return f'{{"messages":[{",".join(messages)}],"cursor":{cursor}}}'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import hmac
 import math
 import struct
 import threading
@@ -241,7 +242,7 @@ class MemoryBackend(Backend):
             self._announce(room, peer, "peer-joined", None, now)
             return Joined(created=True, peers=others, cursor=0)
 
-    def fetch(self, room, peer, token, after, limit, now, hold=None):
+    def fetch(self, room, peer, token, after, limit, now, hold=None, read_after=None):
         with self._lock:
             p = self._authenticate(room, peer, token, now)
             if after > p.seq:
@@ -253,9 +254,17 @@ class MemoryBackend(Backend):
                 else:
                     p.size -= len(text)
             p.acked = max(p.acked, after)
-            batch = [p.mailbox[i] for i in range(min(limit, len(p.mailbox)))]
-            cursor = batch[-1][0] if batch else after
+            start = 0 if read_after is None else max(0, read_after - p.acked)  # the mailbox holds acked+1, ...
+            batch = [p.mailbox[i] for i in range(start, min(start + limit, len(p.mailbox)))]
+            cursor = batch[-1][0] if batch else (after if read_after is None else read_after)
             return [text.decode() for _, _, text in batch], cursor
+
+    def keep_alive(self, listeners, now):
+        with self._lock:
+            for listener in listeners:
+                p = self._rooms.get(listener.room, {}).get(listener.peer)
+                if self._live(p, now) and hmac.compare_digest(p.token_hash, listener.token_hash):
+                    self._heartbeat(listener.room, listener.peer, p, now)
 
     def _check_send_rate(self, out: Outgoing) -> None:
         limit = self.settings.sends_per_peer_per_second

@@ -85,6 +85,11 @@ def members_key(room: str) -> str:
     return f"sig:{{{room}}}:members"
 
 
+def room_of(members: str) -> str:
+    """The room of its members key (`members_key`)."""
+    return members[len("sig:{"):-len("}:members")]
+
+
 def ip_keys(client_ip: str) -> list[str]:
     return [f"sig:ip:{{{client_ip}}}:joins", f"sig:ip:{{{client_ip}}}:peers"]
 
@@ -95,11 +100,11 @@ def wake_channel(instance: str) -> str:
 
 # Heads every script. Wake-ups go out through `notify`: published at once on
 # one Redis, collected in WAKES (returned beside the result) on a cluster.
-# RENEW, when a heartbeat sets it, is {peer, its IP ('' for none), now}: the
-# renewals the backend sends after the script (see the module docstring).
+# RENEW lists what heartbeats asked for, {peer, its IP ('' for none), now} each:
+# the renewals the backend sends after the script (see the module docstring).
 _NOTIFY = r"""
 local WAKES = {}
-local RENEW = false
+local RENEW = {}
 local function notify(instance, message)
   if SHARDED then
     WAKES[#WAKES + 1] = instance
@@ -163,7 +168,7 @@ local function touch(id, now, ttl)
   local v = redis.call('HMGET', pk, 'renewed', 'ip')
   if not v[1] or now - tonumber(v[1]) >= ttl / 2 then
     redis.call('HSET', pk, 'renewed', tostring(now))
-    RENEW = {id, v[2] or '', tostring(now)}
+    RENEW[#RENEW + 1] = {id, v[2] or '', tostring(now)}
   end
 end
 
@@ -306,13 +311,14 @@ return {'created', '0', unpack(others)}
 """
 
 FETCH = r"""
--- A poll's look: acknowledge seqs <= after, record the holder, return what is left.
+-- A poll's or stream's look: acknowledge seqs <= after, record the holder, return what is left past read_after.
 -- KEYS[1]  sig:{room}:members
--- ARGV     peer, token hash, now, peer ttl, after, limit, holder ("<instance> <poll id>", '' for none)
+-- ARGV     peer, token hash, now, peer ttl, after, limit, holder ("<instance> <poll id>", '' for none),
+--          read_after (a stream reads on past what it delivered without acknowledging it; '' for after)
 -- returns  {'ok', cursor, stored envelopes...} | {'err', code[, last seq given out]}
 local id, given = ARGV[1], ARGV[2]
 local now, ttl, after, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local hold = ARGV[7]
+local hold, read_after = ARGV[7], tonumber(ARGV[8]) or tonumber(ARGV[5])
 
 local err = authenticate(id, given, now, ttl)
 if err then return {'err', err} end
@@ -343,10 +349,28 @@ if hold ~= '' then
     end
   end
 end
-local items = redis.call('LRANGE', mb, 0, limit - 1)
-local cursor = after
-if #items > 0 then cursor = acked + #items end
+local skip = math.max(read_after - acked, 0)  -- the list holds seqs acked + 1, acked + 2, ...
+local items = redis.call('LRANGE', mb, skip, skip + limit - 1)
+local cursor = read_after
+if #items > 0 then cursor = acked + skip + #items end
 return {'ok', tostring(cursor), unpack(items)}
+"""
+
+KEEP_ALIVE = r"""
+-- Peers of one room with an open stream are heard from now: a batch of heartbeats, without tokens.
+-- KEYS[1]  sig:{room}:members
+-- ARGV     now, peer ttl, then for each peer: its id, the hash of the token its stream opened with
+-- returns  {'ok'}
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+
+for i = 3, #ARGV, 2 do
+  local id, token_hash = ARGV[i], ARGV[i + 1]
+  -- only this life of the peer: a later one with its id (another token) is left to its own requests
+  if is_live(id, now, ttl) and same(redis.call('HGET', peer_key(id), 'token'), token_hash) then
+    touch(id, now, ttl)
+  end
+end
+return {'ok'}
 """
 
 SEND = r"""
@@ -508,7 +532,7 @@ return {'ok', new and 1 or 0}
 
 _ROOM_SCRIPTS = {
     "join": JOIN, "fetch": FETCH, "send": SEND, "broadcast": BROADCAST,
-    "members": MEMBERS, "leave": LEAVE, "reap": REAP,
+    "members": MEMBERS, "leave": LEAVE, "reap": REAP, "keep_alive": KEEP_ALIVE,
 }
 
 
@@ -607,7 +631,9 @@ class RedisBackend(Backend):
         return redis.Redis.from_url(url, **options)
 
     def _pipeline(self, calls: list[tuple[str, list[str], list]]) -> tuple[list, list]:
-        """Run scripts (name, keys, args) in one round trip: (their results, the renewals each asked for).
+        """Run scripts (name, keys, args) in one round trip: (their results, the renewals they asked for).
+
+        A renewal is (the script's first key, peer, IP, now): see `_renew`.
 
         Scripts go by EVALSHA; after a Redis restart forgot them, they are
         loaded and the ones that got NOSCRIPT (and so did not run) run again.
@@ -630,9 +656,9 @@ class RedisBackend(Backend):
                 if isinstance(reply, Exception):
                     raise reply
             results, renewals, wakes = [], [], []
-            for result, notify, renew in replies:
+            for (_, keys, _), (result, notify, renew) in zip(calls, replies, strict=True):
                 results.append(result)
-                renewals.append(renew)
+                renewals += [(keys[0], *asked) for asked in renew]
                 wakes += notify
             if wakes:  # Redis Cluster: the script could not publish to another slot's channel
                 self._round_trips.execute(
@@ -643,9 +669,8 @@ class RedisBackend(Backend):
 
     def _run(self, name: str, room: str, args: list, keys: list[str] | None = None, **context) -> list:
         """Run one script on the room's keys (or `keys`); an error reply becomes the API error."""
-        (reply,), (renewal,) = self._pipeline([(name, keys or [members_key(room)], args)])
-        if renewal:  # the caller authenticated, even if the script then refused what it asked
-            self._renew(room, *renewal)
+        (reply,), renewals = self._pipeline([(name, keys or [members_key(room)], args)])
+        self._renew(renewals)  # the caller authenticated, even if the script then refused what it asked
         if reply and reply[0] == "err":
             kind, detail = _ERRORS[reply[1]], reply[2:]
             # the detail is the last seq given out (bad_cursor), or the milliseconds to wait (a limit)
@@ -654,8 +679,8 @@ class RedisBackend(Backend):
                              retry_after=int(detail[0]) / 1000 if waits else None, **context)
         return reply
 
-    def _renew(self, room: str, peer: str, client_ip: str, now: str) -> None:
-        """What a heartbeat asked for: the room stays in `sig:reap`, the IP keeps the peer's place.
+    def _renew(self, renewals: list[tuple[str, str, str, str]]) -> None:
+        """What heartbeats asked for, in one round trip: each room stays in `sig:reap`, each IP keeps its peer's place.
 
         A lease runs 1.5 * PEER_TTL + TIMEOUT from a renewal: without another
         renewal the peer outlives this one by at most 1.5 * PEER_TTL (a heartbeat
@@ -663,18 +688,23 @@ class RedisBackend(Backend):
         TIMEOUT covers the next renewal's way here. The request's own work is
         done by now: a renewal that fails is logged, not answered.
         """
-        ttl, since = self.settings.peer_ttl, float(now)
-        commands = [("ZADD", REAP_KEY, "NX", repr(since + ttl), room)]
-        if client_ip:
-            leases, until = ip_keys(client_ip)[1], since + 1.5 * ttl + TIMEOUT
-            commands += [("ZADD", leases, "XX", "GT", repr(until), f"{room} {peer}"),
-                         ("PEXPIREAT", leases, math.ceil(until * 1000))]
+        if not renewals:
+            return
+        ttl, commands = self.settings.peer_ttl, []
+        for key, peer, client_ip, now in renewals:
+            room, since = room_of(key), float(now)
+            commands.append(("ZADD", REAP_KEY, "NX", repr(since + ttl), room))
+            if client_ip:
+                leases, until = ip_keys(client_ip)[1], since + 1.5 * ttl + TIMEOUT
+                commands += [("ZADD", leases, "XX", "GT", repr(until), f"{room} {peer}"),
+                             ("PEXPIREAT", leases, math.ceil(until * 1000))]
         try:
             failed = [reply for reply in self._round_trips.execute(commands) if isinstance(reply, Exception)]
         except UNREACHABLE as exc:
             failed = [exc]
         if failed:
-            log.warning("renewal of %s in room %s failed: %s", peer, room, failed[0])
+            log.warning("renewal of %d peers (%s in %s first) failed: %s",
+                        len(renewals), renewals[0][1], room_of(renewals[0][0]), failed[0])
 
     # -- the contract
 
@@ -711,14 +741,25 @@ class RedisBackend(Backend):
             raise (refusal or errors.BadTicket.used()) from None
         return Joined(created=status == "created", peers=others, cursor=int(cursor))
 
-    def fetch(self, room, peer, token, after, limit, now, hold=None):
+    def fetch(self, room, peer, token, after, limit, now, hold=None, read_after=None):
         holder = f"{self.instance} {hold}" if hold is not None else ""
         _, cursor, *items = self._run(
             "fetch", room,
-            [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl), after, limit, holder],
+            [peer, _hashed(token), repr(now), repr(self.settings.peer_ttl), after, limit, holder,
+             "" if read_after is None else read_after],
             peer=peer, after=after,
         )
         return [item[1:] for item in items], int(cursor)
+
+    def keep_alive(self, listeners, now):
+        """One round trip: a `keep_alive` script per room; the renewals their heartbeats ask for in a second."""
+        by_room: dict[str, list[str]] = {}
+        for listener in listeners:
+            by_room.setdefault(listener.room, []).extend((listener.peer, listener.token_hash))
+        args = [repr(now), repr(self.settings.peer_ttl)]
+        _, renewals = self._pipeline([("keep_alive", [members_key(room)], args + peers)
+                                      for room, peers in by_room.items()])
+        self._renew(renewals)
 
     def send(self, out):
         _, seqs = self._run(
