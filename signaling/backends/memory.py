@@ -70,14 +70,14 @@ class _Receipts:
         if result[:1] == b"b":  # a broadcast's: "b" delivered ids ";" full ids
             delivered, full = result[1:].decode().split(";")
             return Broadcast(delivered.split(","), full.split(",") if full else [])
-        first, count = self._SEQS.unpack(result)
+        first, count = self._SEQS.unpack_from(result, 1)  # a send's: "s" and its seqs
         return list(range(first, first + count))
 
     def keep(self, key: bytes, digest: str, result: list[int] | Broadcast, expires: float) -> None:
         if isinstance(result, Broadcast):  # ids hold neither ',' nor ';'
             packed = b"b" + f"{','.join(result.delivered_to)};{','.join(result.mailbox_full)}".encode()
         else:
-            packed = self._SEQS.pack(result[0], len(result))
+            packed = b"s" + self._SEQS.pack(result[0], len(result))  # tagged: seq 98 packs to a first byte b"b"
         self._by_key[key] = self._HEAD.pack(expires, bytes.fromhex(digest)) + packed
         second = int(expires)
         if not self._files or self._files[-1][0] < second:
