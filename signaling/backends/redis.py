@@ -8,6 +8,8 @@ lives on one Redis Cluster shard and a script may touch all of its keys:
                                         ip (whose place it holds), renewed (when it last asked for a renewal)
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
     sig:{room}:idem:<from>@<since>:<to>@<since>:<key>   string  "<digest> <answer>", 10 minutes
+    sig:{room}:idem:<from>@<since>  zset  a sender's receipts ("<to>@<since>:<key>", "*:<key>" for a broadcast)
+                                        -> when they expire; its newest IDEMPOTENCY_KEYS_PER_PEER are kept
     sig:{room}:jti:<jti>          string  the peer a single-use join ticket admitted, until its exp (+ leeway)
 
     sig:{room}:rate:<id>          string  sends in the current second
@@ -66,7 +68,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import errors
-from ..protocol import IDEMPOTENCY_TTL, envelope_tail
+from ..protocol import IDEMPOTENCY_KEYS_PER_PEER, IDEMPOTENCY_TTL, envelope_tail
 from ..tokens import hash_token
 from .autopipeline import Autopipeline
 from .base import UNREAD_EVENTS, Backend, Broadcast, Joined
@@ -208,6 +210,27 @@ end
 -- a peer's id and join time: an Idempotency-Key receipt is bound to these two peers' lives
 local function incarnation(id)
   return id .. '@' .. (redis.call('HGET', peer_key(id), 'since') or '0')
+end
+
+-- Keep a send's Idempotency-Key receipt (`receipt`, a key under sig:{room}:idem:<from>@<since>:) for
+-- `receipt_ttl` seconds. A sender (one life of a peer) keeps its newest IDEMPOTENCY_KEYS_PER_PEER receipts,
+-- listed in the zset sig:{room}:idem:<from>@<since> by when they expire, each a little after the one kept
+-- before it (so within one clock tick too the order is the order kept): past the bound the oldest go, their
+-- receipts with them. The list lives as long as its newest receipt.
+local function keep_receipt(from, receipt, answer, now, receipt_ttl)
+  local index = prefix .. 'idem:' .. incarnation(from)
+  local expires = now + tonumber(receipt_ttl)
+  redis.call('SET', receipt, answer, 'EX', receipt_ttl)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2]
+  if last and tonumber(last) >= expires then expires = tonumber(last) + 0.000001 end
+  redis.call('ZADD', index, expires, string.sub(receipt, #index + 2))
+  local over = redis.call('ZCARD', index) - IDEMPOTENCY_KEYS_PER_PEER
+  if over > 0 then
+    local oldest = redis.call('ZPOPMIN', index, over)
+    for i = 1, #oldest, 2 do redis.call('DEL', index .. ':' .. oldest[i]) end
+  end
+  redis.call('EXPIRE', index, receipt_ttl)
 end
 
 -- whether `id`'s mailbox has room for all of `tails`: MAILBOX_LIMIT envelopes and MAILBOX_BYTES as stored
@@ -379,7 +402,7 @@ if key ~= '' then
 end
 if not has_room(to, tails, limit, max_bytes) then return {'err', 'mailbox_full'} end
 local seqs = table.concat(push(to, tails, false, ttl), ',')
-if receipt then redis.call('SET', receipt, digest .. ' ' .. seqs, 'EX', receipt_ttl) end
+if receipt then keep_receipt(from, receipt, digest .. ' ' .. seqs, now, receipt_ttl) end
 return {'ok', seqs}
 """
 
@@ -422,7 +445,7 @@ for _, m in ipairs(live_members(now, ttl)) do
   end
 end
 local d, f = table.concat(delivered, ','), table.concat(full, ',')
-if receipt and #delivered > 0 then redis.call('SET', receipt, digest .. ' ' .. d .. '|' .. f, 'EX', receipt_ttl) end
+if receipt and #delivered > 0 then keep_receipt(from, receipt, digest .. ' ' .. d .. '|' .. f, now, receipt_ttl) end
 return {'ok', d, f}
 """
 
@@ -515,7 +538,8 @@ _ROOM_SCRIPTS = {
 def scripts(sharded: bool) -> dict[str, str]:
     """Every script's full source; each returns {its result, the wake-ups it left to send, RENEW}."""
     def build(body: str, prelude: str) -> str:
-        constants = f"local SHARDED = {'true' if sharded else 'false'}\nlocal UNREAD_EVENTS = {UNREAD_EVENTS}\n"
+        constants = (f"local SHARDED = {'true' if sharded else 'false'}\nlocal UNREAD_EVENTS = {UNREAD_EVENTS}\n"
+                     f"local IDEMPOTENCY_KEYS_PER_PEER = {IDEMPOTENCY_KEYS_PER_PEER}\n")
         head = f"{constants}{_NOTIFY}{prelude}"
         return f"{head}local function main()\n{body}\nend\nreturn {{main(), WAKES, RENEW}}\n"
 
