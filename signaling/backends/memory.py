@@ -186,7 +186,8 @@ class MemoryBackend(Backend):
 
     def _remove(self, room: str, peer_id: str, reason: str, now: float) -> None:
         members = self._rooms[room]
-        del members[peer_id]
+        gone = members.pop(peer_id)
+        self._receipts.forget((room, peer_id, gone.since))
         self._announce(room, peer_id, "peer-left", {"reason": reason}, now)
         if not members:
             del self._rooms[room]

@@ -233,6 +233,13 @@ local function keep_receipt(from, receipt, answer, now, receipt_ttl)
   redis.call('EXPIRE', index, receipt_ttl)
 end
 
+-- a peer's life is over: no one can send as it again, so its receipts go with it (at most the bound's)
+local function drop_receipts(id)
+  local index = prefix .. 'idem:' .. incarnation(id)
+  for _, listed in ipairs(redis.call('ZRANGE', index, 0, -1)) do redis.call('DEL', index .. ':' .. listed) end
+  redis.call('DEL', index)
+end
+
 -- whether `id`'s mailbox has room for all of `tails`: MAILBOX_LIMIT envelopes and MAILBOX_BYTES as stored
 local function has_room(id, tails, limit, max_bytes)
   local v = redis.call('HMGET', peer_key(id), 'seq', 'acked', 'events', 'bytes')
@@ -271,6 +278,7 @@ end
 
 local function remove_peer(id, tail, now, ttl)
   wake(id)  -- a poll it still holds looks again and learns it is gone
+  drop_receipts(id)
   redis.call('ZREM', members, id)
   redis.call('DEL', peer_key(id), mbox_key(id))
   for _, m in ipairs(live_members(now, ttl)) do push(m, {tail}, true, ttl) end

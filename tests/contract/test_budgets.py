@@ -303,6 +303,8 @@ def test_a_senders_receipts_take_at_most_their_bound_of_keys_in_redis(store_clie
         listed = Service.of(app).backend.client.zrange(index, 0, -1)
         assert sorted(f"{index}:{member}" for member in listed) == kept[1:]
         assert {member.rsplit(":", 1)[1] for member in listed} == {f"k{i}" for i in range(50, KEYS + 50)}  # newest
+        assert alice.leave().status == 204
+        assert receipts() == []  # no one can send as that alice again: her receipts went with her
     finally:
         Service.of(app).close()
 

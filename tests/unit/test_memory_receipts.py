@@ -30,8 +30,8 @@ RECEIPT_BYTES = 250
 class Room:
     """alice, bob and `others` more in room r1 of a memory backend whose peers outlive the test's clock jumps."""
 
-    def __init__(self, others: int = 0):
-        settings = dataclasses.replace(Settings(), peer_ttl=10 * IDEMPOTENCY_TTL, mailbox_limit=10**9,
+    def __init__(self, others: int = 0, peer_ttl: float = 10 * IDEMPOTENCY_TTL):
+        settings = dataclasses.replace(Settings(), peer_ttl=peer_ttl, mailbox_limit=10**9,
                                        mailbox_bytes=2**30,
                                        sends_per_peer_per_second=0, joins_per_ip_per_minute=0)
         self.backend = MemoryBackend(settings, Hub())
@@ -123,6 +123,20 @@ def test_a_sender_holds_its_newest_receipts_only_and_none_once_they_expired():
     room.backend.reap(T0 + 11 + IDEMPOTENCY_TTL)
     assert len(room.backend._receipts) == 0
     assert not room.backend._receipts._by_sender  # nothing left of the sender either
+
+
+def test_a_peer_that_is_gone_takes_its_receipts_with_it():
+    room = Room(others=1, peer_ttl=60)
+    for i in range(10):
+        room.send(f"a{i}", T0)
+        room.send(f"s{i}", T0, to=None, sender="s0")
+    room.backend.leave("r1", "alice", room.tokens["alice"], T0 + 1)
+    assert len(room.backend._receipts) == 10  # s0's
+    room.backend.members("r1", "bob", room.tokens["bob"], T0 + 50)
+    room.backend.reap(T0 + 61)  # s0 timed out; bob did not
+    assert len(room.backend._receipts) == 0
+    assert not room.backend._receipts._by_sender
+    room.backend.reap(T0 + IDEMPOTENCY_TTL + 1)  # their files come due: nothing to drop, nothing breaks
 
 
 def retained_per_send(keyed: bool, count: int = IDEMPOTENCY_KEYS_PER_PEER) -> float:
