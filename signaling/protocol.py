@@ -18,6 +18,8 @@ RESERVED_TYPES = frozenset({"peer-joined", "peer-left"})
 MAX_LIMIT = 100
 MAX_BATCH = 100
 IDEMPOTENCY_TTL = 600
+#: receipts one sender (one life of a peer) keeps: its newest; a client retries a request long before it made 1,000 more
+IDEMPOTENCY_KEYS_PER_PEER = 1000
 MAX_IDEMPOTENCY_KEY = 64
 
 

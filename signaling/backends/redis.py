@@ -8,6 +8,8 @@ lives on one Redis Cluster shard and a script may touch all of its keys:
                                         ip (whose place it holds), renewed (when it last asked for a renewal)
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
     sig:{room}:idem:<from>@<since>:<to>@<since>:<key>   string  "<digest> <answer>", 10 minutes
+    sig:{room}:idem:<from>@<since>  zset  a sender's receipts ("<to>@<since>:<key>", "*:<key>" for a broadcast)
+                                        -> when they expire; its newest IDEMPOTENCY_KEYS_PER_PEER are kept
     sig:{room}:jti:<jti>          string  the peer a single-use join ticket admitted, until its exp (+ leeway)
 
     sig:{room}:rate:<id>          string  sends in the current second
@@ -66,7 +68,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import errors
-from ..protocol import IDEMPOTENCY_TTL, envelope_tail
+from ..protocol import IDEMPOTENCY_KEYS_PER_PEER, IDEMPOTENCY_TTL, envelope_tail
 from ..tokens import hash_token
 from .autopipeline import Autopipeline
 from .base import UNREAD_EVENTS, Backend, Broadcast, Joined
@@ -215,6 +217,34 @@ local function incarnation(id)
   return id .. '@' .. (redis.call('HGET', peer_key(id), 'since') or '0')
 end
 
+-- Keep a send's Idempotency-Key receipt (`receipt`, a key under sig:{room}:idem:<from>@<since>:) for
+-- `receipt_ttl` seconds. A sender (one life of a peer) keeps its newest IDEMPOTENCY_KEYS_PER_PEER receipts,
+-- listed in the zset sig:{room}:idem:<from>@<since> by when they expire, each a little after the one kept
+-- before it (so within one clock tick too the order is the order kept): past the bound the oldest go, their
+-- receipts with them. The list lives as long as its newest receipt.
+local function keep_receipt(from, receipt, answer, now, receipt_ttl)
+  local index = prefix .. 'idem:' .. incarnation(from)
+  local expires = now + tonumber(receipt_ttl)
+  redis.call('SET', receipt, answer, 'EX', receipt_ttl)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2]
+  if last and tonumber(last) >= expires then expires = tonumber(last) + 0.000001 end
+  redis.call('ZADD', index, expires, string.sub(receipt, #index + 2))
+  local over = redis.call('ZCARD', index) - IDEMPOTENCY_KEYS_PER_PEER
+  if over > 0 then
+    local oldest = redis.call('ZPOPMIN', index, over)
+    for i = 1, #oldest, 2 do redis.call('DEL', index .. ':' .. oldest[i]) end
+  end
+  redis.call('EXPIRE', index, receipt_ttl)
+end
+
+-- a peer's life is over: no one can send as it again, so its receipts go with it (at most the bound's)
+local function drop_receipts(id)
+  local index = prefix .. 'idem:' .. incarnation(id)
+  for _, listed in ipairs(redis.call('ZRANGE', index, 0, -1)) do redis.call('DEL', index .. ':' .. listed) end
+  redis.call('DEL', index)
+end
+
 -- whether `id`'s mailbox has room for all of `tails`: MAILBOX_LIMIT envelopes and MAILBOX_BYTES as stored
 local function has_room(id, tails, limit, max_bytes)
   local v = redis.call('HMGET', peer_key(id), 'seq', 'acked', 'events', 'bytes')
@@ -253,6 +283,7 @@ end
 
 local function remove_peer(id, tail, now, ttl)
   wake(id)  -- a poll it still holds looks again and learns it is gone
+  drop_receipts(id)
   redis.call('ZREM', members, id)
   redis.call('DEL', peer_key(id), mbox_key(id))
   for _, m in ipairs(live_members(now, ttl)) do push(m, {tail}, true, ttl) end
@@ -403,7 +434,7 @@ if key ~= '' then
 end
 if not has_room(to, tails, limit, max_bytes) then return {'err', 'mailbox_full'} end
 local seqs = table.concat(push(to, tails, false, ttl), ',')
-if receipt then redis.call('SET', receipt, digest .. ' ' .. seqs, 'EX', receipt_ttl) end
+if receipt then keep_receipt(from, receipt, digest .. ' ' .. seqs, now, receipt_ttl) end
 return {'ok', seqs}
 """
 
@@ -446,7 +477,7 @@ for _, m in ipairs(live_members(now, ttl)) do
   end
 end
 local d, f = table.concat(delivered, ','), table.concat(full, ',')
-if receipt and #delivered > 0 then redis.call('SET', receipt, digest .. ' ' .. d .. '|' .. f, 'EX', receipt_ttl) end
+if receipt and #delivered > 0 then keep_receipt(from, receipt, digest .. ' ' .. d .. '|' .. f, now, receipt_ttl) end
 return {'ok', d, f}
 """
 
@@ -539,7 +570,8 @@ _ROOM_SCRIPTS = {
 def scripts(sharded: bool) -> dict[str, str]:
     """Every script's full source; each returns {its result, the wake-ups it left to send, RENEW}."""
     def build(body: str, prelude: str) -> str:
-        constants = f"local SHARDED = {'true' if sharded else 'false'}\nlocal UNREAD_EVENTS = {UNREAD_EVENTS}\n"
+        constants = (f"local SHARDED = {'true' if sharded else 'false'}\nlocal UNREAD_EVENTS = {UNREAD_EVENTS}\n"
+                     f"local IDEMPOTENCY_KEYS_PER_PEER = {IDEMPOTENCY_KEYS_PER_PEER}\n")
         head = f"{constants}{_NOTIFY}{prelude}"
         return f"{head}local function main()\n{body}\nend\nreturn {{main(), WAKES, RENEW}}\n"
 
