@@ -35,6 +35,9 @@ class Settings:
     # Join tickets (signaling/tickets.py): either set, every fresh join needs one.
     join_secret: tuple[str, ...] = ()  # HS256 secrets, comma-separated: any of them verifies (rotation)
     join_public_key: str | None = None  # a PEM public key, inline or a file's path
+    # Streaming receive (protocol 1.2, signaling/stream.py)
+    stream_heartbeat: float = 15.0  # longest silence on an open stream
+    stream_max: float = 300.0  # longest life of one stream (each spread down by up to 10 %)
     # Beyond the protocol's table: operator knobs, documented in docs/configuration.md.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
@@ -78,6 +81,11 @@ class Settings:
             raise ConfigError(
                 f"POLL_WAIT={self.poll_wait:g} must be below PEER_TTL={self.peer_ttl:g}, "
                 "or a peer waiting in a poll would time out"
+            )
+        if self.stream_heartbeat >= self.stream_max:
+            raise ConfigError(
+                f"STREAM_HEARTBEAT={self.stream_heartbeat:g} must be below STREAM_MAX={self.stream_max:g}, "
+                "or a stream would say nothing from its first line to its end, and proxies close quiet streams"
             )
         if self.turn_urls and not self.turn_secret:
             raise ConfigError(
@@ -169,6 +177,8 @@ CHECKS: dict[str, Check] = {
     "ALLOWED_ORIGINS": Check(_each(lambda v: v == "*" or _ORIGIN.fullmatch(v)),
                              "* or comma-separated origins like https://app.example (no path, no trailing /)"),
     "REDIS_MAX_CONNECTIONS": Check(lambda v: v > 0, "a whole number > 0"),
+    "STREAM_HEARTBEAT": Check(lambda v: v > 0, "seconds > 0, below STREAM_MAX"),
+    "STREAM_MAX": Check(lambda v: v > 0, "seconds > 0"),
     "REAP_INTERVAL": Check(lambda v: v > 0, "seconds > 0"),
     "REQUEST_READ_TIMEOUT": Check(lambda v: v > 0, "seconds > 0"),
     "JOINS_PER_IP_PER_MINUTE": Check(lambda v: v >= 0, "a whole number >= 0; 0 turns the limit off"),

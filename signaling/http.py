@@ -54,7 +54,8 @@ class Route(NamedTuple):
     """One endpoint: its method, its path as the OpenAPI document spells it, and its view.
 
     A view is `view(service, request, *path values)`; a plain one answers
-    `(status, JSON text)`, a Flask one a Flask `Response`. `count(status)`,
+    `(status, JSON text)` or a stream (an iterable of chunks with its own
+    `headers(...)`, see stream.py), a Flask one a Flask `Response`. `count(status)`,
     if given, counts each answer in the endpoint's metric.
     """
 
@@ -314,9 +315,13 @@ class Front:
             if route is None:
                 raise errors.MethodNotAllowed(f"{method} is not allowed on {path}", allow=allow)
             if pattern.groups == 2:  # rule 2: no *match.groups()
-                status, body = route.view(self.service, request, match.group(1), match.group(2))
+                answer = route.view(self.service, request, match.group(1), match.group(2))
             else:
-                status, body = route.view(self.service, request, match.group(1))
+                answer = route.view(self.service, request, match.group(1))
+            if type(answer) is not tuple:  # a stream (stream.py): its checks passed, the server writes it as it comes
+                start_response(STATUS_LINES[200], answer.headers(self.service, environ.get("HTTP_ORIGIN"), request.id))
+                return answer
+            status, body = answer
             data, headers = json_answer(settings, environ.get("HTTP_ORIGIN"), request.id, body)
         except Exception as exc:
             error = exc if isinstance(exc, errors.SignalingError) else _unexpected(method, path, request.id)

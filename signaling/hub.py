@@ -1,8 +1,9 @@
-"""Held polls of this process: they wait here, and wake-ups arrive here.
+"""Held polls and open streams of this process: they wait here, and wake-ups arrive here.
 
 A held poll costs one `Waiter` (an Event) and no backend connection. Under
 gevent's monkey patching the Event is cooperative, so thousands of polls wait
-on one OS thread.
+on one OS thread. A stream (`signaling/stream.py`) is the same held look at a
+mailbox that does not end at its first delivery: both read through a `Reader`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from collections.abc import Callable
 from . import metrics
 from .protocol import Fetch, seq_of
 
-#: a poll's look in the backend (`Backend.acknowledge_and_read`): (hold: its poll id, or None) -> (envelopes, cursor)
-Look = Callable[[int | None], tuple[list[str], int]]
+#: a look in the backend (`Backend.acknowledge_and_read` of the request's `Fetch`): (hold: this poll's or stream's
+#: id for the first look, else None; read after this seq) -> (envelopes, cursor: the seq of the last one, or the seq
+#: read after)
+Look = Callable[[int | None, int], tuple[list[str], int]]
 
 
 class Waiter:
@@ -52,25 +55,69 @@ class Waiter:
 
         Call it before each look in the backend. Wake-ups of one holder come in
         seq order, and an envelope stored before the last look was found by it;
-        so carried envelopes past `after` are exactly the newest ones. Anything
-        unexpected (a wake-up without its envelope, a gap) means: look.
+        so carried envelopes that start right past `after` are exactly the newest
+        ones. Anything unexpected (a wake-up without its envelope, a gap, a first
+        seq past `after + 1`: a look held back by `limit` left some) means: look.
         """
         carried, self._carried = self._carried, []
         fresh = [envelope for envelope in carried or () if seq_of(envelope) > after][:limit]
-        if not fresh:
+        if not fresh or seq_of(fresh[0]) != after + 1:
             return None
-        first = seq_of(fresh[0])
-        if any(seq_of(envelope) != first + i for i, envelope in enumerate(fresh)):
+        if any(seq_of(envelope) != after + 1 + i for i, envelope in enumerate(fresh)):
             return None
-        return fresh, first + len(fresh) - 1
+        return fresh, after + len(fresh)
 
     def end(self) -> None:
         self.ended = True
         self._event.set()
 
 
+class Reader:
+    """A held look at one mailbox: its first look, then each new batch as wake-ups bring it.
+
+    A poll takes the first batch and closes; a stream keeps reading. Reading
+    acknowledges nothing: every look passes the request's own cursor, and
+    reads past `cursor`, the last seq this reader handed out.
+    """
+
+    __slots__ = ("_hub", "_waiter", "_look", "_limit", "_more", "first", "cursor")
+
+    def __init__(self, hub: Hub, waiter: Waiter, look: Look, limit: int, first: list[str], cursor: int):
+        self._hub, self._waiter, self._look, self._limit = hub, waiter, look, limit
+        self.first, self.cursor = first, cursor
+        self._more = len(first) >= limit  # a full look may have left envelopes behind: look again before waiting
+
+    @property
+    def ended(self) -> bool:
+        """Superseded by a newer poll or stream of the peer, or the process is stopping."""
+        return self._waiter.ended
+
+    def next(self, until: float) -> list[str] | None:
+        """The next envelopes past `cursor`, waiting for a wake-up until `until` (time.monotonic());
+        None when that time passed or the reader was ended. Raises what a look raises (not_joined...)."""
+        waiter = self._waiter
+        while not waiter.ended:
+            if self._more:
+                found = None
+            else:
+                remaining = until - time.monotonic()
+                if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:
+                    return None
+                found = waiter.carried(self.cursor, self._limit)
+            messages, cursor = found or self._look(None, self.cursor)
+            self._more = len(messages) >= self._limit
+            if messages:
+                self.cursor = cursor
+                return messages
+        return None
+
+    def close(self) -> None:
+        """Stop holding: no more wake-ups come here. Safe to call twice."""
+        self._hub.release(self._waiter)
+
+
 class Hub:
-    """Held polls by peer. A newer poll of a peer ends the older ones, once it is authenticated."""
+    """Held polls and streams by peer. A newer poll of a peer ends the older ones, once it is authenticated."""
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, str], list[Waiter]] = {}
@@ -80,7 +127,7 @@ class Hub:
         self.closing = False
 
     def hold(self, room: str, peer: str) -> Waiter:
-        """Register a poll before it looks at its mailbox, so no wake-up can slip between the two."""
+        """Register a poll or stream before it looks at its mailbox, so no wake-up can slip between the two."""
         waiter = Waiter(room, peer, next(self._ids))
         with self._lock:
             self._held.setdefault((room, peer), []).append(waiter)
@@ -90,33 +137,40 @@ class Hub:
         return waiter
 
     def poll(self, fetch: Fetch, wait: float, look: Look) -> tuple[list[str], int]:
-        """A long poll for `fetch`: look, and while nothing is there wait up to `wait` seconds for a wake-up.
-
-        The poll is held before its first look, so no wake-up slips between the
-        two; once that look has accepted its token it ends the peer's older
-        polls. A wake-up that carried its envelopes answers without a second look.
-        """
+        """A long poll for `fetch`: the first delivery of a `Reader`, or nothing once `wait` seconds pass."""
         if wait <= 0:
-            return look(None)
-        waiter = self.hold(fetch.room, fetch.peer)
+            return look(None, fetch.after)
         started = time.monotonic()
         metrics.HELD_POLLS.inc()
         try:
-            messages, cursor = look(waiter.poll_id)  # authenticates
-            self.claim(waiter)
-            while not messages and not waiter.ended:
-                remaining = started + wait - time.monotonic()
-                if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:
-                    break
-                messages, cursor = waiter.carried(fetch.after, fetch.limit) or look(waiter.poll_id)
+            reader = self.read(fetch, look)  # authenticates
+            try:
+                messages = reader.first or reader.next(started + wait) or []
+            finally:
+                reader.close()
             metrics.POLL_WAIT.observe(time.monotonic() - started)
         finally:
             metrics.HELD_POLLS.dec()
+        return messages, reader.cursor
+
+    def read(self, fetch: Fetch, look: Look) -> Reader:
+        """Hold a look at the peer's mailbox for `fetch`, look once (`Reader.first`), and end the peer's older ones.
+
+        The reader is held before its first look, so no wake-up slips between
+        the two; once that look has accepted the token it ends the peer's older
+        polls and streams. An error of the look (not_joined...) releases it.
+        """
+        waiter = self.hold(fetch.room, fetch.peer)
+        try:
+            first, cursor = look(waiter.poll_id, fetch.after)
+        except BaseException:
             self.release(waiter)
-        return messages, cursor
+            raise
+        self.claim(waiter)
+        return Reader(self, waiter, look, fetch.limit, first, cursor)
 
     def claim(self, waiter: Waiter) -> None:
-        """End the peer's older held polls: call once the backend accepted this poll's token."""
+        """End the peer's older held polls and streams: call once the backend accepted this poll's token."""
         for other in tuple(self._held.get((waiter.room, waiter.peer), ())):
             if other.poll_id < waiter.poll_id:
                 other.end()
@@ -152,7 +206,7 @@ class Hub:
             waiter.wake()
 
     def close(self) -> None:
-        """End every held poll now and refuse to hold new ones: the process is stopping."""
+        """End every held poll and stream now and refuse to hold new ones: the process is stopping."""
         self.closing = True
         for waiter in self._all():
             waiter.end()

@@ -1,4 +1,4 @@
-"""The message endpoints (poll, send, broadcast): plain views that `http.Front` answers before Flask.
+"""The message endpoints (poll or stream, send, broadcast): plain views that `http.Front` answers before Flask.
 
 Polls and sends are nearly all of a signaling service's requests, and
 Flask's per-request machinery (two contexts, URL routing, hooks, a Response
@@ -14,16 +14,24 @@ import time
 from . import errors, metrics, protocol, tokens
 from .http import Request
 from .service import Service
+from .stream import Stream, accepted
 
 
-def poll(service: Service, request: Request, room: str, peer: str) -> tuple[int, str]:
+def poll(service: Service, request: Request, room: str, peer: str) -> tuple[int, str] | Stream:
+    """A long poll; or, for a client that accepts text/event-stream (1.2), a stream, after the same checks."""
     protocol.check_id(room, "room")
     protocol.check_id(peer, "peer")
     after, limit, wait = request.cursor(), request.limit(), request.wait(service.settings.poll_wait)
     request.body()  # a poll has no use for a body, but refuses one past the limit
     fetch = protocol.Fetch(room, peer, request.token(), after, limit)
     read = service.backend.acknowledge_and_read
-    messages, cursor = service.hub.poll(fetch, wait, lambda hold: read(fetch, time.time(), hold))
+
+    def look(hold: int | None, read_after: int):
+        return read(fetch, time.time(), hold, read_after)
+
+    if accepted(request.header("Accept")):
+        return Stream.open(service, fetch, look)
+    messages, cursor = service.hub.poll(fetch, wait, look)
     metrics.DELIVERIES.inc(len(messages))
     return 200, protocol.poll_body(messages, cursor)
 

@@ -22,8 +22,11 @@ from prometheus_client import (
 
 JOINS = Counter("signaling_joins", "Join requests, by HTTP status", ["status"])
 SENDS = Counter("signaling_sends", "Send and broadcast requests, by kind and HTTP status", ["kind", "status"])
-DELIVERIES = Counter("signaling_deliveries", "Envelopes handed to peers in poll answers")
+DELIVERIES = Counter("signaling_deliveries", "Envelopes handed to peers, in poll answers and on streams")
 HELD_POLLS = Gauge("signaling_held_polls", "Polls held open right now", multiprocess_mode="livesum")
+OPEN_STREAMS = Gauge("signaling_open_streams", "Streams (text/event-stream receives) open right now",
+                     multiprocess_mode="livesum")
+STREAMS_ENDED = Counter("signaling_streams_ended", "Streams ended, by why (signaling/stream.py)", ["reason"])
 POLL_WAIT = Histogram(
     "signaling_poll_wait_seconds", "How long a poll was held before it answered",
     buckets=(0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30),

@@ -18,6 +18,8 @@ RESERVED_TYPES = frozenset({"peer-joined", "peer-left"})
 MAX_LIMIT = 100
 MAX_BATCH = 100
 IDEMPOTENCY_TTL = 600
+#: receipts one sender (one life of a peer) keeps: its newest; a client retries a request long before it made 1,000 more
+IDEMPOTENCY_KEYS_PER_PEER = 1000
 MAX_IDEMPOTENCY_KEY = 64
 
 
@@ -139,7 +141,7 @@ class Join:
 
 @dataclasses.dataclass(frozen=True)
 class Fetch:
-    """What a poll asks of its mailbox: acknowledge every seq up to `after`, then read up to `limit` envelopes."""
+    """What a poll or stream asks of its mailbox: acknowledge every seq up to `after`, read up to `limit` at a time."""
 
     room: str
     peer: str
@@ -201,6 +203,18 @@ def with_seq(seq: int, tail: str) -> str:
 def seq_of(envelope: str) -> int:
     """The seq of an envelope made by `with_seq`, without parsing its JSON."""
     return int(envelope[7:envelope.index(",", 7)])
+
+
+_EVENT_TYPES = tuple(f'"type":"{kind}"' for kind in sorted(RESERVED_TYPES))
+
+
+def is_server_event(envelope: str) -> bool:
+    """Whether an envelope made by `with_seq` is a server event, without parsing its JSON.
+
+    Its first `"type":"` is its own: only the seq and the sender's id, which
+    holds no quote, come before it.
+    """
+    return envelope.startswith(_EVENT_TYPES, envelope.index('"type":"'))
 
 
 def poll_body(messages: list[str], cursor: int) -> str:

@@ -7,18 +7,20 @@ import dataclasses
 from .backends import Backend, create_backend
 from .config import Settings
 from .hub import Hub
-from .reaper import Reaper
+from .presence import KeepAlive, Reaper
 from .tickets import Verifier
 
 
 @dataclasses.dataclass
 class Service:
-    """What every view works with; `create_app` makes one per app (`Service.of(app)`)."""
+    """What every view works with; `create_app` makes one per app (`Service.of(app)`): settings, backend,
+    held polls and streams, the reaper, the keep-alive of streaming peers, and the join ticket check."""
 
     settings: Settings
     backend: Backend
     hub: Hub
     reaper: Reaper
+    keep_alive: KeepAlive
     tickets: Verifier | None  # None: tickets are off, anyone may join
 
     @classmethod
@@ -30,7 +32,10 @@ class Service:
         backend.start()
         reaper = Reaper(backend, settings.reap_interval)
         reaper.start()
-        return cls(settings, backend, hub, reaper, tickets)
+        # A stream is its peer's heartbeat: renewed in one backend call a tick, well within PEER_TTL.
+        keep_alive = KeepAlive(backend, min(settings.stream_heartbeat, settings.peer_ttl / 3))
+        keep_alive.start()
+        return cls(settings, backend, hub, reaper, keep_alive, tickets)
 
     @staticmethod
     def of(app) -> Service:
@@ -40,6 +45,7 @@ class Service:
     def close(self) -> None:
         self.hub.close()
         self.reaper.stop()
+        self.keep_alive.stop()
         self.backend.close()
 
 

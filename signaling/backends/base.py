@@ -61,6 +61,15 @@ class Broadcast:
     mailbox_full: list[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class Listener:
+    """A peer with an open stream, which `keep_alive` keeps live."""
+
+    room: str
+    peer: str
+    token_hash: str  # `tokens.hash_token` of the token the stream opened with
+
+
 class Backend(ABC):
     """Rooms, members and mailboxes; see the module docstring for the rules."""
 
@@ -129,14 +138,30 @@ class Backend(ABC):
         """Give back the lease of `peer` held by `client_ip`, if any."""
 
     @abstractmethod
-    def acknowledge_and_read(self, fetch: Fetch, now: float, hold: int | None = None) -> tuple[list[str], int]:
-        """A poll's look: acknowledge seqs <= `fetch.after`, record the holder; (up to `fetch.limit` envelopes, cursor).
+    def acknowledge_and_read(
+        self, fetch: Fetch, now: float, hold: int | None = None, read_after: int | None = None,
+    ) -> tuple[list[str], int]:
+        """A poll's or stream's look: acknowledge seqs <= `fetch.after`, record the holder, read; (envelopes, cursor).
 
-        Acknowledged envelopes are dropped for good. Raises `BadCursor` when
-        `after` is beyond the last seq given out. With `hold` (a poll id), that
-        poll is recorded as the one waiting on this mailbox, so a send wakes
-        it and a newer poll held on another instance supersedes it. Like every
+        Acknowledged envelopes are dropped for good. The envelopes read are up
+        to `fetch.limit` of those with seq > `read_after` (default `fetch.after`;
+        a stream reads on past what it delivered while acknowledging only its
+        starting cursor), oldest first; the cursor is the last one's seq, or
+        `read_after` when there are none. Raises `BadCursor` when `after` is
+        beyond the last seq given out. With `hold` (a poll or stream id), it is
+        recorded as the one waiting on this mailbox, so a send wakes it and a
+        newer one held on another instance supersedes it. Like every
         authenticated call, it is the peer's heartbeat and renews its lease.
+        """
+
+    @abstractmethod
+    def keep_alive(self, listeners: list[Listener], now: float) -> None:
+        """Count each listener's peer as heard from at `now`: one call for all of a process's open streams.
+
+        Only a peer still live with that token (the same life of that id) is
+        renewed, with its IP's lease, as any heartbeat; the others are left
+        alone. No token is presented, no error raised for a gone peer: each
+        stream authenticated when it opened, and ends when its peer goes.
         """
 
     @abstractmethod

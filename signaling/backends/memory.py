@@ -5,12 +5,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import hmac
 import math
 import struct
 import threading
 
 from .. import errors
-from ..protocol import IDEMPOTENCY_TTL, Outgoing, envelope_tail, with_seq
+from ..protocol import IDEMPOTENCY_KEYS_PER_PEER, IDEMPOTENCY_TTL, Outgoing, envelope_tail, with_seq
 from ..tokens import hash_token, same_hash
 from .base import UNREAD_EVENTS, Backend, Broadcast, Joined
 
@@ -34,10 +35,14 @@ class _Receipts:
 
     A receipt is two small bytes objects: the digest of who sent what key to
     whom, and its expiry, body digest and answer packed together (about 200
-    bytes, where a dataclass holding the request's strings took 550). Expiry
-    scans nothing: receipts are filed by the second they expire in, and as all
-    live equally long the files are in time order, so `expire` takes whole
-    files off the front and touches only receipts that are due.
+    bytes, where a dataclass holding the request's strings took 550). A sender
+    (one life of a peer: room, id, join time) keeps its newest
+    IDEMPOTENCY_KEYS_PER_PEER receipts, their keys in a deque of its own,
+    oldest first: one past the bound drops the front one. Expiry scans
+    nothing: senders are filed by the second their receipts expire in, and as
+    all live equally long the files are in time order, so `expire` takes whole
+    files off the front and drops from each of their senders' deques only the
+    receipts at the front that are due.
     """
 
     _HEAD = struct.Struct("<d16s")  # expires, the body's digest
@@ -45,7 +50,9 @@ class _Receipts:
 
     def __init__(self):
         self._by_key: dict[bytes, bytes] = {}
-        self._files: collections.deque[tuple[int, list[bytes]]] = collections.deque()  # (second, keys), oldest first
+        # (room, peer, since) -> its receipts' keys, oldest first; every receipt's key is in one deque, once
+        self._by_sender: dict[tuple[str, str, float], collections.deque[bytes]] = {}
+        self._files: collections.deque[tuple[int, set]] = collections.deque()  # (second, senders), oldest first
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -70,27 +77,51 @@ class _Receipts:
         if result[:1] == b"b":  # a broadcast's: "b" delivered ids ";" full ids
             delivered, full = result[1:].decode().split(";")
             return Broadcast(delivered.split(","), full.split(",") if full else [])
-        first, count = self._SEQS.unpack(result)
+        first, count = self._SEQS.unpack_from(result, 1)  # a send's: "s" and its seqs
         return list(range(first, first + count))
 
-    def keep(self, key: bytes, digest: str, result: list[int] | Broadcast, expires: float) -> None:
+    def keep(self, sender: tuple[str, str, float], key: bytes, digest: str, result: list[int] | Broadcast,
+             now: float) -> None:
+        """Keep a receipt of `sender` (room, id, since) for IDEMPOTENCY_TTL; past the bound, its oldest goes."""
+        keys = self._by_sender.setdefault(sender, collections.deque())
+        self._drop_due(keys, now)  # this key's expired receipt, if it has one: a key is in its deque once
+        # never before the sender's last receipt, so its deque stays in time order (a request's `now` may be older)
+        expires = max(now + IDEMPOTENCY_TTL, self._expires(keys[-1]) if keys else 0.0)
         if isinstance(result, Broadcast):  # ids hold neither ',' nor ';'
             packed = b"b" + f"{','.join(result.delivered_to)};{','.join(result.mailbox_full)}".encode()
         else:
-            packed = self._SEQS.pack(result[0], len(result))
+            packed = b"s" + self._SEQS.pack(result[0], len(result))  # tagged: seq 98 packs to a first byte b"b"
         self._by_key[key] = self._HEAD.pack(expires, bytes.fromhex(digest)) + packed
+        keys.append(key)
+        if len(keys) > IDEMPOTENCY_KEYS_PER_PEER:
+            del self._by_key[keys.popleft()]
         second = int(expires)
         if not self._files or self._files[-1][0] < second:
-            self._files.append((second, []))
-        self._files[-1][1].append(key)  # a receipt a little older than the last file's waits with it
+            self._files.append((second, set()))
+        self._files[-1][1].add(sender)  # a receipt a little older than the last file's waits with it
+
+    def forget(self, sender: tuple[str, str, float]) -> None:
+        """Drop every receipt of a peer that is gone: no one can send as it again."""
+        for key in self._by_sender.pop(sender, ()):
+            del self._by_key[key]
 
     def expire(self, now: float) -> None:
         """Drop the receipts due by `now`, one whole file at a time."""
         while self._files and self._files[0][0] + 1 <= now:
-            for key in self._files.popleft()[1]:
-                record = self._by_key.get(key)
-                if record is not None and self._HEAD.unpack_from(record)[0] <= now:  # not kept anew since
-                    del self._by_key[key]
+            for sender in self._files.popleft()[1]:
+                keys = self._by_sender.get(sender)
+                if keys is not None:
+                    self._drop_due(keys, now)
+                    if not keys:
+                        del self._by_sender[sender]
+
+    def _expires(self, key: bytes) -> float:
+        return self._HEAD.unpack_from(self._by_key[key])[0]
+
+    def _drop_due(self, keys: collections.deque[bytes], now: float) -> None:
+        """Drop a sender's receipts due by `now`: the front of its deque."""
+        while keys and self._expires(keys[0]) <= now:
+            del self._by_key[keys.popleft()]
 
 
 class MemoryBackend(Backend):
@@ -156,7 +187,8 @@ class MemoryBackend(Backend):
 
     def _remove(self, room: str, peer_id: str, reason: str, now: float) -> None:
         members = self._rooms[room]
-        del members[peer_id]
+        gone = members.pop(peer_id)
+        self._receipts.forget((room, peer_id, gone.since))
         self._announce(room, peer_id, "peer-left", {"reason": reason}, now)
         if not members:
             del self._rooms[room]
@@ -243,7 +275,7 @@ class MemoryBackend(Backend):
             self._announce(room, peer, "peer-joined", None, now)
             return Joined(created=True, peers=others, cursor=0)
 
-    def acknowledge_and_read(self, fetch, now, hold=None):
+    def acknowledge_and_read(self, fetch, now, hold=None, read_after=None):
         after, limit = fetch.after, fetch.limit
         with self._lock:
             p = self._authenticate(fetch.room, fetch.peer, fetch.token, now)
@@ -256,9 +288,17 @@ class MemoryBackend(Backend):
                 else:
                     p.size -= len(text)
             p.acked = max(p.acked, after)
-            batch = [p.mailbox[i] for i in range(min(limit, len(p.mailbox)))]
-            cursor = batch[-1][0] if batch else after
+            start = 0 if read_after is None else max(0, read_after - p.acked)  # the mailbox holds acked+1, ...
+            batch = [p.mailbox[i] for i in range(start, min(start + limit, len(p.mailbox)))]
+            cursor = batch[-1][0] if batch else (after if read_after is None else read_after)
             return [text.decode() for _, _, text in batch], cursor
+
+    def keep_alive(self, listeners, now):
+        with self._lock:
+            for listener in listeners:
+                p = self._rooms.get(listener.room, {}).get(listener.peer)
+                if self._live(p, now) and hmac.compare_digest(p.token_hash, listener.token_hash):
+                    self._heartbeat(listener.room, listener.peer, p, now)
 
     def _check_send_rate(self, out: Outgoing) -> None:
         limit = self.settings.sends_per_peer_per_second
@@ -284,7 +324,7 @@ class MemoryBackend(Backend):
                 raise errors.MailboxFull.about(to=to, settings=self.settings)
             seqs = self._push(room, to, recipient, texts, is_event=False)
             if out.idempotency_key is not None:
-                self._receipts.keep(key, out.digest, seqs, out.now + IDEMPOTENCY_TTL)
+                self._receipts.keep((room, out.sender, me.since), key, out.digest, seqs, out.now)
             return seqs
 
     def broadcast(self, out):
@@ -309,7 +349,7 @@ class MemoryBackend(Backend):
                     full.append(peer_id)
             result = Broadcast(delivered, full)
             if out.idempotency_key is not None and delivered:
-                self._receipts.keep(key, out.digest, result, now + IDEMPOTENCY_TTL)
+                self._receipts.keep((room, out.sender, me.since), key, out.digest, result, now)
             return result
 
     def members(self, room, peer, token, now):

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from signaling import errors, protocol
-from signaling.backends.base import UNREAD_EVENTS
+from signaling.backends.base import UNREAD_EVENTS, Broadcast
 from signaling.config import Settings
 from signaling.service import Service, create_app
 
@@ -252,6 +252,61 @@ def test_the_attack_costs_redis_at_most_the_stated_worst_case(store_clients):
         Service.of(app).close()
     assert grown < 9 * WORST_PER_MAILBOX, f"Redis grew {grown / 2**20:.1f} MiB"
     assert_budgeted(answers)
+
+
+# -- Idempotency-Key receipts: a sender (one life of a peer) keeps those of its newest IDEMPOTENCY_KEYS_PER_PEER keys
+
+KEYS = protocol.IDEMPOTENCY_KEYS_PER_PEER
+
+
+def keyed(app, peer, to: str | None, key: str, now: float):
+    """A send (to None: a broadcast) of `{"type":"n"}` with an Idempotency-Key, straight to the backend."""
+    out = protocol.Outgoing.read(b'{"type":"n"}', peer.room, peer.id, peer.token, to, key, now)
+    backend = Service.of(app).backend
+    return backend.send(out) if to else backend.broadcast(out)
+
+
+def test_a_sender_keeps_the_receipts_of_its_newest_keys(make_app):
+    app = make_app(mailbox_limit=3 * KEYS)
+    api = Api.over_flask(app.test_client())
+    alice, bob, carol = api.peer("r1", "alice"), api.peer("r1", "bob"), api.peer("r1", "carol")
+    now = time.time()
+    carols = keyed(app, carol, "bob", "c", now)  # another sender's: never counted against alice's
+    firsts = [keyed(app, alice, "bob", f"k{i}", now) for i in range(KEYS)]
+    assert keyed(app, alice, None, "b", now) == Broadcast(["bob", "carol"], [])  # sends and broadcasts count alike
+    last = firsts[-1][0] + 1  # the broadcast's seq in bob's mailbox
+    assert [keyed(app, alice, "bob", f"k{i}", now) for i in range(1, KEYS)] == firsts[1:]  # the newest answer
+    assert keyed(app, alice, None, "b", now) == Broadcast(["bob", "carol"], [])
+    assert keyed(app, carol, "bob", "c", now) == carols
+    assert alice.send("bob", "n", key="k0").body == {"seq": last + 1}  # the oldest went: stored anew
+    assert keyed(app, alice, "bob", "k1", now) == [last + 2]  # keeping k0 again dropped the oldest, k1
+    assert keyed(app, alice, "bob", "k3", now) == firsts[3]  # (and keeping k1 again, k2)
+    assert len(bob.receive(limit=100)) == 100  # bob's mailbox is all there
+
+
+def test_a_senders_receipts_take_at_most_their_bound_of_keys_in_redis(store_clients):
+    url, clients = store_clients
+    app = create_app(dataclasses.replace(Settings(), redis_url=url, mailbox_limit=3 * KEYS, **NO_LIMITS))
+    try:
+        api = Api.over_flask(app.test_client())
+        alice, _bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+        index = f"sig:{{r1}}:idem:alice@{Service.of(app).backend.client.hget('sig:{r1}:peer:alice', 'since')}"
+        receipts = lambda: sorted(k for c in clients for k in c.scan_iter(match=index + "*", count=1000))  # noqa: E731
+        now = time.time()
+        for i in range(KEYS):
+            keyed(app, alice, "bob", f"k{i}", now)
+        assert len(receipts()) == KEYS + 1  # and the index
+        for i in range(KEYS, KEYS + 50):
+            keyed(app, alice, None if i % 2 else "bob", f"k{i}", now)
+        kept = receipts()
+        assert len(kept) == KEYS + 1 and kept[0] == index
+        listed = Service.of(app).backend.client.zrange(index, 0, -1)
+        assert sorted(f"{index}:{member}" for member in listed) == kept[1:]
+        assert {member.rsplit(":", 1)[1] for member in listed} == {f"k{i}" for i in range(50, KEYS + 50)}  # newest
+        assert alice.leave().status == 204
+        assert receipts() == []  # no one can send as that alice again: her receipts went with her
+    finally:
+        Service.of(app).close()
 
 
 # -- a full Redis: 503, nothing half-stored

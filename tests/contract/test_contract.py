@@ -296,6 +296,13 @@ def test_idempotent_send(api):
     assert alice.send("bob", "x", key="k" * 65).code == "bad_idempotency_key"
 
 
+def test_a_repeat_answers_as_the_first_whatever_its_seq(api):
+    """The memory backend once packed a send's seq 98 into a receipt that read as a broadcast's (a 500)."""
+    alice, _bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+    assert [alice.send("bob", "n", key=f"k{i}").body for i in range(1, 260)] == [{"seq": i} for i in range(1, 260)]
+    assert [alice.send("bob", "n", key=f"k{i}").body for i in range(1, 260)] == [{"seq": i} for i in range(1, 260)]
+
+
 def test_a_key_does_not_outlive_the_recipient(api):
     alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
     assert alice.send("bob", "offer", 1, key="k").body == {"seq": 1}

@@ -1,15 +1,18 @@
-"""Mailbox semantics as properties, on every backend: any run of joins, sends, polls, leaves and expiries
-answers like a plain Python model of PROTOCOL.md.
+"""Mailbox semantics as properties, on every backend: any run of joins, sends, polls, streams, leaves and
+expiries answers like a plain Python model of PROTOCOL.md.
 
 Hypothesis drives the app through Flask's test client: peers join (fresh, resuming, with wrong or stale
 tokens; with join tickets on, carrying good, single-use, reused, missing or failing tickets), send,
 broadcast (with and without Idempotency-Key), poll with `after` anywhere from the acknowledged cursor to the
 last seq seen (and beyond it), list members, leave (DELETE or beacon), and time passes so that peers expire
-and are reaped. Every answer is compared with the model: nothing accepted (202)
-is lost, nothing acknowledged comes back, order per mailbox is kept, and seqs have no gaps.
+and are reaped. Streams (1.2) open from any cursor, resume from the last id they delivered, are read, closed
+by the client, superseded, and keep their peers live when the keep-alive ticks. Every answer is compared with
+the model: nothing accepted (202) is lost, nothing acknowledged comes back, order per mailbox is kept, seqs
+have no gaps, and no envelope comes twice to a client that resumes from the last id it saw.
 
 Time is a fake clock: the views read `time.time()` of `signaling.api` and `signaling.messages`, which the
-test replaces, and the reaper is driven by hand with `backend.reap(now)`. Each example gets a fresh app and
+test replaces, and the reaper and the keep-alive of streams are driven by hand with `backend.reap(now)` and
+`keep_alive.tick(now)`. Each example gets a fresh app and
 an emptied store; the run is derandomized and bounded (about 5 s on memory, 10 s on Redis, 30 s on the Redis Cluster).
 """
 
@@ -37,7 +40,7 @@ from signaling.config import Settings
 from signaling.service import Service
 
 from ..conftest import BACKEND_URLS, NO_LIMITS
-from ..support.helpers import Api, Reply
+from ..support.helpers import Api, Events, Reply
 
 ROOMS = ("r1", "r2")
 PEERS = ("a", "b", "c", "d")
@@ -46,6 +49,7 @@ IDEMPOTENCY_TTL = 600.0
 SETTINGS = {
     "peer_ttl": TTL, "poll_wait": 1.0, "mailbox_limit": 2, "room_capacity": 3,
     "reap_interval": 3600.0,  # the reaper thread never runs: the test reaps with its own clock
+    "stream_heartbeat": 0.01, "stream_max": 3600.0,  # a read of a stream stops at its first heartbeat
 }
 RUN = hypothesis.settings(max_examples=200, stateful_step_count=40, suppress_health_check=[HealthCheck.too_slow])
 # With tickets on, what changes is who gets in: fewer examples check that, the mailboxes having been checked above.
@@ -94,8 +98,19 @@ class ModelPeer:
     since: float  # when it joined: Idempotency-Key receipts belong to one life of each peer
     seq: int = 0  # the last seq given out
     acked: int = 0
-    seen: int = 0  # the highest seq a poll returned
+    seen: int = 0  # the highest seq a poll or stream returned
     mailbox: list[Entry] = dataclasses.field(default_factory=list)  # seq > acked, oldest first
+    history: dict[int, Entry] = dataclasses.field(default_factory=dict)  # every envelope it was given, by seq
+
+
+@dataclasses.dataclass
+class ModelStream:
+    """A stream the client holds open: the life of the peer it is for, and the last id it delivered."""
+
+    events: Events
+    peer: ModelPeer
+    position: int
+    superseded: bool = False  # a newer stream of the peer started: it must end, delivering nothing more
 
 
 class Model:
@@ -123,6 +138,7 @@ class Model:
         else:
             peer.mailbox.append(Entry(peer.seq, None, group))
             self.pools.setdefault((room, peer_id, group), collections.Counter())[content] += 1
+        peer.history[peer.seq] = peer.mailbox[-1]
         return peer.seq
 
     def remove(self, room: str, peer_id: str, reason: str, group: int | None = None) -> None:
@@ -163,6 +179,7 @@ class Mailboxes(RuleBasedStateMachine):
 
     make_app: Any = None
     flush: Any = None
+    memory: bool = False  # the memory backend: wake-ups are immediate
     fake_time: types.SimpleNamespace
     mint: Any = None  # with join tickets on: mint(room, peer=None, ttl=..., once=False) -> a ticket
 
@@ -172,13 +189,18 @@ class Mailboxes(RuleBasedStateMachine):
         self.clock = Clock(1_700_000_000.0)
         self.fake_time.time = self.clock.time
         self.app = self.make_app()
+        self.service = Service.of(self.app)
+        self.service.keep_alive.stop()  # its thread never ticks: the test ticks with its own clock
         self.api = Api.over_flask(self.app.test_client())
+        self.streams: dict[tuple[str, str], ModelStream] = {}  # the open one of each peer, at most
         self.model = Model(self.clock)
         self.used_tickets: dict[str, list[str]] = collections.defaultdict(list)  # room -> single-use ones used
         self.once: set[str] = set()  # every single-use ticket minted
 
     def teardown(self):
-        Service.of(self.app).close()
+        for stream in self.streams.values():
+            stream.events.close()
+        self.service.close()
 
     # -- helpers
 
@@ -436,6 +458,97 @@ class Mailboxes(RuleBasedStateMachine):
         peer.seen = max(peer.seen, reply.body["cursor"])
         return None
 
+    def check_delivered(self, room: str, peer_id: str, peer: ModelPeer, position: int, messages: list[dict]) -> int:
+        """Envelopes a poll or stream delivered past `position`: in order, none skipped, none acknowledged
+        before `position`, each what was sent. Returns the new position."""
+        for message in messages:
+            seq = message["seq"]
+            assert seq > position, (seq, position)  # never twice, never back
+            skipped = [entry.seq for entry in peer.mailbox if position < entry.seq < seq]
+            assert not skipped, (skipped, seq)  # nothing accepted lost
+            entry = peer.history.get(seq)
+            assert entry is not None and (seq > peer.acked or entry not in peer.mailbox), (seq, message)
+            content = envelope(message["from"], message["type"], message["data"], message["ts"])
+            if entry.content is None:  # one of a reap's events: any of those not seen yet
+                pool = self.model.pools[room, peer_id, entry.group]
+                assert pool[content] > 0, (content, pool)
+                pool[content] -= 1
+                entry.content = content
+            assert content == entry.content, (message, entry)
+            position = seq
+        peer.seen = max(peer.seen, position)
+        return position
+
+    def read_stream(self, room: str, peer_id: str) -> None:
+        """Read an open stream up to its next heartbeat or its end, and check what it delivered."""
+        stream = self.streams[room, peer_id]
+        messages = stream.events.until_quiet()
+        if stream.superseded:
+            assert stream.events.ended and messages == [], messages
+        stream.position = self.check_delivered(room, peer_id, stream.peer, stream.position, messages)
+        current = self.model.peer(room, peer_id)
+        if not stream.events.ended and self.memory:  # wake-ups are immediate: it delivered all there is
+            assert current is not stream.peer or not any(e.seq > stream.position for e in stream.peer.mailbox)
+            assert current is stream.peer, "a stream outlived its peer"
+        if stream.events.ended:
+            stream.events.close()
+            del self.streams[room, peer_id]
+
+    @rule(wrong_token=st.sampled_from([False] * 9 + [True]), data=st.data())
+    def open_stream(self, wrong_token, data):
+        """A stream from any cursor; mostly a resume from the last id the peer's previous stream delivered."""
+        model = self.model
+        room, peer_id = self.pick(data)
+        peer = model.peer(room, peer_id)
+        previous = self.streams.get((room, peer_id))
+        if peer is None:
+            after = data.draw(st.integers(0, 3), label="after")
+        elif previous is not None and previous.peer is peer and data.draw(st.booleans(), label="resume?"):
+            after = previous.position
+        else:
+            after = data.draw(st.one_of(st.integers(peer.acked, max(peer.acked, peer.seen)),
+                                        st.integers(0, peer.seq + 2)), label="after")
+        other = next(p for p in PEERS if p != peer_id)
+        token = self.token_of(room, other if wrong_token else peer_id)
+        events = self.api.stream(f"/rooms/{room}/peers/{peer_id}/messages", token=token,
+                                 headers={"Last-Event-ID": str(after)})
+        if not model.live(peer):
+            return self.expect(events, 404, "not_joined")
+        if wrong_token:
+            return self.expect(events, 401, "unauthorized")
+        peer.last_seen = self.clock.now
+        if after > peer.seq:
+            return self.expect(events, 400, "bad_cursor")
+        self.expect(events, 200)
+        assert events.streaming
+        peer.acked = max(peer.acked, after)
+        peer.mailbox = [entry for entry in peer.mailbox if entry.seq > peer.acked]
+        if previous is not None:  # the newer stream ends the older one, which delivers nothing more
+            previous.superseded = True
+            self.read_stream(room, peer_id)
+        self.streams[room, peer_id] = ModelStream(events, peer, after)
+        self.read_stream(room, peer_id)
+        return None
+
+    @rule(close=st.booleans(), data=st.data())
+    def stream_goes_on(self, close, data):
+        """An open stream is read on, or its client goes away (which acknowledges nothing)."""
+        if not self.streams:
+            return
+        room, peer_id = data.draw(st.sampled_from(sorted(self.streams)), label="stream")
+        if close:
+            self.streams.pop((room, peer_id)).events.close()
+        else:
+            self.read_stream(room, peer_id)
+
+    @rule()
+    def keep_alive_ticks(self):
+        """Each open stream's peer (the life that opened it, while live) counts as heard from now."""
+        self.service.keep_alive.tick(self.clock.now)
+        for (room, peer_id), stream in self.streams.items():
+            if self.model.peer(room, peer_id) is stream.peer and self.model.live(stream.peer):
+                stream.peer.last_seen = self.clock.now
+
     @rule(data=st.data())
     def members(self, data):
         room, peer_id = self.pick(data)
@@ -541,9 +654,10 @@ def mint(admission):
     return lambda room, peer=None, ttl=3600, once=False: tickets.mint(JOIN_SECRET, room, peer, ttl, once)
 
 
-def test_mailboxes_match_the_model(app_factory, flush, mint):
+def test_mailboxes_match_the_model(app_factory, flush, mint, backend_name):
     fake_time = types.SimpleNamespace(time=None, monotonic=signaling.api.time.monotonic)
     machine = type("Mailboxes", (Mailboxes,), {"make_app": staticmethod(app_factory), "flush": staticmethod(flush),
-                                               "fake_time": fake_time, "mint": staticmethod(mint) if mint else None})
+                                               "fake_time": fake_time, "mint": staticmethod(mint) if mint else None,
+                                               "memory": backend_name == "memory"})
     with mock.patch.object(signaling.api, "time", fake_time), mock.patch.object(signaling.messages, "time", fake_time):
         hypothesis.stateful.run_state_machine_as_test(machine, settings=RUN if mint is None else TICKETS_RUN)

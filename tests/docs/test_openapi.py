@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from signaling import errors, protocol
+from signaling import errors, http, protocol
 from signaling.api import OPENAPI
 from signaling.routes import ROUTES
 
@@ -98,6 +98,8 @@ def test_bounds_are_the_servers():
     assert parameters["Limit"]["schema"]["maximum"] == protocol.MAX_LIMIT
     assert parameters["IdempotencyKey"]["schema"]["maxLength"] == protocol.MAX_IDEMPOTENCY_KEY
     assert parameters["After"]["schema"]["minimum"] == 0 and parameters["Wait"]["schema"]["minimum"] == 0
+    assert parameters["After"]["schema"]["maximum"] == 10 ** http.MAX_DIGITS - 1  # the most digits read
+    assert parameters["LastEventId"]["schema"]["pattern"] == f"^[0-9]{{0,{http.MAX_DIGITS}}}$"
 
 
 def test_the_token_is_a_bearer_token_on_every_peer_call():
@@ -123,7 +125,7 @@ def check(reply, operation_id: str, status: int, code: str | None = None) -> Non
 
 
 def test_a_session_answers_as_documented(make_app):
-    client = make_app(mailbox_limit=2, room_capacity=2, stun_urls=("stun:stun.example.org",),
+    client = make_app(mailbox_limit=2, room_capacity=2, stream_heartbeat=0.1, stun_urls=("stun:stun.example.org",),
                       turn_urls=("turn:turn.example.org",), turn_secret="s3cret").test_client()
     api = Api.over_flask(client)
     reply = api.join("r1", "alice")
@@ -160,6 +162,11 @@ def test_a_session_answers_as_documented(make_app):
     reply = bob.poll()
     check(reply, "poll", 200)
     assert [m["type"] for m in reply.body["messages"]] == ["offer", "note"]
+    stream = bob.stream(last_event_id=0)
+    check(stream, "poll", 200)  # a stream (1.2), on the same operation
+    assert [e["type"] for e in stream.until_quiet(timeout=30)] == ["offer", "note"]
+    stream.close()
+    check(bob.stream(last_event_id=9), "poll", 400, "bad_cursor")
     check(bob.poll(after=9), "poll", 400, "bad_cursor")
     check(bob.poll(limit=101), "poll", 400, "bad_query")
     check(bob.request("GET", to_bob, token=alice.token), "poll", 401, "unauthorized")

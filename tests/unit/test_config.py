@@ -28,6 +28,10 @@ BAD = {
     "mailbox-bytes-large": ({"MAILBOX_BYTES": "2147483648"}, "MAILBOX_BYTES", "1 GiB"),
     "mailbox-bytes-word": ({"MAILBOX_BYTES": "1MiB"}, "MAILBOX_BYTES", "bytes"),
     "room-capacity": ({"ROOM_CAPACITY": "0"}, "ROOM_CAPACITY", "> 0"),
+    "stream-heartbeat-zero": ({"STREAM_HEARTBEAT": "0"}, "STREAM_HEARTBEAT", "> 0"),
+    "stream-heartbeat-over-max": ({"STREAM_HEARTBEAT": "30", "STREAM_MAX": "30"}, "STREAM_HEARTBEAT",
+                                  "below STREAM_MAX"),
+    "stream-max-word": ({"STREAM_MAX": "5m"}, "STREAM_MAX", "seconds > 0"),
     "stun-http": ({"STUN_URLS": "http://x"}, "STUN_URLS", "stun:host"),
     "stun-slashes": ({"STUN_URLS": "stun:ok.example,stun://x.example"}, "STUN_URLS", "stun:host"),
     "stun-as-turn": ({"STUN_URLS": "turn:x.example"}, "STUN_URLS", "stun:host"),
@@ -85,6 +89,7 @@ GOOD = {
     "origins": {"ALLOWED_ORIGINS": "https://a.example, http://localhost:3000, capacitor://localhost"},
     "host": {"HOST": "::", "LOG_LEVEL": "DEBUG"},
     "host-name": {"HOST": "localhost"},
+    "streams": {"STREAM_HEARTBEAT": "0.5", "STREAM_MAX": "60", "MAILBOX_BYTES": "65536"},
 }
 
 

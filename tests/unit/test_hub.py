@@ -49,3 +49,8 @@ def test_a_batch_woken_once_is_answered_whole():
     waiter = Waiter("r1", "bob", 1)
     waiter.wake([envelope(4), envelope(5), envelope(6)])
     assert waiter.carried(after=3, limit=100) == ([envelope(4), envelope(5), envelope(6)], 6)
+
+
+def test_envelopes_that_do_not_start_right_after_the_cursor_mean_look_in_the_backend():
+    """A stream's look read at most `limit` envelopes: wake-ups of later ones must not skip those it left."""
+    assert woken(7, 8).carried(after=3, limit=100) is None

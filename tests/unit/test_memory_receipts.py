@@ -19,7 +19,7 @@ from signaling.backends.base import Broadcast
 from signaling.backends.memory import MemoryBackend
 from signaling.config import Settings
 from signaling.hub import Hub
-from signaling.protocol import IDEMPOTENCY_TTL, Fetch, Join, Outgoing
+from signaling.protocol import IDEMPOTENCY_KEYS_PER_PEER, IDEMPOTENCY_TTL, Fetch, Join, Outgoing
 from signaling.tokens import new_token
 
 T0 = 1_700_000_000.0
@@ -28,20 +28,21 @@ RECEIPT_BYTES = 250
 
 
 class Room:
-    """alice and bob in room r1 of a memory backend whose peers outlive the test's clock jumps."""
+    """alice, bob and `others` more in room r1 of a memory backend whose peers outlive the test's clock jumps."""
 
-    def __init__(self):
-        settings = dataclasses.replace(Settings(), peer_ttl=10 * IDEMPOTENCY_TTL, mailbox_limit=10**9,
+    def __init__(self, others: int = 0, peer_ttl: float = 10 * IDEMPOTENCY_TTL):
+        settings = dataclasses.replace(Settings(), peer_ttl=peer_ttl, mailbox_limit=10**9,
                                        mailbox_bytes=2**30,
                                        sends_per_peer_per_second=0, joins_per_ip_per_minute=0)
         self.backend = MemoryBackend(settings, Hub())
-        self.tokens = {peer: new_token(peer) for peer in ("alice", "bob")}
+        self.tokens = {peer: new_token(peer) for peer in ("alice", "bob", *(f"s{i}" for i in range(others)))}
         for peer, token in self.tokens.items():
             self.backend.join(Join("r1", peer, token, None, T0))
 
-    def send(self, key: str, now: float, body: bytes = b'{"type":"x"}', to: str | None = "bob"):
-        """alice sends (to None: broadcasts) with this Idempotency-Key; the strings are fresh, as a request's are."""
-        out = Outgoing.read(body, "r" + "1", "ali" + "ce", self.tokens["alice"], to and "b" + to[1:], key, now)
+    def send(self, key: str, now: float, body: bytes = b'{"type":"x"}', to: str | None = "bob", sender="alice"):
+        """`sender` sends (to None: broadcasts) with this Idempotency-Key; the strings are fresh, as a request's are."""
+        out = Outgoing.read(body, "r" + "1", sender[:1] + sender[1:], self.tokens[sender], to and "b" + to[1:], key,
+                            now)
         return self.backend.send(out) if to else self.backend.broadcast(out)
 
 
@@ -66,12 +67,17 @@ def lines_run(call) -> int:
 
 
 def reap_work(live: int) -> int:
-    """Lines run by the reap that expires 50 receipts while `live` others are still good."""
-    room = Room()
+    """Lines run by the reap that expires alice's 50 receipts while `live` others are still good.
+
+    The live ones are one of alice's and 20 other senders' (each keeps at most IDEMPOTENCY_KEYS_PER_PEER).
+    """
+    senders = 20
+    room = Room(others=senders)
     for i in range(50):
         room.send(f"old-{i}", T0)
+    room.send("new", T0 + 300)
     for i in range(live):
-        room.send(f"new-{i}", T0 + 300)
+        room.send(f"new-{i}", T0 + 300, sender=f"s{i % senders}")
     return lines_run(lambda: room.backend.reap(T0 + IDEMPOTENCY_TTL + 1))
 
 
@@ -110,7 +116,31 @@ def test_a_receipt_kept_again_after_it_expired_is_not_dropped_with_the_old_one()
     assert room.send("k", T0 + IDEMPOTENCY_TTL + 2) == again
 
 
-def retained_per_send(keyed: bool, count: int = 5000) -> float:
+def test_a_sender_holds_its_newest_receipts_only_and_none_once_they_expired():
+    room = Room()
+    for i in range(IDEMPOTENCY_KEYS_PER_PEER + 50):
+        room.send(f"k{i}", T0 + i / 100)
+    assert len(room.backend._receipts) == IDEMPOTENCY_KEYS_PER_PEER
+    room.backend.reap(T0 + 11 + IDEMPOTENCY_TTL)
+    assert len(room.backend._receipts) == 0
+    assert not room.backend._receipts._by_sender  # nothing left of the sender either
+
+
+def test_a_peer_that_is_gone_takes_its_receipts_with_it():
+    room = Room(others=1, peer_ttl=60)
+    for i in range(10):
+        room.send(f"a{i}", T0)
+        room.send(f"s{i}", T0, to=None, sender="s0")
+    room.backend.leave("r1", "alice", room.tokens["alice"], T0 + 1)
+    assert len(room.backend._receipts) == 10  # s0's
+    room.backend.members("r1", "bob", room.tokens["bob"], T0 + 50)
+    room.backend.reap(T0 + 61)  # s0 timed out; bob did not
+    assert len(room.backend._receipts) == 0
+    assert not room.backend._receipts._by_sender
+    room.backend.reap(T0 + IDEMPOTENCY_TTL + 1)  # their files come due: nothing to drop, nothing breaks
+
+
+def retained_per_send(keyed: bool, count: int = IDEMPOTENCY_KEYS_PER_PEER) -> float:
     room = Room()
     gc.collect()
     tracemalloc.start()

@@ -13,12 +13,15 @@ import pytest
 import redis
 
 from signaling import create_app
+from signaling.backends.base import Listener
 from signaling.backends.redis import RedisBackend, scripts
+from signaling.backends.redis.backend import KEEP_ALIVE_BATCH
 from signaling.config import Settings
 from signaling.hub import Hub
 from signaling.protocol import Fetch, Join, envelope_tail, with_seq
 from signaling.service import Service
 from signaling.tickets import LEEWAY
+from signaling.tokens import hash_token
 
 from ..support.helpers import Api, held_poll
 from ..support.servers import RedisServer, free_port
@@ -326,6 +329,20 @@ def test_a_room_joined_while_a_reaper_finds_it_empty_stays_scheduled(store, db):
         other.close()
 
 
+def test_a_keep_alive_of_more_streams_in_one_room_than_lua_unpacks_at_once_renews_them(store):
+    """Lua unpacks at most about 8,000 ARGV: a room's listeners go to its `keep_alive` script in batches."""
+    backend = RedisBackend(dataclasses.replace(Settings(), redis_url=store, peer_ttl=10.0), Hub())
+    try:
+        now = 1_700_000_000.0
+        backend.join(Join("r1", "alice", "alice.one", None, now))
+        backend.join(Join("r1", "bob", "bob.two", None, now))
+        others = [Listener("r1", f"gone{i}", hash_token(f"gone{i}.x")) for i in range(5 * KEEP_ALIVE_BATCH)]
+        backend.keep_alive([*others, Listener("r1", "alice", hash_token("alice.one"))], now + 9)  # the last batch
+        assert backend.reap(now + 11) == [("r1", "bob")]  # alice was heard from at now + 9
+    finally:
+        backend.close()
+
+
 def test_server_events_written_by_the_scripts_are_the_tails_python_writes(store):
     """join, leave and reap build peer-joined and peer-left in Lua: byte for byte protocol.envelope_tail's."""
     backend = RedisBackend(dataclasses.replace(Settings(), redis_url=store, peer_ttl=10.0), Hub())
@@ -353,7 +370,10 @@ def test_an_idempotency_receipt_is_a_json_value(instances, db):
     alice, bob, carol = api.peer("r1", "alice"), api.peer("r1", "bob"), api.peer("r1", "carol")
     alice.send("bob", "offer", key="once")
     alice.broadcast("hello", key="all")
-    receipts = {key.rsplit(":", 1)[1]: json.loads(db.get(key)) for key in all_keys(db) if ":idem:" in key}
+    idem = [key for key in all_keys(db) if ":idem:" in key]
+    receipts = {key.rsplit(":", 1)[1]: json.loads(db.get(key)) for key in idem if db.type(key) == "string"}
+    (index,) = [key for key in idem if db.type(key) == "zset"]  # alice's receipts, listed by when they expire
+    assert sorted(db.zrange(index, 0, -1)) == sorted(key[len(index) + 1:] for key in idem if key != index)
     assert receipts["once"]["answer"] == [2]  # bob's first envelope was carol's peer-joined
     broadcast = receipts["all"]["answer"]
     assert sorted(broadcast["delivered"]) == ["bob", "carol"]

@@ -7,9 +7,10 @@ receives them), autopipeline.py (the shared round trips), connection.py.
 Renewals. A heartbeat keeps two things alive outside its room's slot: the
 room's entry in `sig:reap` and the lease of the IP the peer counts against.
 A script cannot reach them, so once it has authenticated the caller it asks
-for them (RENEW), at most once per PEER_TTL / 2 per peer (the peer hash's
-`renewed`), and the backend sends the commands after it (`_renew`). A
-request that fails its token check writes nothing at all.
+for them (RENEW, a list: a keep-alive beats for many peers), at most once per
+PEER_TTL / 2 per peer (the peer hash's `renewed`), and the backend sends the
+commands after it, all of a round trip's in one more (`_renew`). A request
+that fails its token check writes nothing at all.
 
 Round trips: requests do not borrow a connection each; their commands queue
 for a few lanes, and one round trip carries everything waiting
@@ -51,6 +52,9 @@ LANES = 4
 #: a script's refusal {'err', code, retry_ms, seq} names one of these
 _ERRORS = errors.by_code()
 
+#: streaming peers per `keep_alive` script: Lua unpacks at most about 8,000 ARGV, two a peer
+KEEP_ALIVE_BATCH = 1000
+
 
 class RedisBackend(Backend):
     """All state in Redis; any number of processes share it."""
@@ -73,7 +77,9 @@ class RedisBackend(Backend):
     # -- plumbing
 
     def _pipeline(self, commands: list[tuple]) -> tuple[list, list]:
-        """Run script commands (`Script.command`) in one round trip: (their replies, the renewals each asked for).
+        """Run script commands (`Script.command`) in one round trip: (their replies, the renewals they asked for).
+
+        A renewal is (room, peer, its IP or '', now as text): see `_renew`.
 
         Scripts go by EVALSHA; after a Redis restart forgot them, they are
         loaded and the ones that got NOSCRIPT (and so did not run) run again.
@@ -97,7 +103,7 @@ class RedisBackend(Backend):
             results, renewals, wakes = [], [], []
             for result, notify, renew in replies:
                 results.append(result)
-                renewals.append(renew)
+                renewals += renew
                 wakes += notify
             if wakes:  # Redis Cluster: the script could not publish to another slot's channel
                 self._round_trips.execute(wakeups.spublish(wakes))
@@ -117,17 +123,16 @@ class RedisBackend(Backend):
         A refusal is {'err', code, retry_ms, seq}: the error class of `code`,
         its message filled from `about` and the room, `retry_ms` its Retry-After.
         """
-        (reply,), (renewal,) = self._pipeline([script.command(on or [keys.members(room)], **args)])
-        if renewal:  # the caller authenticated, even if the script then refused what it asked
-            self._renew(room, *renewal)
+        (reply,), renewals = self._pipeline([script.command(on or [keys.members(room)], **args)])
+        self._renew(renewals)  # the caller authenticated, even if the script then refused what it asked
         if reply[0] == "err":
             _, code, retry_ms, seq = reply
             raise _ERRORS[code].about(room=room, settings=self.settings, seq=seq, **(about or {}),
                                       retry_after=retry_ms / 1000 if retry_ms is not None else None)
         return reply
 
-    def _renew(self, room: str, peer: str, client_ip: str, now: str) -> None:
-        """What a heartbeat asked for: the room stays in `sig:reap`, the IP keeps the peer's place.
+    def _renew(self, renewals: list[list[str]]) -> None:
+        """What heartbeats asked for, in one round trip: each room stays in `sig:reap`, each IP keeps its peer's place.
 
         A lease runs 1.5 * PEER_TTL + TIMEOUT from a renewal: without another
         renewal the peer outlives this one by at most 1.5 * PEER_TTL (a heartbeat
@@ -135,18 +140,23 @@ class RedisBackend(Backend):
         TIMEOUT covers the next renewal's way here. The request's own work is
         done by now: a renewal that fails is logged, not answered.
         """
-        ttl, since = self.settings.peer_ttl, float(now)
-        commands = [("ZADD", keys.REAP, "NX", repr(since + ttl), room)]
-        if client_ip:
-            leases, until = keys.ip_leases(client_ip), since + 1.5 * ttl + TIMEOUT
-            commands += [("ZADD", leases, "XX", "GT", repr(until), f"{room} {peer}"),
-                         ("PEXPIREAT", leases, math.ceil(until * 1000))]
+        if not renewals:
+            return
+        ttl, commands = self.settings.peer_ttl, []
+        for room, peer, client_ip, now in renewals:
+            since = float(now)
+            commands.append(("ZADD", keys.REAP, "NX", repr(since + ttl), room))
+            if client_ip:
+                leases, until = keys.ip_leases(client_ip), since + 1.5 * ttl + TIMEOUT
+                commands += [("ZADD", leases, "XX", "GT", repr(until), f"{room} {peer}"),
+                             ("PEXPIREAT", leases, math.ceil(until * 1000))]
         try:
             failed = [reply for reply in self._round_trips.execute(commands) if isinstance(reply, Exception)]
         except UNREACHABLE as exc:
             failed = [exc]
         if failed:
-            log.warning("renewal of %s in room %s failed: %s", peer, room, failed[0])
+            room, peer = renewals[0][:2]
+            log.warning("renewal of %d peers (%s in room %s first) failed: %s", len(renewals), peer, room, failed[0])
 
     def _leases(self) -> bool:
         """Whether places are leased per IP (PEERS_PER_IP or ROOMS_PER_IP)."""
@@ -186,13 +196,29 @@ class RedisBackend(Backend):
             raise (join.refusal or errors.BadTicket.used()) from None
         return Joined(created=bool(created), peers=others, cursor=cursor)
 
-    def acknowledge_and_read(self, fetch, now, hold=None):
+    def acknowledge_and_read(self, fetch, now, hold=None, read_after=None):
         _, cursor, items = self._run(
             self.scripts["acknowledge_and_read"], fetch.room, about=dict(peer=fetch.peer, after=fetch.after),
             peer=fetch.peer, given=_hashed(fetch.token), now=repr(now), ttl=repr(self.settings.peer_ttl),
             after=fetch.after, limit=fetch.limit, holder=f"{self.instance} {hold}" if hold is not None else "",
+            read_after=fetch.after if read_after is None else read_after,
         )
         return [item[1:] for item in items], cursor  # each without its mark ("M" or "E")
+
+    def keep_alive(self, listeners, now):
+        """One round trip: a `keep_alive` script per room (per KEEP_ALIVE_BATCH of its peers); the renewals
+        their heartbeats ask for in a second."""
+        by_room: dict[str, list[str]] = {}
+        for listener in listeners:
+            by_room.setdefault(listener.room, []).extend((listener.peer, listener.token_hash))
+        if not by_room:
+            return
+        at, ttl, batch = repr(now), repr(self.settings.peer_ttl), 2 * KEEP_ALIVE_BATCH
+        _, renewals = self._pipeline([
+            self.scripts["keep_alive"].command([keys.members(room)], now=at, ttl=ttl, listeners=peers[i:i + batch])
+            for room, peers in by_room.items() for i in range(0, len(peers), batch)
+        ])
+        self._renew(renewals)
 
     def send(self, out):
         settings = self.settings

@@ -10,6 +10,8 @@ and receipts.lua), in the same slot:
                                         ip (whose place it holds), renewed (when it last asked for a renewal)
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
     sig:{room}:idem:<from>@<since>:<to>@<since>:<key>   string  a receipt, JSON {"digest", "answer"}, 10 minutes
+    sig:{room}:idem:<from>@<since>  zset  a sender's receipts ("<to>@<since>:<key>", "*:<key>" for a broadcast)
+                                        -> when they expire; its newest IDEMPOTENCY_KEYS_PER_PEER are kept
     sig:{room}:jti:<jti>          string  the peer a single-use join ticket admitted, until its exp (+ leeway)
     sig:{room}:rate:<id>          string  sends in the current second
 

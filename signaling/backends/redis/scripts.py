@@ -19,7 +19,8 @@ What Redis runs is the file behind a head that Script writes:
 
     local SHARDED = false                  (true on Redis Cluster: wakeups.lua)
     local UNREAD_EVENTS = 1000             (base.UNREAD_EVENTS)
-    local WAKES, RENEW = {}, false         (set by wakeups.lua and room.lua's `touch`)
+    local IDEMPOTENCY_KEYS_PER_PEER = 1000 (protocol.IDEMPOTENCY_KEYS_PER_PEER: receipts.lua)
+    local WAKES, RENEW = {}, {}            (filled by wakeups.lua and room.lua's `touch`)
     <each included file>
     local function main()
     <the script>
@@ -38,6 +39,7 @@ import importlib.resources
 import operator
 import re
 
+from ...protocol import IDEMPOTENCY_KEYS_PER_PEER
 from ..base import UNREAD_EVENTS
 
 _LUA = importlib.resources.files(__package__) / "lua"
@@ -64,7 +66,8 @@ class Script:
         assert len(self.argv) > 1, f"{name}.lua: itemgetter of one name gives no tuple"
         head = ("local SHARDED = " + ("true" if sharded else "false"),
                 f"local UNREAD_EVENTS = {UNREAD_EVENTS}",
-                "local WAKES, RENEW = {}, false")
+                f"local IDEMPOTENCY_KEYS_PER_PEER = {IDEMPOTENCY_KEYS_PER_PEER}",
+                "local WAKES, RENEW = {}, {}")
         parts = [("(head)", "\n".join(head))]
         includes = _INCLUDE.search(text)
         for lib in includes.group(1).split() if includes else ():

@@ -1,5 +1,6 @@
--- A poll's look at its mailbox: acknowledge (drop) the envelopes up to `after`, record the poll that
--- holds the mailbox (superseding an older one on another instance), return what is left.
+-- A poll's or stream's look at its mailbox: acknowledge (drop) the envelopes up to `after`, record the poll
+-- or stream that holds the mailbox (superseding an older one on another instance), return what is left past
+-- `read_after`.
 -- include   wakeups.lua room.lua
 -- KEYS[1]   members     sig:{room}:members
 -- ARGV[1]   peer        the polling peer
@@ -8,11 +9,13 @@
 -- ARGV[4]   ttl         PEER_TTL (s)
 -- ARGV[5]   after       acknowledge seqs up to this one
 -- ARGV[6]   limit       return at most this many envelopes
--- ARGV[7]   holder      the held poll, "<instance> <poll id>" ('' for none: a poll that does not wait)
+-- ARGV[7]   holder      the held poll or stream, "<instance> <poll id>" ('' for none: a poll that does not wait)
+-- ARGV[8]   read_after  return envelopes past this seq: `after` for a poll; a stream reads on past what it
+--                       delivered, acknowledging only the cursor it opened with
 -- returns   {'ok', cursor, {stored envelopes, each with its mark}} | refuse(code[, nil, last seq given out])
 local peer, given = ARGV[1], ARGV[2]
 local now, ttl, after, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local holder = ARGV[7]
+local holder, read_after = ARGV[7], tonumber(ARGV[8])
 
 local err = authenticate(peer, given, now, ttl)
 if err then return refuse(err) end
@@ -41,7 +44,8 @@ if holder ~= '' then
     if old_instance ~= string.match(holder, '^(%S+) ') then superseded(old_instance, room, peer, old_poll) end
   end
 end
-local items = redis.call('LRANGE', mb, 0, limit - 1)
-local cursor = after
-if #items > 0 then cursor = acked + #items end
+local skip = math.max(read_after - acked, 0)  -- the list holds seqs acked + 1, acked + 2, ...
+local items = redis.call('LRANGE', mb, skip, skip + limit - 1)
+local cursor = read_after
+if #items > 0 then cursor = acked + skip + #items end
 return {'ok', cursor, items}

@@ -38,5 +38,7 @@ for _, m in ipairs(live_members(now, ttl)) do
     end
   end
 end
-if receipt and #delivered > 0 then keep_receipt(receipt, digest, {delivered = delivered, full = full}, receipt_ttl) end
+if receipt and #delivered > 0 then
+  keep_receipt(sender, receipt, digest, {delivered = delivered, full = full}, now, receipt_ttl)
+end
 return {'ok', delivered, full}

@@ -31,5 +31,5 @@ if key ~= '' then
 end
 if not has_room(to, tails, limit, max_bytes) then return refuse('mailbox_full') end
 local seqs = push(to, tails, false, ttl)
-if receipt then keep_receipt(receipt, digest, seqs, receipt_ttl) end
+if receipt then keep_receipt(sender, receipt, digest, seqs, now, receipt_ttl) end
 return {'ok', seqs}

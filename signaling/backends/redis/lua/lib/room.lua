@@ -41,9 +41,9 @@ local function refuse_when_full()
 end
 
 -- the heartbeat: the peer is live from now, its keys kept as long; once per half PEER_TTL it asks for
--- the room's look in sig:reap and its IP's lease to be renewed (RENEW: {peer, its IP or '', now}, sent
--- by the backend after the script). PEXPIRE first: it may not grow memory, so a script that starts with
--- a heartbeat (a poll's acknowledgement, a member list) runs when Redis is full
+-- the room's look in sig:reap and its IP's lease to be renewed (appended to RENEW: {room, peer, its IP
+-- or '', now}, sent by the backend after the script). PEXPIRE first: it may not grow memory, so a script
+-- that starts with a heartbeat (a poll's acknowledgement, a member list) runs when Redis is full
 local function touch(id, now, ttl)
   local pk = peer_key(id)
   local ms = keep_ms(ttl)
@@ -54,7 +54,7 @@ local function touch(id, now, ttl)
   local v = redis.call('HMGET', pk, 'renewed', 'ip')
   if not v[1] or now - tonumber(v[1]) >= ttl / 2 then
     redis.call('HSET', pk, 'renewed', tostring(now))
-    RENEW = {id, v[2] or '', tostring(now)}
+    RENEW[#RENEW + 1] = {room, id, v[2] or '', tostring(now)}
   end
 end
 
@@ -142,9 +142,27 @@ local function live_members(now, ttl)
   return redis.call('ZRANGEBYSCORE', members, '(' .. tostring(now - ttl), '+inf')
 end
 
--- remove a peer and its mailbox; the live others get peer-left with `reason` (JSON text)
+-- a peer's id and join time: one life of the peer, which its receipts (receipts.lua) are bound to
+local function incarnation(id)
+  return id .. '@' .. (redis.call('HGET', peer_key(id), 'since') or '0')
+end
+
+-- the zset of a sender's receipts, sig:{room}:idem:<id>@<since>: each receipt's key past this one's ':'
+-- (its recipient and Idempotency-Key) -> when it expires
+local function receipts_of(id) return prefix .. 'idem:' .. incarnation(id) end
+
+-- a peer's life is over: no one can send as it again, so its receipts go with it (at most
+-- IDEMPOTENCY_KEYS_PER_PEER, the bound keep_receipt keeps)
+local function drop_receipts(id)
+  local index = receipts_of(id)
+  for _, listed in ipairs(redis.call('ZRANGE', index, 0, -1)) do redis.call('DEL', index .. ':' .. listed) end
+  redis.call('DEL', index)
+end
+
+-- remove a peer, its mailbox and its receipts; the live others get peer-left with `reason` (JSON text)
 local function remove_peer(id, reason, now, ts, ttl)
   wake(id)  -- a poll it still holds looks again and learns it is gone
+  drop_receipts(id)  -- before its hash goes: the receipts' keys name its join time
   redis.call('ZREM', members, id)
   redis.call('DEL', peer_key(id), mbox_key(id))
   local tail = event_tail(id, 'peer-left', '{"reason":"' .. reason .. '"}', ts)
