@@ -9,6 +9,7 @@ to the per-IP limits (TRUSTED_PROXIES=1).
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 
 import pytest
@@ -84,3 +85,10 @@ def test_the_deployment_guide_shows_the_configuration_that_is_tested():
     guide = (ROOT / "docs" / "deploying.md").read_text()
     blocks = re.findall(r"```nginx\n(.*?)```", guide, re.S)
     assert blocks == [NginxServer.CONF.read_text()]
+
+
+def test_nginx_takes_the_configuration_without_a_warning(tmp_path):
+    check = subprocess.run([*NginxServer(tmp_path, ["127.0.0.1:1", "127.0.0.1:2"]).configure(), "-t"],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "test is successful" in check.stderr, check.stderr
+    assert "[warn]" not in check.stderr, check.stderr
