@@ -252,6 +252,17 @@ def wait_for_answer(server: LiveServer, peer: Peer) -> socket.socket:
     return raw_poll(server, peer, after=peer.cursor, wait=25)
 
 
+def wait_for_events(server: LiveServer, peer: Peer) -> socket.socket:
+    """An open stream (1.2): Accept: text/event-stream on the poll URL; its first line arrives at once."""
+    port = urllib.parse.urlsplit(server.url).port
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"GET /rooms/{peer.room}/peers/{peer.id}/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                 f"Authorization: Bearer {peer.token}\r\nAccept: text/event-stream\r\nLast-Event-ID: {peer.cursor}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    assert sock.recv(1, socket.MSG_PEEK), "the stream's first byte did not come at once"
+    return sock
+
+
 def wait_for_next_request(server: LiveServer) -> socket.socket:
     """A kept-alive connection, answered once, now idle: it waits for a request that never comes."""
     port = urllib.parse.urlsplit(server.url).port
@@ -263,7 +274,7 @@ def wait_for_next_request(server: LiveServer) -> socket.socket:
     return sock
 
 
-def poll_answer(raw: bytes) -> tuple[list[dict], int]:
+def poll_answer(raw: bytes, after: int) -> tuple[list[dict], int]:
     """What a held poll's client got at the stop, which must be a whole answer: (envelopes, cursor)."""
     head, _, body = raw.partition(b"\r\n\r\n")
     status, headers = parse_head(head)
@@ -272,13 +283,42 @@ def poll_answer(raw: bytes) -> tuple[list[dict], int]:
     return answer["messages"], answer["cursor"]
 
 
+def stream_answer(raw: bytes, after: int) -> tuple[list[dict], int]:
+    """What a stream from `after` showed its client: events, then a clean end (the chunked body's last chunk);
+    (envelopes, the last id seen, which the client resumes from)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, headers = parse_head(head)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream"), raw[:300]
+    assert headers["transfer-encoding"] == "chunked", headers
+    text = b""
+    while True:  # the chunked coding, to its last chunk: a stream cut off mid-way fails here
+        size, _, body = body.partition(b"\r\n")
+        assert size, "the stream was cut off before its last chunk"
+        length = int(size, 16)
+        if length == 0:
+            assert body == b"\r\n", f"bytes after the last chunk: {body[:100]!r}"
+            break
+        text, body = text + body[:length], body[length + 2:]
+    envelopes, last = [], after
+    for event in text.decode().replace("\r\n", "\n").split("\n\n"):
+        fields = {}
+        for line in event.split("\n"):
+            if line and not line.startswith(":"):  # a comment: the first line, or a heartbeat
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+        if "data" in fields:
+            envelopes.append(json.loads(fields["data"]))
+            last = int(fields["id"])
+    return envelopes, last
+
+
 def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     status_line, *lines = head.decode("latin-1").split("\r\n")
     return int(status_line.split()[1]), {n.strip().lower(): v.strip() for n, _, v in (x.partition(":") for x in lines)}
 
 
 #: A kind of client a stopping worker must end at once: how one opens, and what its client got at the end.
-KINDS = {"held polls": (wait_for_answer, poll_answer)}
+KINDS = {"held polls": (wait_for_answer, poll_answer), "streams": (wait_for_events, stream_answer)}
 
 
 def read_to_the_end(socks: list[socket.socket], timeout: float) -> dict[socket.socket, tuple[bytes, float]]:
@@ -364,7 +404,7 @@ def stop_with_clients_open(start_server, redis_url, kind: str) -> None:
 
     fresh = Api.over_http(start_server(env={"REDIS_URL": redis_url}).url)
     for peer, sock in zip(peers, held, strict=True):
-        seen, cursor = answer_of(ends[sock][0])
+        seen, cursor = answer_of(ends[sock][0], peer.cursor)
         resumed = dataclasses.replace(peer, api=fresh, cursor=cursor)
         rest = []
         for _ in range(5):
@@ -378,6 +418,10 @@ def stop_with_clients_open(start_server, redis_url, kind: str) -> None:
 
 def test_sigterm_with_1000_held_polls_and_100_idle_connections_exits_at_once(start_server, redis_url):
     stop_with_clients_open(start_server, redis_url, "held polls")
+
+
+def test_sigterm_with_1000_streams_and_100_idle_connections_exits_at_once(start_server, redis_url):
+    stop_with_clients_open(start_server, redis_url, "streams")
 
 
 # -- SIGKILL of one worker under load
