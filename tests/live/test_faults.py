@@ -7,6 +7,7 @@ import dataclasses
 import http.client
 import json
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -355,6 +356,11 @@ def stop_with_clients_open(start_server, redis_url, kind: str) -> None:
     instance (on the same Redis), whatever the clients saw: nothing is acknowledged by being delivered.
     """
     open_one, answer_of = KINDS[kind]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 2 * (HELD + IDLE)  # this process's ends, and the server's (which inherits the limit)
+    assert hard == resource.RLIM_INFINITY or hard >= needed, f"{needed} open files needed, at most {hard} allowed"
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
     server = start_server(env={"REDIS_URL": redis_url, "GRACEFUL_TIMEOUT": "10"})
     api = Api.over_http(server.url, timeout=10)
     senders, peers = [], []
