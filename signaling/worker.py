@@ -1,4 +1,4 @@
-"""The gunicorn worker: gevent's, answering in the protocol's JSON and timing how requests arrive.
+"""The gunicorn worker: gevent's, answering in the protocol's JSON, timing each connection, stopping at once.
 
 Some requests never reach Flask: gunicorn refuses a request line or a header
 it cannot parse, or one too large, and would write an HTML page. Here
@@ -110,6 +110,9 @@ class SignalingWorker(GeventWorker):
 
     def handle(self, listener, client, addr):
         """Serve one connection, its reads and writes timed by a `RequestClock`."""
+        if listener.fileno() == -1:  # the stopping worker closed its listener since accepting: as if still queued
+            client.close()  # (gunicorn would log the listener's EBADF with a traceback)
+            return
         clock = RequestClock(client, self.settings.request_read_timeout, self.cfg.keepalive)
         self.connections.add(clock)
         if not self.alive:  # accepted in the moment before the stopping worker closes its listener
@@ -124,7 +127,8 @@ class SignalingWorker(GeventWorker):
     def handle_exit(self, sig, frame):
         """SIGTERM: stop now, not once every idle keep-alive connection has run out `graceful_timeout`."""
         super().handle_exit(sig, frame)
-        gevent.spawn(self._stop)
+        if self.booted:  # before, the app is still loading and no connection is open: gunicorn's loop ends at once
+            gevent.spawn(self._stop)
 
     def _stop(self) -> None:
         """End held polls and streams, close idle connections, and exit once the last request is answered.
