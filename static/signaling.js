@@ -424,7 +424,7 @@ class Session extends EventTarget {
     }
   }
 
-  /** Delivers the envelopes of a stream's events; the last event's id is the cursor. */
+  /** Delivers the envelopes of a stream's events; the last dispatched event's id is the cursor. */
   _deliverEvents(events, lastEventId) {
     const envelopes = [];
     for (const event of events) {
@@ -682,7 +682,7 @@ function isEventStream(response) {
  * Server-Sent Events read from a body that arrives in chunks cut anywhere, as the HTML standard
  * says: lines end with CRLF, LF or CR; `data` lines of one event are joined with "\n"; a blank
  * line dispatches the event; `:` starts a comment; `id` is kept for the events after it; an event
- * the body ends in the middle of is never dispatched (it stays here, unfinished).
+ * the body ends in the middle of is never dispatched (it stays here, unfinished), nor its id seen.
  */
 class EventStreamParser {
   constructor() {
@@ -691,7 +691,8 @@ class EventStreamParser {
     this._afterCR = false; // the last text ended with CR: an LF that starts the next is that line's end
     this._data = "";
     this._type = "";
-    /** The last `id` field seen: what a reconnect's Last-Event-ID carries. */
+    this._id = ""; // the last `id` field, which the next dispatch makes the last event id
+    /** The id of the last event dispatched: what a reconnect's Last-Event-ID carries. */
     this.lastEventId = "";
     /** The last `retry` field, in ms (null until one came). */
     this.retry = null;
@@ -722,7 +723,7 @@ class EventStreamParser {
     if (value[0] === " ") value = value.slice(1);
     if (field === "data") this._data += `${value}\n`;
     else if (field === "event") this._type = value;
-    else if (field === "id" && !value.includes("\0")) this.lastEventId = value;
+    else if (field === "id" && !value.includes("\0")) this._id = value;
     else if (field === "retry" && /^[0-9]+$/.test(value)) this.retry = Number(value);
     return null;
   }
@@ -732,8 +733,9 @@ class EventStreamParser {
     const type = this._type || "message";
     this._data = "";
     this._type = "";
+    this.lastEventId = this._id;
     if (data === "") return null;
-    return { type, data: data.slice(0, -1), id: this.lastEventId };
+    return { type, data: data.slice(0, -1), id: this._id };
   }
 }
 
