@@ -16,12 +16,13 @@ _settings = settings_or_exit()  # every setting, gunicorn's below included, is c
 
 # IPv6 addresses are bound in brackets.
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
-# gevent's worker, with JSON answers of its own and REQUEST_READ_TIMEOUT on slow requests.
+# gevent's worker, with JSON answers of its own, REQUEST_READ_TIMEOUT on slow requests, a write timeout
+# on clients that stop reading, and a prompt stop on SIGTERM (held polls and streams end, idle connections close).
 worker_class = "signaling.worker.SignalingWorker"
 workers = _settings.web_concurrency
 # One held poll is one open connection: leave room for thousands per worker.
 worker_connections = _settings.worker_connections
-# A held poll lasts up to POLL_WAIT; a restart lets it finish or ends it.
+# On SIGTERM held polls end at once; a request still running after this is cut off.
 graceful_timeout = _settings.graceful_timeout
 keepalive = 75
 accesslog = "-"
@@ -44,24 +45,6 @@ logconfig_dict = {
 # gunicorn's control socket sits at one path per user: several instances on one host would collide.
 control_socket_disable = True
 loglevel = _settings.log_level.lower()
-
-
-def post_worker_init(worker):
-    """On SIGTERM, end held polls at once so the worker can stop within its graceful timeout."""
-    import signal
-
-    import gevent
-
-    from signaling.service import Service
-
-    service = Service.of(worker.wsgi)
-    stop = worker.handle_exit
-
-    def handle_exit(sig, frame):
-        gevent.spawn(service.hub.close)
-        stop(sig, frame)
-
-    signal.signal(signal.SIGTERM, handle_exit)
 
 
 def post_request(worker, req, environ, resp):

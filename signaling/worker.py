@@ -1,4 +1,4 @@
-"""The gunicorn worker: gevent's, answering in the protocol's JSON and timing how requests arrive.
+"""The gunicorn worker: gevent's, answering in the protocol's JSON, timing each connection, stopping at once.
 
 Some requests never reach Flask: gunicorn refuses a request line or a header
 it cannot parse, or one too large, and would write an HTML page. Here
@@ -14,16 +14,34 @@ the connection closed. The clock counts the client's time only: what has
 arrived while the worker was busy elsewhere is read, however late. Waiting for the next request on a kept-alive
 connection is still `keepalive`'s; a held poll reads nothing while it is
 held, so no clock runs on it.
+
+Writes are bounded too: a client that takes no byte of its answer for
+WRITE_TIMEOUT seconds has stopped reading, and its connection is reset. A
+write waits for the client rather than queue anything in the worker, so a
+client that stops reading holds the answer (or stream event) under way and
+the kernel's socket buffers for a few seconds, and loses nothing: what it was
+sent is still in the mailbox, unacknowledged.
+
+On SIGTERM the worker stops at once rather than after `graceful_timeout`:
+held polls and streams end (`Hub.close`), connections waiting for a request
+are closed, and one under way is answered and then closed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import select
 import socket
+import struct
 import time
 import warnings
 from datetime import timedelta
 
+import gevent
+from gevent import monkey
+from gevent.event import Event
 from gevent.monkey import MonkeyPatchWarning
 from gunicorn import util
 from gunicorn.http import errors as http_errors
@@ -33,7 +51,14 @@ from gunicorn.workers.ggevent import GeventWorker
 from . import errors
 from .config import Settings
 from .http import STATUS_LINES, error_answer, request_id
+from .hub import Hub
 from .service import Service
+
+#: Seconds a write may wait for the client to take a byte; past it the client has stopped reading
+WRITE_TIMEOUT = 5.0
+
+#: the kernel's poll(2), asked without yielding (gevent's patched one would switch greenlets)
+_POLL = monkey.get_original("select", "poll")
 
 #: gevent's warning when PyJWT's JWKS client, and nothing else, imported ssl before the patch
 _JWKS_CLIENT_UNPATCHED = (
@@ -58,6 +83,12 @@ class SignalingWorker(GeventWorker):
     """`worker_class` of gunicorn.conf.py."""
 
     settings: Settings
+    hub: Hub
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.connections: set[RequestClock] = set()  # every open connection, to close the idle ones on SIGTERM
+        self._drained = Event()  # set when the worker is stopping and its last connection has closed
 
     def patch(self):
         """gevent's monkey-patching, without its one warning that does not apply here.
@@ -74,12 +105,48 @@ class SignalingWorker(GeventWorker):
     def load_wsgi(self):
         """The worker's settings are the app's: read from the environment once, in one place."""
         super().load_wsgi()
-        self.settings = Service.of(self.wsgi).settings
+        service = Service.of(self.wsgi)
+        self.settings, self.hub = service.settings, service.hub
 
     def handle(self, listener, client, addr):
-        """Serve one connection, its reads timed by a `RequestClock`."""
+        """Serve one connection, its reads and writes timed by a `RequestClock`."""
+        if listener.fileno() == -1:  # the stopping worker closed its listener since accepting: as if still queued
+            client.close()  # (gunicorn would log the listener's EBADF with a traceback)
+            return
         clock = RequestClock(client, self.settings.request_read_timeout, self.cfg.keepalive)
-        super().handle(listener, clock, addr)
+        self.connections.add(clock)
+        if not self.alive:  # accepted in the moment before the stopping worker closes its listener
+            clock.stop()
+        try:
+            super().handle(listener, clock, addr)
+        finally:
+            self.connections.discard(clock)
+            if not self.alive and not self.connections:
+                self._drained.set()
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM: stop now, not once every idle keep-alive connection has run out `graceful_timeout`."""
+        super().handle_exit(sig, frame)
+        if self.booted:  # before, the app is still loading and no connection is open: gunicorn's loop ends at once
+            gevent.spawn(self._stop)
+
+    def _stop(self) -> None:
+        """End held polls and streams, close idle connections, and exit once the last request is answered.
+
+        gunicorn's loop would notice the stop within a second and then wait for
+        every connection, kept-alive ones too, up to `graceful_timeout`. Exiting
+        from here is gunicorn's own way for gevent workers (`handle_quit`); its
+        loop still forces the end if a request outlasts `graceful_timeout`.
+        """
+        self.hub.close()
+        for clock in tuple(self.connections):
+            clock.stop()
+        if self.connections:
+            self._drained.wait()
+        # Leave without the interpreter's teardown: under gevent it would run logging's handler clean-up after
+        # gevent's thread module is gone, and print a traceback for nothing. The logs are flushed first.
+        logging.shutdown()
+        os._exit(0)
 
     def timeout_ctx(self):
         """No clock around reading a request's headers: the connection's `RequestClock` keeps time."""
@@ -90,6 +157,9 @@ class SignalingWorker(GeventWorker):
         try:
             _check_transfer_coding(req)
             return super().handle_request(listener_name, req, sock, addr)
+        except ClientStoppedReading as exc:
+            self.log.info("Reset the connection of %s: %s", addr[0] if addr else "-", exc)
+            raise StopIteration from None  # gunicorn closes the connection; the app's iterator was closed
         finally:
             sock.await_next_request()
 
@@ -122,16 +192,27 @@ class SignalingWorker(GeventWorker):
         self.log.access(resp, req, environ, timedelta(0))
 
 
-class RequestClock:
-    """The client's socket, its reads bounded: by REQUEST_READ_TIMEOUT while a request arrives,
-    by `keepalive` while the connection waits for the next one."""
+class ClientStoppedReading(TimeoutError):
+    """A write found no room for WRITE_TIMEOUT seconds: the client no longer reads its answer."""
 
-    def __init__(self, sock: socket.socket, read_timeout: float, keepalive: float):
+
+class RequestClock:
+    """The client's socket, every wait on it bounded: by REQUEST_READ_TIMEOUT while a request arrives,
+    by `keepalive` while the connection waits for the next one, by WRITE_TIMEOUT while an answer leaves.
+
+    When the worker stops (`stop`), a connection waiting for a request is closed at once.
+    """
+
+    def __init__(self, sock: socket.socket, read_timeout: float, keepalive: float,
+                 write_timeout: float = WRITE_TIMEOUT):
         self._sock = sock
         self._read_timeout = read_timeout
         self._keepalive = keepalive
+        self._write_timeout = write_timeout
         # The first request's clock starts when the connection opens: sending nothing is no way around it.
         self._deadline: float | None = time.monotonic() + read_timeout
+        self._between_requests = True  # no byte of the next request has arrived
+        self._stopping = False
 
     def __getattr__(self, name: str):
         return getattr(self._sock, name)
@@ -139,8 +220,24 @@ class RequestClock:
     def await_next_request(self) -> None:
         """A request was answered: the connection is idle until the next one's first byte."""
         self._deadline = None
+        self._between_requests = True
+
+    def stop(self) -> None:
+        """The worker is stopping: close now if no request is under way, else once its answer is written.
+
+        A request whose bytes have arrived but are not read yet is under way: it is served.
+        """
+        self._stopping = True
+        if self._between_requests and not _readable(self._sock):
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the greenlet waiting in `recv`
 
     def recv(self, size: int) -> bytes:
+        if self._stopping and self._between_requests:
+            try:
+                return self._recv(size, 0.0)  # a request already in the socket is served; none is waited for
+            except TimeoutError:
+                return b""
         if self._deadline is None:
             try:
                 data = self._recv(size, self._keepalive)
@@ -162,11 +259,52 @@ class RequestClock:
         """
         self._sock.settimeout(max(timeout, 0.0))
         try:
-            return self._sock.recv(size)
+            data = self._sock.recv(size)
         except BlockingIOError:  # nothing has arrived, and no time is left to wait for it
             raise TimeoutError from None
+        except OSError:
+            if self._stopping and self._between_requests:
+                return b""  # `stop` shut the connection while it waited for a request
+            raise
         finally:
             self._sock.settimeout(None)
+        if data:
+            self._between_requests = False
+        return data
+
+    def sendall(self, data: bytes) -> None:
+        """Send all of `data`, as long as the client takes some of it every WRITE_TIMEOUT seconds.
+
+        A slow client that reads is served however long a large answer takes;
+        one that stops reading is reset, its unsent bytes dropped.
+        """
+        view = memoryview(data)
+        while view:
+            view = view[self.send(view):]
+
+    def send(self, data, flags: int = 0) -> int:
+        return self._timed_write(self._sock.send, data, flags)
+
+    def sendfile(self, file, offset: int = 0, count: int | None = None) -> int:
+        return self._timed_write(self._sock.sendfile, file, offset, count)  # gevent's: send() in a loop
+
+    def _timed_write(self, write, *args):
+        self._sock.settimeout(self._write_timeout)
+        try:
+            return write(*args)
+        except TimeoutError:
+            # Reset on close: a FIN queued behind bytes that will never be read would keep them in the kernel.
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raise ClientStoppedReading(f"it took no byte of its answer for {self._write_timeout:g} s") from None
+        finally:
+            self._sock.settimeout(None)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether bytes (or the client's close) wait in the socket, asked of the kernel without yielding."""
+    poller = _POLL()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _check_transfer_coding(req) -> None:

@@ -106,6 +106,7 @@ async function start() {
     removePeer(detail.peerId);
   });
   session.addEventListener("message", ({ detail }) => onEnvelope(detail));
+  session.addEventListener("receive-mode", ({ detail }) => logReceiveMode(detail));
   showSessionState({ state: session.state });
 
   // A resumed session's peers still hold connections to our previous page: ask them to start over.
@@ -417,6 +418,16 @@ function logEntry(direction, peer, type, summary) {
   log.prepend(entry);
   while (log.children.length > LOG_LIMIT) log.lastElementChild.remove();
   $("#log-count").textContent = String(Number($("#log-count").textContent) + 1);
+}
+
+/** Says in the log how envelopes arrive, and why it changed (signaling.js's `receive-mode` event). */
+function logReceiveMode({ mode, reason }) {
+  const why = {
+    "stream-open": "one open response (Server-Sent Events)",
+    "server-sends-json": "the server does not stream",
+    "no-first-byte": "no byte of the stream came in time (a buffering proxy?); streaming again in 5 min",
+  }[reason] ?? reason;
+  logEntry("sys", "", "receive", `${mode === "stream" ? "by stream" : "by polling"}: ${why}`);
 }
 
 /** One line about an envelope's data: what it is, not all of it. */

@@ -1,5 +1,6 @@
 /**
- * Browser client for the signaling service (protocol version 1, revision 1.1: batch sends, the cursor as a header).
+ * Browser client for the signaling service (protocol version 1, revision 1.2: batch sends, the cursor as a
+ * header, streaming receive).
  *
  * An ES module with no dependencies: `import { join } from "https://host/static/signaling.js"`.
  * The service may sit on another origin than the page (it answers CORS).
@@ -17,6 +18,7 @@
  *                    a failure), "rejoining", "suspended" (page hidden in the back-forward
  *                    cache), "closed"
  *   - `error`        `{error, fatal}`: a SignalingError; after a fatal one the session is closed
+ *   - `receive-mode` `{mode, reason}`: how envelopes arrive changed (`session.receiveMode`, below)
  *
  * Join tickets: a server that sets JOIN_SECRET or JOIN_PUBLIC_KEY admits a
  * fresh join only with a ticket that the application's backend issued. Pass
@@ -37,12 +39,30 @@
  * are in it when `join` resolves. `session.iceServers` is the join's
  * `ice_servers`, ready for `new RTCPeerConnection({iceServers})`.
  *
- * Reliability: the poll loop acknowledges what it has seen by carrying the
- * cursor, drops envelopes it already delivered (by seq), backs off with jitter
- * on network errors and 5xx, and joins again (same peer id, resuming with its
- * token) when the server no longer knows it. Polls carry the cursor in the
- * `Last-Event-ID` header (protocol 1.1), so a peer polls one URL and a page on
- * another origin pays one CORS preflight for it, not one per poll.
+ * Receiving (protocol 1.2): the session holds one streamed response open
+ * (`Accept: text/event-stream`, read with `fetch()`: `EventSource` cannot send
+ * the Authorization header) and gets each envelope on it as it is stored. When
+ * the server ends a stream, the session opens the next one at once. Nothing is
+ * acknowledged by being streamed: each new stream, or poll, carries the last
+ * seq seen in `Last-Event-ID`, which acknowledges everything up to it. With
+ * `receive: "auto"` (the default) it falls back to long polls: for good when
+ * the server answers JSON (a 1.1 server: that answer's envelopes are
+ * delivered too), and for `streamTiming.pollFor` (5 min) when no byte of a
+ * stream arrives within `streamTiming.firstByte` (5 s), which is what a proxy
+ * that buffers responses does. A stream silent for longer than the server's
+ * heartbeat plus a grace (15 s + 10 s) is taken for dead: it is cut and opened
+ * again. `session.receiveMode` is "stream" or "poll" (null until the first
+ * stream opened or the first poll went out); a `receive-mode` event says each
+ * change, with a `reason`: "stream-open", "receive-option" (`receive:
+ * "poll"`), "server-sends-json" or "no-first-byte".
+ *
+ * Reliability: the receive loop, streaming or polling, acknowledges what it
+ * has seen by carrying the cursor, drops envelopes it already delivered (by
+ * seq), backs off with jitter on network errors and 5xx, and joins again (same
+ * peer id, resuming with its token) when the server no longer knows it. Polls
+ * and streams carry the cursor in the `Last-Event-ID` header (protocol 1.1)
+ * and have one URL, so a page on another origin pays one CORS preflight for
+ * it, not one per request (`Accept` is a CORS-safelisted header).
  *
  * Sending: one request at a time per recipient (and one for broadcasts); what
  * is sent to that recipient while it is in flight waits and goes as one batch
@@ -75,7 +95,14 @@ const DEFAULTS = {
   pollGraceMs: 10000,
   // The most bytes of body in one batch: the server's default MAX_MESSAGE_BYTES, which bounds a whole request.
   batchBytes: 65536,
+  // Streaming receive, in ms: the server's STREAM_HEARTBEAT, the grace added to it before a silent stream
+  // counts as dead, how long a stream may take to show its first byte before the session polls instead
+  // (`receive: "auto"` only), and how long it then polls before it tries a stream again.
+  streamTiming: { heartbeat: 15000, grace: 10000, firstByte: 5000, pollFor: 300000 },
 };
+
+/** The ways a session may receive: stream and fall back to polls, or only one of the two. */
+const RECEIVE_MODES = new Set(["auto", "stream", "poll"]);
 
 /**
  * Refusals that say "not now": the request is sent again after Retry-After. A send rate limit is
@@ -95,12 +122,19 @@ const BATCH_ITEMS = 100;
  * reload), `ticket` (a join ticket), `getTicket` (an async function returning
  * a fresh ticket before each join), `fetch` (a stand-in for tests),
  * `backoff` `{base, max}` in ms, `sendRetries`, `batchBytes` (set it to the
- * server's `MAX_MESSAGE_BYTES` when that is below the default 65536).
+ * server's `MAX_MESSAGE_BYTES` when that is below the default 65536),
+ * `receive` ("auto", the default: stream and fall back to polls; "stream":
+ * never poll; "poll": never stream), `streamTiming` `{heartbeat, grace,
+ * firstByte, pollFor}` in ms (the heartbeat is the server's
+ * `STREAM_HEARTBEAT`).
  * Rejects with a SignalingError when the join is refused (`401 ticket_required`,
  * `401 bad_ticket`, `409 peer_id_taken`, `409 room_full`, …) or the service
  * cannot be reached.
  */
 export async function join(baseUrl, room, options = {}) {
+  if (options.receive !== undefined && !RECEIVE_MODES.has(options.receive)) {
+    throw new TypeError(`receive must be "auto", "stream" or "poll", not ${JSON.stringify(options.receive)}`);
+  }
   const session = new Session(baseUrl, room, options);
   await session._join();
   session._start();
@@ -124,12 +158,19 @@ class Session extends EventTarget {
     this._sendRetries = options.sendRetries ?? DEFAULTS.sendRetries;
     this._batchBytes = options.batchBytes ?? DEFAULTS.batchBytes;
     this._pollWait = 25;
+    this._receive = options.receive ?? "auto";
+    this._streamTiming = { ...DEFAULTS.streamTiming, ...options.streamTiming };
+    // Polls, not streams, until this time (ms since the epoch), for `_pollReason`.
+    this._pollUntil = this._receive === "poll" ? Infinity : 0;
+    this._pollReason = "receive-option";
+    /** "stream" or "poll": how envelopes arrive now; null until the first stream opened or poll went out. */
+    this.receiveMode = this._receive === "poll" ? "poll" : null;
     this._cursor = 0;
     this._lastSeq = 0;
     this._closed = false;
     this._suspended = false;
     this._looping = false;
-    this._poll = null; // AbortController of the request the loop is waiting on
+    this._receiving = null; // AbortController of the poll or stream the loop is waiting on
     this._stop = new AbortController(); // cuts backoff sleeps short on leave()
     this._outboxes = new Map(); // request path -> Outbox, while it has envelopes to send
     this._onPageHide = () => this._suspend();
@@ -252,27 +293,40 @@ class Session extends EventTarget {
   async _loop() {
     this._looping = true;
     try {
-      await this._pollUntilStopped();
+      await this._receiveUntilStopped();
     } finally {
       this._looping = false;
     }
   }
 
-  async _pollUntilStopped() {
+  /**
+   * Streams or polls, one request after another, until the session closes or is suspended.
+   * Both kinds of request share the handling of their answers: an error status, a poll's JSON, a
+   * network failure; a stream that ended is followed by the next one at once.
+   */
+  async _receiveUntilStopped() {
     let failures = 0;
     while (!this._closed && !this._suspended) {
+      const streaming = Date.now() >= this._pollUntil;
       let response;
       try {
-        response = await this._pollOnce();
+        response = streaming ? await this._streamOnce(() => { failures = 0; }) : await this._pollOnce();
       } catch (error) {
         if (this._closed || this._suspended) return;
-        failures = await this._retryLater(networkError(error), failures);
+        failures = await this._retryLater(error instanceof SignalingError ? error : networkError(error), failures);
+        continue;
+      }
+      if (response === "ended" || response === "silent") continue; // the next stream acknowledges what this one carried
+      if (response === "no-first-byte") {
+        this._pollFor(this._streamTiming.pollFor, "no-first-byte");
         continue;
       }
       if (response.ok) {
         const body = await response.json().catch(() => null);
         if (body && Array.isArray(body.messages)) {
           failures = 0;
+          // A server that does not stream (protocol 1.1) answers a stream's request as a poll.
+          if (streaming && this._receive === "auto") this._pollFor(Infinity, "server-sends-json");
           this._setState("connected");
           this._deliver(body.messages, body.cursor);
           continue;
@@ -295,24 +349,112 @@ class Session extends EventTarget {
     }
   }
 
+  /** Receives by polls from now on, for `ms` (Infinity: for good), saying why. */
+  _pollFor(ms, reason) {
+    this._pollUntil = Date.now() + ms;
+    this._pollReason = reason;
+    this._setReceiveMode("poll", reason);
+  }
+
   /** One long poll, aborted by leave() or pagehide, or when the connection goes silent. */
   async _pollOnce() {
+    this._setReceiveMode("poll", this._pollReason);
     const controller = new AbortController();
-    this._poll = controller;
+    this._receiving = controller;
     const timer = setTimeout(() => controller.abort(), this._pollWait * 1000 + DEFAULTS.pollGraceMs);
     try {
-      // The cursor goes in Last-Event-ID (protocol 1.1), not in the URL: every poll of this peer has
-      // one URL, so a page on another origin pays its CORS preflight once (the server lets browsers
-      // cache it) instead of before every poll.
-      const path = `/rooms/${enc(this.room)}/peers/${enc(this.peerId)}/messages`;
-      return await this._fetch(this._url(`${path}?wait=${this._pollWait}`), {
-        headers: { ...this._auth(), "Last-Event-ID": String(this._cursor) },
-        signal: controller.signal,
-      });
+      return await this._fetch(this._receiveUrl(), { headers: this._receiveHeaders(), signal: controller.signal });
     } finally {
       clearTimeout(timer);
-      this._poll = null;
+      this._receiving = null;
     }
+  }
+
+  /**
+   * One stream: delivers its envelopes as they come, and returns how it ended: "ended" (by the
+   * server), "silent" (no byte for the heartbeat plus the grace: cut), "no-first-byte" (none within
+   * `firstByte`: cut, with `receive: "auto"`), or the response itself when it is no stream (an
+   * error, or a poll's JSON). Throws on a network failure. `opened` is called at its first byte.
+   */
+  async _streamOnce(opened) {
+    const controller = new AbortController();
+    this._receiving = controller;
+    const { heartbeat, grace, firstByte } = this._streamTiming;
+    let stalled = null;
+    let timer = null;
+    const cutAfter = (ms, why) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        stalled = why;
+        controller.abort();
+      }, ms);
+    };
+    if (this._receive === "auto") cutAfter(firstByte, "no-first-byte");
+    else cutAfter(heartbeat + grace, "silent");
+    try {
+      const response = await this._fetch(this._receiveUrl(), {
+        headers: { ...this._receiveHeaders(), Accept: "text/event-stream" },
+        signal: controller.signal,
+      });
+      if (!response.ok || !isEventStream(response)) return response;
+      const reader = response.body.getReader();
+      const parser = new EventStreamParser();
+      let open = false;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done && !open) throw new SignalingError("the stream ended before its first byte", { status: 200 });
+        if (done) return "ended"; // an event cut off by the end is not dispatched: the parser still holds it
+        if (!value || value.length === 0) continue;
+        cutAfter(heartbeat + grace, "silent");
+        if (!open) {
+          open = true;
+          opened();
+          this._setState("connected");
+          this._setReceiveMode("stream", "stream-open");
+        }
+        this._deliverEvents(parser.push(value), parser.lastEventId);
+      }
+    } catch (error) {
+      controller.abort(); // a malformed event: let go of the connection
+      if (stalled && !this._closed && !this._suspended) return stalled;
+      throw error;
+    } finally {
+      clearTimeout(timer);
+      if (this._receiving === controller) this._receiving = null;
+    }
+  }
+
+  /** Delivers the envelopes of a stream's events; the last dispatched event's id is the cursor. */
+  _deliverEvents(events, lastEventId) {
+    const envelopes = [];
+    for (const event of events) {
+      if (event.type !== "message") continue;
+      try {
+        envelopes.push(JSON.parse(event.data));
+      } catch {
+        throw new SignalingError("malformed stream event", { status: 200 });
+      }
+    }
+    if (envelopes.length > 0) this._deliver(envelopes, /^[0-9]+$/.test(lastEventId) ? Number(lastEventId) : null);
+  }
+
+  /**
+   * Polls and streams of this peer share one URL and the same headers, so that a page on another
+   * origin pays its CORS preflight once (the server lets browsers cache it) instead of before every
+   * request: the cursor goes in Last-Event-ID (protocol 1.1), not in the URL.
+   */
+  _receiveUrl() {
+    return this._url(`/rooms/${enc(this.room)}/peers/${enc(this.peerId)}/messages?wait=${this._pollWait}`);
+  }
+
+  _receiveHeaders() {
+    return { ...this._auth(), "Last-Event-ID": String(this._cursor) };
+  }
+
+  _setReceiveMode(mode, reason) {
+    if (mode === this.receiveMode) return;
+    this.receiveMode = mode;
+    this._emit("receive-mode", { mode, reason });
   }
 
   _deliver(messages, cursor) {
@@ -402,7 +544,7 @@ class Session extends EventTarget {
   _suspend() {
     if (this._closed || this._suspended) return;
     this._suspended = true;
-    this._poll?.abort();
+    this._receiving?.abort();
     const url = this._url(`/rooms/${enc(this.room)}/peers/${enc(this.peerId)}/leave`);
     navigator.sendBeacon(url, JSON.stringify({ token: this.token }));
     this._setState("suspended");
@@ -423,7 +565,7 @@ class Session extends EventTarget {
 
   _close() {
     this._closed = true;
-    this._poll?.abort();
+    this._receiving?.abort();
     this._stop.abort();
     if (typeof window !== "undefined") {
       window.removeEventListener("pagehide", this._onPageHide);
@@ -530,6 +672,72 @@ class Outbox {
 }
 
 const utf8 = new TextEncoder();
+
+/** Whether an answer is a stream (protocol 1.2) rather than JSON. */
+function isEventStream(response) {
+  return (response.headers.get("Content-Type") ?? "").toLowerCase().startsWith("text/event-stream");
+}
+
+/**
+ * Server-Sent Events read from a body that arrives in chunks cut anywhere, as the HTML standard
+ * says: lines end with CRLF, LF or CR; `data` lines of one event are joined with "\n"; a blank
+ * line dispatches the event; `:` starts a comment; `id` is kept for the events after it; an event
+ * the body ends in the middle of is never dispatched (it stays here, unfinished), nor its id seen.
+ */
+class EventStreamParser {
+  constructor() {
+    this._decoder = new TextDecoder(); // UTF-8, and drops a leading byte order mark, as the standard asks
+    this._partial = ""; // the start of a line whose end has not arrived
+    this._afterCR = false; // the last text ended with CR: an LF that starts the next is that line's end
+    this._data = "";
+    this._type = "";
+    this._id = ""; // the last `id` field, which the next dispatch makes the last event id
+    /** The id of the last event dispatched: what a reconnect's Last-Event-ID carries. */
+    this.lastEventId = "";
+    /** The last `retry` field, in ms (null until one came). */
+    this.retry = null;
+  }
+
+  /** Reads one chunk of bytes; returns the events it completed, each `{type, data, id}`. */
+  push(bytes) {
+    let text = this._decoder.decode(bytes, { stream: true });
+    if (text === "") return [];
+    if (this._afterCR && text[0] === "\n") text = text.slice(1);
+    this._afterCR = text.endsWith("\r");
+    const lines = (this._partial + text).split(/\r\n|\r|\n/);
+    this._partial = lines.pop();
+    const events = [];
+    for (const line of lines) {
+      const event = this._line(line);
+      if (event) events.push(event);
+    }
+    return events;
+  }
+
+  _line(line) {
+    if (line === "") return this._dispatch();
+    if (line[0] === ":") return null; // a comment: the server's heartbeat, or its first line
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value[0] === " ") value = value.slice(1);
+    if (field === "data") this._data += `${value}\n`;
+    else if (field === "event") this._type = value;
+    else if (field === "id" && !value.includes("\0")) this._id = value;
+    else if (field === "retry" && /^[0-9]+$/.test(value)) this.retry = Number(value);
+    return null;
+  }
+
+  _dispatch() {
+    const data = this._data;
+    const type = this._type || "message";
+    this._data = "";
+    this._type = "";
+    this.lastEventId = this._id;
+    if (data === "") return null;
+    return { type, data: data.slice(0, -1), id: this._id };
+  }
+}
 
 /** Bytes of the request body `{"messages":[...]}` carrying these queued envelopes. */
 function batchSize(items) {

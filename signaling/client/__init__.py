@@ -9,12 +9,17 @@ It mirrors the browser's `static/signaling.js`:
         async for envelope in session:      # {seq, from, type, data, ts}, server events included
             ...
 
-The session polls by itself from `join` on: it carries the cursor (as the
-`Last-Event-ID` header of protocol 1.1, and as `after=` for 1.0 servers), drops
-envelopes it has already delivered (by seq), backs off with jitter on network
-errors, 429 and 5xx (waiting at least the server's `Retry-After`), and joins
-afresh, with a new ticket when tickets are on, when the server has forgotten
-it (`404 not_joined`). Sends to one peer go out one request at a time, in call
+The session receives by itself from `join` on. It holds one stream open
+(protocol 1.2: `Accept: text/event-stream`, envelopes as Server-Sent Events,
+a new stream at once when the server ends one) and falls back to long polls:
+for good when the server answers JSON (it does not stream), for a while when
+no byte of a stream comes in time (a proxy that buffers). Either way it carries
+the cursor (as the `Last-Event-ID` header of protocol 1.1, and as `after=` for
+1.0 servers), which is what acknowledges envelopes, drops envelopes it has
+already delivered (by seq), backs off with jitter on network errors, 429 and
+5xx (waiting at least the server's `Retry-After`), and joins afresh, with a
+new ticket when tickets are on, when the server has forgotten it (`404
+not_joined`). Sends to one peer go out one request at a time, in call
 order; what is sent while a request is in flight waits and goes as one batch
 (protocol 1.1, at most 100 envelopes) when it ends. Every request of a send
 carries one Idempotency-Key for all its retries, so the recipient gets it once.
@@ -30,7 +35,9 @@ import asyncio
 import collections
 import dataclasses
 import inspect
+import json
 import logging
+import math
 import random
 import time
 import urllib.parse
@@ -40,12 +47,29 @@ from typing import Any
 
 import httpx
 
-__all__ = ["SignalingError", "Session", "join", "rtc_ice_servers"]
+from .event_stream import Event, EventStreamParser
+
+__all__ = ["RECEIVE_MODES", "SignalingError", "Session", "StreamTiming", "join", "rtc_ice_servers"]
 
 log = logging.getLogger(__name__)
 
 #: Most envelopes in one batch send (PROTOCOL.md 1.1, "Batch send").
 MAX_BATCH = 100
+
+#: How a session may receive: stream and fall back to polls, or only one of the two.
+RECEIVE_MODES = ("auto", "stream", "poll")
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamTiming:
+    """Seconds that rule a stream: the server's STREAM_HEARTBEAT, the grace added to it before a silent
+    stream counts as dead, how long a stream may take to show its first byte before the session polls
+    instead (receive="auto" only), and how long it then polls before it tries a stream again."""
+
+    heartbeat: float = 15.0
+    grace: float = 10.0
+    first_byte: float = 5.0
+    poll_for: float = 300.0
 
 
 class SignalingError(Exception):
@@ -83,8 +107,9 @@ TicketSource = Callable[[], "str | Awaitable[str]"]
 async def join(base_url: str, room: str, *, peer_id: str | None = None, token: str | None = None,
                ticket: str | None = None, get_ticket: TicketSource | None = None,
                http: httpx.AsyncClient | None = None, backoff: tuple[float, float] = (0.5, 10.0),
-               send_retries: int = 5) -> Session:
-    """Join `room` and start polling; the Session returned is also an async context manager.
+               send_retries: int = 5, receive: str = "auto", stream_timing: StreamTiming = StreamTiming(),
+               on_receive_mode: Callable[[str, str], None] | None = None) -> Session:
+    """Join `room` and start receiving; the Session returned is also an async context manager.
 
     `peer_id` names this peer (else the server picks one); `token` is an earlier
     session's, to resume it. With join tickets on, pass the application's
@@ -92,14 +117,20 @@ async def join(base_url: str, room: str, *, peer_id: str | None = None, token: s
     ticket) which is called for every fresh join, a rejoin after the server
     forgot this peer included. `http` is an httpx.AsyncClient to use (the
     session makes its own otherwise); `backoff` is (base, max) in seconds;
-    a send is tried at most `send_retries` + 1 times.
+    a send is tried at most `send_retries` + 1 times. `receive` is "auto"
+    (stream, and fall back to polls), "stream" (never poll) or "poll" (never
+    stream); `on_receive_mode(mode, reason)` is called whenever
+    `session.receive_mode` changes.
 
     Raises SignalingError when the join is refused (409 peer_id_taken, 401
     ticket_required, ...); a 429 or 5xx is waited out and tried again, up to
     `send_retries` times.
     """
+    if receive not in RECEIVE_MODES:
+        raise ValueError(f"receive must be one of {', '.join(RECEIVE_MODES)}, not {receive!r}")
     session = Session(base_url, room, peer_id=peer_id, token=token, ticket=ticket, get_ticket=get_ticket,
-                      http=http, backoff=backoff, send_retries=send_retries)
+                      http=http, backoff=backoff, send_retries=send_retries, receive=receive,
+                      stream_timing=stream_timing, on_receive_mode=on_receive_mode)
     fresh = token is None  # with a token, a resume, which needs no ticket
     try:
         for attempt in range(send_retries + 1):
@@ -138,12 +169,14 @@ class Session:
 
     def __init__(self, base_url: str, room: str, *, peer_id: str | None, token: str | None, ticket: str | None,
                  get_ticket: TicketSource | None, http: httpx.AsyncClient | None,
-                 backoff: tuple[float, float], send_retries: int):
+                 backoff: tuple[float, float], send_retries: int, receive: str = "auto",
+                 stream_timing: StreamTiming = StreamTiming(),
+                 on_receive_mode: Callable[[str, str], None] | None = None):
         self.base_url = base_url.rstrip("/")
         self.room = room
         self.peer_id = peer_id
         self.token = token
-        #: The other members, kept up to date by the poll loop as peer-joined and peer-left arrive.
+        #: The other members, kept up to date by the receive loop as peer-joined and peer-left arrive.
         self.peers: set[str] = set()
         #: The join's `ice_servers`, as RTCConfiguration.iceServers (see rtc_ice_servers for aiortc).
         self.ice_servers: list[dict] = []
@@ -153,6 +186,8 @@ class Session:
         self.state = "connecting"
         #: The error that closed the session, if one did.
         self.error: SignalingError | None = None
+        #: "stream" or "poll": how envelopes arrive now; None until the first stream opened or poll went out.
+        self.receive_mode: str | None = None
         self._ticket = ticket
         self._get_ticket = get_ticket
         self._own_http = http is None
@@ -160,6 +195,12 @@ class Session:
         self._backoff = backoff
         self._send_retries = send_retries
         self._poll_wait = 25.0
+        self._receive = receive
+        self._stream_timing = stream_timing
+        self._on_receive_mode = on_receive_mode
+        # Polls, not streams, until this time.monotonic(), for `_poll_reason`.
+        self._poll_until = math.inf if receive == "poll" else 0.0
+        self._poll_reason = "receive-option"
         self._cursor = 0
         self._last_seq = 0
         self._batches = True  # until a server shows it takes no batches (protocol 1.0)
@@ -192,7 +233,7 @@ class Session:
         return await self._post(f"/rooms/{_q(self.room)}/messages", {"type": type, "data": data})
 
     async def leave(self) -> None:
-        """Finish the sends already made, stop polling and leave the room; safe to call twice.
+        """Finish the sends already made, stop receiving and leave the room; safe to call twice.
 
         The server is told once; if it cannot be reached, it drops this peer after peer_ttl anyway.
         """
@@ -232,7 +273,7 @@ class Session:
     async def __aexit__(self, *exc_info) -> None:
         await self.leave()
 
-    # --- joining and polling ------------------------------------------------
+    # --- joining and receiving ----------------------------------------------
 
     async def _join(self, fresh: bool) -> None:
         """POST the join: a resume when this session has a live token, else a fresh join with a ticket."""
@@ -276,17 +317,34 @@ class Session:
 
     def _start(self) -> None:
         self.state = "connected"
-        self._poller = asyncio.create_task(self._poll_until_closed())
+        self._poller = asyncio.create_task(self._receive_until_closed())
 
-    async def _poll_until_closed(self) -> None:
+    async def _receive_until_closed(self) -> None:
+        """Stream or poll, one request after another, until the session closes.
+
+        Both kinds of request share the handling of their answers: an error status, a poll's JSON,
+        a network failure; a stream that ended is followed by the next one at once.
+        """
         failures = 0
+
+        def opened() -> None:
+            nonlocal failures
+            failures = 0
+
         try:
             while not self._closing:
+                streaming = time.monotonic() >= self._poll_until
                 try:
-                    response = await self._poll_once()
+                    response = await (self._stream_once(opened) if streaming else self._poll_once())
                 except SignalingError as error:
                     failures = await self._retry_later(error, failures)
                     continue
+                if response in ("ended", "silent"):
+                    continue  # the next stream's cursor acknowledges what this one carried
+                if response == "no-first-byte":
+                    self._poll_for(self._stream_timing.poll_for, "no-first-byte")
+                    continue
+                assert isinstance(response, httpx.Response)
                 if response.status_code == 200:
                     try:
                         body = response.json()
@@ -295,6 +353,9 @@ class Session:
                         malformed = SignalingError("malformed poll answer", status=200, code="malformed_answer")
                         failures = await self._retry_later(malformed, failures)
                         continue
+                    if streaming and self._receive == "auto":
+                        # A server that does not stream (protocol 1.1) answers a stream's request as a poll.
+                        self._poll_for(math.inf, "server-sends-json")
                     self.state = "connected"
                     failures = 0
                     self._deliver(messages, cursor)
@@ -314,14 +375,92 @@ class Session:
         except SignalingError as error:
             self._fail(error)
 
+    def _poll_for(self, seconds: float, reason: str) -> None:
+        """Receive by polls from now on, for `seconds` (math.inf: for good), saying why."""
+        self._poll_until = time.monotonic() + seconds
+        self._poll_reason = reason
+        self._set_receive_mode("poll", reason)
+
     async def _poll_once(self) -> httpx.Response:
-        path = f"/rooms/{_q(self.room)}/peers/{_q(self.peer_id)}/messages"
+        self._set_receive_mode("poll", self._poll_reason)
+        return await self._request("GET", self._mailbox(), params=self._receive_params(),
+                                   headers=self._receive_headers(), timeout=self._poll_wait + 10)
+
+    async def _stream_once(self, opened: Callable[[], None]) -> httpx.Response | str:
+        """One stream: deliver its envelopes as they come, and return how it ended.
+
+        "ended" (by the server), "silent" (no byte for the heartbeat plus the grace: cut),
+        "no-first-byte" (none within `first_byte`: cut, with receive="auto"), or the response itself
+        (read) when it is no stream: an error, or a poll's JSON. A network failure raises
+        SignalingError. `opened` is called at its first byte.
+        """
+        timing = self._stream_timing
+        silence = timing.heartbeat + timing.grace
+        auto = self._receive == "auto"
+        stalled = "no-first-byte" if auto else "silent"
+        loop = asyncio.get_running_loop()
+        headers = {**self._receive_headers(), "Accept": "text/event-stream"}
+        try:
+            async with asyncio.timeout(timing.first_byte if auto else silence) as watchdog:
+                # httpx's own read timeout only backs the watchdog up: it is the longer of the two.
+                async with self._http.stream("GET", self._url(self._mailbox()), params=self._receive_params(),
+                                             headers=headers, timeout=silence + 5) as response:
+                    if response.status_code != 200 or not _is_event_stream(response):
+                        await response.aread()
+                        return response
+                    parser = EventStreamParser()
+                    is_open = False
+                    async for chunk in response.aiter_bytes():
+                        if not chunk:
+                            continue
+                        watchdog.reschedule(loop.time() + silence)
+                        stalled = "silent"
+                        if not is_open:
+                            is_open = True
+                            opened()
+                            self.state = "connected"
+                            self._set_receive_mode("stream", "stream-open")
+                        self._deliver_events(parser.feed(chunk), parser.last_event_id)
+                    if not is_open:
+                        raise SignalingError("the stream ended before its first byte", status=200,
+                                             code="malformed_answer")
+                    return "ended"  # an event the end cut off is not dispatched: the parser still holds it
+        except TimeoutError:
+            return stalled
+        except httpx.HTTPError as error:
+            raise SignalingError(f"network error: {error!r}") from error
+
+    def _deliver_events(self, events: list[Event], last_event_id: str) -> None:
+        """Deliver the envelopes of a stream's events; the last dispatched event's id is the cursor."""
+        envelopes = []
+        for event in events:
+            if event.type != "message":
+                continue
+            try:
+                envelopes.append(json.loads(event.data))
+            except ValueError:
+                raise SignalingError("malformed stream event", status=200, code="malformed_answer") from None
+        if envelopes:
+            self._deliver(envelopes, int(last_event_id) if last_event_id.isascii() and last_event_id.isdigit()
+                          else None)
+
+    def _mailbox(self) -> str:
+        return f"/rooms/{_q(self.room)}/peers/{_q(self.peer_id)}/messages"
+
+    def _receive_params(self) -> dict:
         # Both forms of the cursor: a 1.1 server reads the header (equal values agree), a 1.0 one `after`.
-        return await self._request(
-            "GET", path, params={"after": self._cursor, "wait": _seconds(self._poll_wait)},
-            headers={**self._auth(), "Last-Event-ID": str(self._cursor)},
-            timeout=self._poll_wait + 10,
-        )
+        return {"after": self._cursor, "wait": _seconds(self._poll_wait)}
+
+    def _receive_headers(self) -> dict[str, str]:
+        return {**self._auth(), "Last-Event-ID": str(self._cursor)}
+
+    def _set_receive_mode(self, mode: str, reason: str) -> None:
+        if mode == self.receive_mode:
+            return
+        self.receive_mode = mode
+        log.info("receiving by %s (%s)", mode, reason)
+        if self._on_receive_mode is not None:
+            self._on_receive_mode(mode, reason)
 
     def _deliver(self, messages: list[dict], cursor: int | None) -> None:
         for envelope in messages:
@@ -474,6 +613,11 @@ def _resolve(outgoing: _Outgoing, seq: int | None = None, error: SignalingError 
         outgoing.seq.set_exception(error)
     else:
         outgoing.seq.set_result(seq)
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    """Whether an answer is a stream (protocol 1.2) rather than JSON."""
+    return response.headers.get("Content-Type", "").lower().startswith("text/event-stream")
 
 
 def _seconds(value: float) -> float | int:

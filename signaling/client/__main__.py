@@ -2,9 +2,9 @@
 
 Every envelope that arrives is printed to stdout as one JSON line. Each line
 typed is sent: `<to> <type> [json data]`, or `* <type> [json data]` to
-broadcast. What the client itself has to say (joined, sent, errors) goes to
-stderr as `#` lines, so stdout stays pure JSON. End of input (Ctrl-D) or
-Ctrl-C leaves the room.
+broadcast. What the client itself has to say (joined, how it receives, sent,
+errors) goes to stderr as `#` lines, so stdout stays pure JSON. End of input
+(Ctrl-D) or Ctrl-C leaves the room.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ import signal
 import sys
 import threading
 
-from . import Session, SignalingError, join
+from . import RECEIVE_MODES, Session, SignalingError, join
+
+#: What the notes say for each reason the session gives for a change of `receive_mode`.
+RECEIVE_REASONS = {
+    "stream-open": "one open response (Server-Sent Events)",
+    "receive-option": "as asked",
+    "server-sends-json": "the server does not stream",
+    "no-first-byte": "no byte of the stream came in time (a buffering proxy?); streaming again in 5 min",
+}
 
 
 def parse_line(line: str) -> tuple[str, str, object]:
@@ -30,6 +38,10 @@ def parse_line(line: str) -> tuple[str, str, object]:
 
 def note(text: str) -> None:
     print(f"# {text}", file=sys.stderr, flush=True)
+
+
+def note_receive_mode(mode: str, reason: str) -> None:
+    note(f"receiving by {'stream' if mode == 'stream' else 'polling'}: {RECEIVE_REASONS.get(reason, reason)}")
 
 
 def read_lines(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue) -> None:
@@ -72,10 +84,13 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://localhost:8000", help="the service (default: %(default)s)")
     parser.add_argument("--peer-id", help="this peer's id (default: the server picks one)")
     parser.add_argument("--ticket", help="a join ticket, when the service requires them")
+    parser.add_argument("--receive", choices=RECEIVE_MODES, default="auto",
+                        help="stream, poll, or stream and fall back to polls (default: %(default)s)")
     args = parser.parse_args(argv)
 
     try:
-        session = await join(args.url, args.room, peer_id=args.peer_id, ticket=args.ticket)
+        session = await join(args.url, args.room, peer_id=args.peer_id, ticket=args.ticket, receive=args.receive,
+                             on_receive_mode=note_receive_mode)
     except SignalingError as error:
         note(f"could not join {args.room}: {error} ({error.code})")
         return 1

@@ -1,5 +1,6 @@
 """The demo page end to end: real RTCPeerConnections between headless Chromium tabs."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,38 @@ def test_two_pages_chat_then_video(live_server, open_demo, room):
 
     bob.page.click("#log-panel summary")
     bob.page.screenshot(path=str(SCREENSHOT))
+
+
+def test_the_demo_receives_by_stream_and_makes_no_poll_once_its_stream_is_open(live_server, open_demo, room):
+    """Needs the server's stream (protocol 1.2): each page holds one GET open on its mailbox, where a polling
+    page makes a new GET after every answer."""
+    alice = open_demo(live_server.url, room)
+    bob = open_demo(live_server.url, room)
+    receives = {tab: [] for tab in (alice, bob)}  # each page's GETs of its own mailbox, from here on
+    arrived = {}
+
+    def watch(tab):
+        mailbox = f"{live_server.url}/rooms/{room}/peers/{tab.peer_id}/messages"
+        tab.page.on("request", lambda request: request.method == "GET" and request.url.split("?")[0] == mailbox
+                    and receives[tab].append(request.url))
+        arrived[tab] = tab.page.locator("#envelope-log li.in").count()
+
+    for tab in (alice, bob):
+        watch(tab)
+    alice.expect_linked(bob)
+    alice.start_camera()  # a renegotiation: more envelopes both ways
+    bob.expect_video_playing(alice)
+
+    for tab in (alice, bob):
+        assert tab.page.locator("#envelope-log li.in").count() > arrived[tab], "envelopes came meanwhile"
+        assert receives[tab] == [], f"{tab.peer_id} asked for its envelopes again: {receives[tab]}"
+        modes = tab.page.locator('#envelope-log li.sys[data-type="receive"]')
+        expect(modes).to_have_count(1)
+        expect(modes).to_contain_text("by stream: one open response")
+    log = live_server.log.read_text()
+    for tab in (alice, bob):
+        gets = len(re.findall(rf'"GET /rooms/{room}/peers/{tab.peer_id}/messages" ', log))
+        assert gets <= 2, f"{gets} GETs of {tab.peer_id}'s mailbox in the access log: it polled"
 
 
 def test_remote_video_plays_both_ways(live_server, open_demo, room):

@@ -310,6 +310,7 @@ def test_streams_are_kept_live_in_one_backend_call_a_tick(make_app, backend_name
     assert all(api.request("GET", "/rooms/r1/peers", token=p.token).status == 200 for p in peers[:3])
     if backend_name != "memory":  # and one call is one round trip, whatever the number of rooms and streams,
         # and a second when heartbeats asked for renewals (the rooms' reap schedule, the IP leases: PEER_TTL/2 apart)
+        Service.of(app).keep_alive.stop()  # its own ticks would count here too
         trips = backend._round_trips.round_trips
         Service.of(app).keep_alive.tick(time.time())
         assert backend._round_trips.round_trips in (trips + 1, trips + 2)

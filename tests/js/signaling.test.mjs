@@ -28,17 +28,16 @@ function stubService() {
       headers: init.headers ?? {},
       body: init.body === undefined ? undefined : JSON.parse(init.body),
       bytes: init.body === undefined ? 0 : Buffer.byteLength(init.body),
+      signal: init.signal,
       aborted: false,
     };
+    init.signal?.addEventListener("abort", () => { request.aborted = true; });
     requests.push(request);
     for (const watcher of watchers) watcher();
     const responder = queues.get(`${request.method} ${request.path}`)?.shift();
     if (responder) return responder(request);
     return new Promise((_, reject) => {
-      init.signal?.addEventListener("abort", () => {
-        request.aborted = true;
-        reject(new DOMException("aborted", "AbortError"));
-      });
+      init.signal?.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
     });
   }
 
@@ -101,6 +100,66 @@ function envelope(seq, type = "offer", from = "bob", data = { n: seq }) {
 
 function messages(list, cursor = list.at(-1)?.seq ?? 0) {
   return json(200, { messages: list, cursor });
+}
+
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const utf8 = (text) => new TextEncoder().encode(text);
+
+/**
+ * A streamed answer (protocol 1.2) with a real body: `parts` are text (one chunk of UTF-8),
+ * Uint8Arrays (chunks as they are) or numbers (a pause of that many ms). The body then ends, or
+ * fails with `fail`, or with `open` stays open; an abort of the request errors it, as fetch does.
+ */
+function streamed(parts, { open = false, fail = null } = {}) {
+  return (request) => {
+    let over = false;
+    const body = new ReadableStream({
+      async start(controller) {
+        request.signal?.addEventListener("abort", () => {
+          if (!over) controller.error(new DOMException("aborted", "AbortError"));
+          over = true;
+        });
+        await pause(1); // bytes come from the network: after the caller's current task, never within it
+        for (const part of parts) {
+          if (over) return;
+          if (typeof part === "number") await pause(part);
+          else controller.enqueue(typeof part === "string" ? utf8(part) : part);
+        }
+        if (over || open) return;
+        over = true;
+        if (fail) controller.error(fail);
+        else controller.close();
+      },
+    });
+    return new Response(body, { status: 200, headers: { "Content-Type": "text/event-stream" } });
+  };
+}
+
+/** One envelope as the server streams it: its seq as the event's id, the envelope as its data. */
+function sse(envelope) {
+  return `id: ${envelope.seq}\ndata: ${JSON.stringify(envelope)}\n\n`;
+}
+
+/** The bytes of `text` cut into chunks of `size` bytes: through lines, line ends and UTF-8 sequences. */
+function chunks(text, size) {
+  const bytes = utf8(text);
+  const cut = [];
+  for (let at = 0; at < bytes.length; at += size) cut.push(bytes.subarray(at, at + size));
+  return cut;
+}
+
+/** Resolves once `check()` holds; fails after a second. */
+async function until(check) {
+  const deadline = Date.now() + 1000;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`still false after a second: ${check}`);
+    await pause(2);
+  }
+}
+
+/** Whether a request to the mailbox asked for a stream rather than a poll. */
+function isStream(request) {
+  return request.headers.Accept === "text/event-stream";
 }
 
 /** The cursor a poll carried: protocol 1.1's Last-Event-ID header. */
@@ -330,6 +389,188 @@ describe("poll loop", () => {
     await new Promise((resolve) => setTimeout(resolve, 20));
     assert.equal(session.state, "closed");
     assert.equal(service.to(POLL).length, 1);
+  });
+});
+
+describe("streaming receive", () => {
+  // The first line at once, then events as the HTML standard allows them: LF, CRLF and CR line ends,
+  // data on two lines (joined with "\n"), a field without a space, a comment, a multi-byte character.
+  const WIRE = "retry: 2000\n: open\n\n" +
+    sse(envelope(1)) +
+    `id: 2\r\ndata: ${JSON.stringify(envelope(2, "chat", "bob", "héllo ✓"))}\r\n\r\n` +
+    `: heartbeat\rid:3\rdata: {"seq": 3, "from": "bob",\rdata: "type": "offer", "data": {"n": 3}, "ts": 1763900003}\r\r`;
+
+  for (const size of [1, 2, 5, 4096]) {
+    test(`streams by default; events cut into chunks of ${size} bytes arrive once each, in order`, async () => {
+      service.on(JOIN, json(201, joined()));
+      service.on(POLL, streamed(chunks(WIRE, size), { open: true }));
+      const session = await start();
+      const seen = record(session, "message", "receive-mode", "state");
+      await until(() => seen.filter(([t]) => t === "message").length >= 3);
+
+      const [request] = service.to(POLL);
+      assert.ok(isStream(request));
+      assert.equal(request.headers.Authorization, "Bearer tok-1");
+      assert.equal(cursorOf(request), "0");
+      assert.equal(request.url, `${BASE}/rooms/r1/peers/alice/messages?wait=25`, "the URL of a poll: one preflight");
+      assert.deepEqual(seen.filter(([t]) => t !== "message"), [["receive-mode", { mode: "stream", reason: "stream-open" }]]);
+      assert.deepEqual(seen.filter(([t]) => t === "message").map(([, e]) => e), [
+        envelope(1), envelope(2, "chat", "bob", "héllo ✓"), envelope(3),
+      ]);
+      assert.equal(session.receiveMode, "stream");
+      assert.equal(service.to(POLL).length, 1, "one request, still open");
+    });
+  }
+
+  test("a stream the server ends is followed at once by the next, whose Last-Event-ID acknowledges the last seq", async () => {
+    service.on(JOIN, json(201, joined()));
+    const cutOff = `id: 3\ndata: ${JSON.stringify(envelope(3))}\n`; // no blank line: the end cuts it off
+    service.on(POLL,
+      streamed([`: hi\n\n${sse(envelope(1))}${sse(envelope(2))}${cutOff}`]), // one chunk: its id 3 is not seen
+      // The server may send again what the client has seen (it was not acknowledged yet): dropped by seq.
+      streamed([": hi\n\n", sse(envelope(2)), sse(envelope(3)), sse(envelope(4))], { open: true }));
+    const session = await start();
+    const seen = record(session, "message", "state", "error");
+
+    const second = await service.waitFor(POLL, 2);
+    assert.ok(isStream(second));
+    assert.equal(cursorOf(second), "2");
+    await until(() => seen.length >= 4);
+    await pause(10);
+    assert.deepEqual(seen.map(([t, e]) => [t, e.seq]), [["message", 1], ["message", 2], ["message", 3], ["message", 4]]);
+    assert.equal(service.to(POLL).length, 2);
+  });
+
+  test("a server that answers JSON (protocol 1.1): that answer's envelopes are delivered, then it polls for good", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL, messages([envelope(1), envelope(2)]), messages([envelope(3)]), messages([], 3));
+    const session = await start();
+    const seen = record(session, "message", "receive-mode");
+
+    await service.waitFor(POLL, 4);
+    assert.deepEqual(service.to(POLL).map(isStream), [true, false, false, false]);
+    assert.deepEqual(service.to(POLL).map(cursorOf), ["0", "2", "3", "3"]);
+    assert.deepEqual(seen.map(([t, d]) => (t === "message" ? d.seq : d)), [
+      { mode: "poll", reason: "server-sends-json" }, 1, 2, 3,
+    ]);
+    assert.equal(session.receiveMode, "poll");
+  });
+
+  test("no first byte within firstByte (a buffering proxy): it polls for pollFor, losing nothing, then streams again", async () => {
+    service.on(JOIN, json(201, joined()));
+    const held = (ms, responder) => (request) => pause(ms).then(() => responder(request));
+    service.on(POLL,
+      streamed([], { open: true }), // the headers, and then nothing
+      messages([envelope(1)]),
+      held(120, messages([], 1)),
+      streamed([": hi\n\n", sse(envelope(2))], { open: true }));
+    const session = await start({ streamTiming: { firstByte: 30, pollFor: 100 } });
+    const seen = record(session, "message", "receive-mode");
+
+    await service.waitFor(POLL, 4);
+    await until(() => seen.length >= 4);
+    const requests = service.to(POLL);
+    assert.deepEqual(requests.map(isStream), [true, false, false, true]);
+    assert.equal(requests[0].aborted, true, "the held-back stream is cut");
+    assert.deepEqual(requests.map(cursorOf), ["0", "0", "1", "1"]);
+    assert.deepEqual(seen.map(([t, d]) => (t === "message" ? d.seq : d)), [
+      { mode: "poll", reason: "no-first-byte" }, 1, { mode: "stream", reason: "stream-open" }, 2,
+    ]);
+  });
+
+  test("heartbeats keep a quiet stream alive; silence past heartbeat + grace cuts it and opens the next", async () => {
+    service.on(JOIN, json(201, joined()));
+    const heartbeats = Array.from({ length: 10 }, () => [20, ":\n"]).flat(); // 200 ms of comments only
+    service.on(POLL,
+      streamed([": hi\n\n", sse(envelope(1)), ...heartbeats, sse(envelope(2))], { open: true }),
+      streamed([": hi\n\n"], { open: true }));
+    const session = await start({ streamTiming: { heartbeat: 50, grace: 50 } });
+    const seen = record(session, "message", "state", "error");
+
+    const second = await service.waitFor(POLL, 2);
+    assert.deepEqual(seen.map(([t, d]) => [t, d.seq]), [["message", 1], ["message", 2]], "kept alive past 100 ms");
+    assert.equal(service.to(POLL)[0].aborted, true, "the silent stream was cut");
+    assert.ok(isStream(second));
+    assert.equal(cursorOf(second), "2");
+  });
+
+  test("a stream broken by the network is opened again after a backoff, from the last seq seen", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL,
+      streamed([": hi\n\n", sse(envelope(1)), 5], { fail: new TypeError("network error") }),
+      streamed([": hi\n\n"], { open: true }));
+    const session = await start();
+    const seen = record(session, "message", "state", "error");
+
+    const second = await service.waitFor(POLL, 2);
+    assert.ok(isStream(second));
+    assert.equal(cursorOf(second), "1");
+    await pause(10);
+    assert.deepEqual(seen.map(([t, d]) => (t === "error" ? [t, d.error.code] : [t, d.state ?? d.seq])), [
+      ["message", 1], ["error", "network_error"], ["state", "reconnecting"], ["state", "connected"],
+    ]);
+  });
+
+  test("a stream request's errors are handled as a poll's: 503 waits Retry-After, 404 not_joined joins again", async () => {
+    service.on(JOIN, json(201, joined()), json(201, joined({ token: "tok-2" })));
+    service.on(POLL,
+      failure(503, "backend_unavailable", { "Retry-After": "0.008" }),
+      failure(404, "not_joined"),
+      streamed([": hi\n\n", sse(envelope(1))], { open: true }));
+    const session = await start();
+    const seen = record(session, "state", "message");
+
+    const third = await service.waitFor(POLL, 3);
+    await until(() => seen.some(([t]) => t === "message"));
+    assert.deepEqual(service.to(POLL).map(isStream), [true, true, true]);
+    assert.equal(third.headers.Authorization, "Bearer tok-2");
+    const delay = seen.find(([, d]) => d.state === "reconnecting")[1].delay;
+    assert.ok(delay >= 8 && delay <= 12, `waited ${delay} ms for Retry-After: 0.008`);
+    assert.deepEqual(seen.map(([t, d]) => d.state ?? t), ["reconnecting", "rejoining", "connected", "message"]);
+    assert.equal(session.receiveMode, "stream");
+  });
+
+  test("a malformed event is a passing failure: the stream is cut and opened again from the last good seq", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL,
+      streamed([": hi\n\n", sse(envelope(1)), "id: 2\ndata: {not json\n\n"], { open: true }),
+      streamed([": hi\n\n", sse(envelope(2))], { open: true }));
+    const session = await start();
+    const seen = record(session, "message", "error");
+
+    const second = await service.waitFor(POLL, 2);
+    await until(() => seen.length >= 3);
+    assert.equal(service.to(POLL)[0].aborted, true);
+    assert.equal(cursorOf(second), "1");
+    assert.deepEqual(seen.map(([t, d]) => (t === "error" ? d.error.message : d.seq)), [1, "malformed stream event", 2]);
+  });
+
+  test("receive: 'poll' never asks for a stream", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL, messages([envelope(1)]), messages([envelope(2)]));
+    const session = await start({ receive: "poll" });
+    const seen = record(session, "message", "receive-mode");
+    assert.equal(session.receiveMode, "poll");
+
+    await service.waitFor(POLL, 3);
+    assert.deepEqual(service.to(POLL).map(isStream), [false, false, false]);
+    assert.deepEqual(seen.map(([, d]) => d.seq), [1, 2], "no receive-mode event: it polled from the start");
+  });
+
+  test("receive: 'stream' never falls back: a JSON answer or a stream with no first byte is followed by a stream", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL, messages([envelope(1)]), streamed([], { open: true }), streamed([": hi\n\n"], { open: true }));
+    const session = await start({ receive: "stream", streamTiming: { firstByte: 1, heartbeat: 20, grace: 20 } });
+
+    await service.waitFor(POLL, 3);
+    assert.deepEqual(service.to(POLL).map(isStream), [true, true, true]);
+    assert.equal(service.to(POLL)[1].aborted, true, "cut after heartbeat + grace, not firstByte");
+    await until(() => session.receiveMode === "stream");
+  });
+
+  test("a receive option other than auto, stream or poll is refused before anything is sent", async () => {
+    await assert.rejects(start({ receive: "websocket" }), TypeError);
+    assert.equal(service.requests.length, 0);
   });
 });
 

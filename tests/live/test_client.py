@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import http.client
 import json
 import os
@@ -21,7 +22,7 @@ import httpx
 import pytest
 import redis
 
-from signaling.client import Session, SignalingError, join
+from signaling.client import Session, SignalingError, StreamTiming, join
 
 from ..support.helpers import Api
 from ..support.servers import ROOT, LiveServer
@@ -69,20 +70,29 @@ def log_lines(server: LiveServer, method: str, path: str, at_least: int = 1) -> 
 
 
 class Recorder:
-    """Every response an httpx client got, as (monotonic time, method, path, status): real traffic, seen."""
+    """Every response an httpx client got (a stream's as its headers arrive): real traffic, seen.
+
+    Kept as (monotonic time, method, path, status, the request's Accept, the answer's Content-Type).
+    """
 
     def __init__(self):
-        self.responses: list[tuple[float, str, str, int]] = []
+        self.responses: list[tuple[float, str, str, int, str, str]] = []
 
     def client(self) -> httpx.AsyncClient:
         async def seen(response: httpx.Response):
             request = response.request
-            self.responses.append((time.monotonic(), request.method, request.url.path, response.status_code))
+            self.responses.append((time.monotonic(), request.method, request.url.path, response.status_code,
+                                   request.headers.get("Accept", ""), response.headers.get("Content-Type", "")))
 
         return httpx.AsyncClient(timeout=30, event_hooks={"response": [seen]})
 
     def of(self, method: str, path: str) -> list[tuple[float, int]]:
-        return [(t, status) for t, m, p, status in self.responses if m == method and p == path]
+        return [(t, status) for t, m, p, status, *_ in self.responses if m == method and p == path]
+
+    def kinds(self, path: str) -> list[tuple[str, str]]:
+        """(what the request accepted, what the answer was) of each GET of `path`: a stream, or a poll."""
+        return [(accept, kind.split(";")[0]) for _, m, p, _, accept, kind in self.responses
+                if m == "GET" and p == path]
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -378,9 +388,9 @@ def test_ice_servers_become_aiortc_rtc_ice_servers():
 class Terminal:
     """`python -m signaling.client ROOM` as a subprocess: lines in on stdin, JSON lines out on stdout."""
 
-    def __init__(self, url: str, room: str, peer_id: str):
+    def __init__(self, url: str, room: str, peer_id: str, *options: str):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "signaling.client", room, "--url", url, "--peer-id", peer_id],
+            [sys.executable, "-m", "signaling.client", room, "--url", url, "--peer-id", peer_id, *options],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -450,10 +460,20 @@ def test_two_terminal_clients_chat(live_server):
 # -- servers of the tests' own: one that checks join tickets, and a proxy that replays an answer
 
 
+@dataclasses.dataclass
+class Streamed:
+    """A SmallServer's answer written piece by piece: `parts` are bytes (written at once) or seconds (a pause);
+    after them the server holds the connection, silent, for `hold` seconds, then closes it."""
+
+    parts: list[bytes | float]
+    hold: float = 0.0
+
+
 class SmallServer:
     """A real HTTP server on 127.0.0.1 whose answers come from `answer(method, path, headers, body)`.
 
-    `answer` returns (status, JSON body or None); every request is kept in `requests`.
+    `answer` returns (status, JSON body or None, or a Streamed answer, extra headers); every request is kept
+    in `requests`.
     """
 
     def __init__(self, answer):
@@ -470,6 +490,8 @@ class SmallServer:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 owner.requests.append((self.command, self.path, headers, body))
                 status, reply, extra = answer(self.command, self.path, headers, body, raw)
+                if isinstance(reply, Streamed):
+                    return self.stream(status, reply, extra)
                 data = b"" if reply is None else (reply if isinstance(reply, bytes) else json.dumps(reply).encode())
                 self.send_response(status)
                 for name, value in {"Content-Type": "application/json", **extra}.items():
@@ -477,6 +499,22 @@ class SmallServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def stream(self, status: int, reply: Streamed, extra: dict) -> None:
+                """Headers, then each part as it comes: no length, the end of the connection ends the body."""
+                self.send_response(status)
+                for name, value in {"Content-Type": "text/event-stream", **extra, "Connection": "close"}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.flush()
+                for part in reply.parts:
+                    if isinstance(part, bytes):
+                        self.wfile.write(part)
+                        self.wfile.flush()
+                    else:
+                        time.sleep(part)
+                time.sleep(reply.hold)
+                self.close_connection = True
 
             do_GET = do_POST = do_DELETE = handle_one
 
@@ -693,3 +731,244 @@ def test_join_tickets_against_the_real_server(start_server):
 
     run(scenario())
     assert len(set(fetched)) == 2  # single-use tickets (jti): each fresh join had its own
+
+
+# -- streaming receive (protocol 1.2)
+
+STREAM = "text/event-stream"
+
+
+def sse(seq: int, data=None) -> bytes:
+    """One envelope as a server streams it: its seq as the event's id, the envelope as the data."""
+    envelope = {"seq": seq, "from": "bob", "type": "note", "data": seq if data is None else data, "ts": 1.0 * seq}
+    return f"id: {seq}\ndata: {json.dumps(envelope)}\n\n".encode()
+
+
+def joined_answer(peer: str = "alice", poll_wait: float = 1) -> tuple[int, dict, dict]:
+    return 201, {"room": "r", "peer_id": peer, "token": f"{peer}.s", "peers": [], "cursor": 0,
+                 "poll_wait": poll_wait, "peer_ttl": 60, "ice_servers": []}, {}
+
+
+async def envelopes(session: Session, count: int, timeout: float = 15) -> list[dict]:
+    """The next `count` envelopes `session` yields."""
+    got = []
+    async with asyncio.timeout(timeout):
+        async for envelope in session:
+            got.append(envelope)
+            if len(got) == count:
+                return got
+    raise AssertionError(f"the session closed after {len(got)} envelopes: {session.error!r}")
+
+
+def test_a_session_streams_by_default_and_one_request_carries_every_envelope(server):
+    """Needs the server's stream (protocol 1.2)."""
+    r = room()
+    recorder = Recorder()
+    modes = []
+    path = f"/rooms/{r}/peers/alice/messages"
+
+    async def scenario():
+        async with recorder.client() as http, \
+                await join(server.url, r, peer_id="alice", http=http,
+                           on_receive_mode=lambda *mode: modes.append(mode)) as alice, \
+                await join(server.url, r, peer_id="bob") as bob:
+            for burst in range(5):
+                await asyncio.gather(*(bob.send("alice", "note", burst * 10 + n) for n in range(10)))
+            got = await envelopes(alice, 51)
+            assert [m["type"] for m in got[:1]] == ["peer-joined"]
+            assert [m["data"] for m in got[1:]] == list(range(50))
+            assert [m["seq"] for m in got] == list(range(1, 52))
+            assert alice.receive_mode == "stream"
+
+    run(scenario())
+    assert modes == [("stream", "stream-open")]
+    assert recorder.kinds(path) == [(STREAM, STREAM)], "one request, answered by a stream, carried all 51"
+
+
+def test_a_stream_the_server_ends_is_followed_by_the_next_which_acknowledges_and_nothing_is_lost(start_server):
+    """Needs the server's stream: it ends one at half of MAILBOX_LIMIT unacknowledged, the next acknowledges."""
+    server = start_server(env={"MAILBOX_LIMIT": "6"})
+    r = room()
+    recorder = Recorder()
+    path = f"/rooms/{r}/peers/alice/messages"
+
+    async def scenario():
+        async with recorder.client() as http, await join(server.url, r, peer_id="alice", http=http) as alice, \
+                await join(server.url, r, peer_id="bob") as bob:
+            for n in range(20):  # one at a time: with streams acknowledged as they end, never mailbox_full
+                await bob.send("alice", "note", n)
+            got = await envelopes(alice, 21)
+            assert [m["data"] for m in got[1:]] == list(range(20))
+
+    run(scenario())
+    kinds = recorder.kinds(path)
+    assert len(kinds) >= 4 and set(kinds) == {(STREAM, STREAM)}, kinds
+
+
+def test_receive_poll_still_polls(server):
+    r = room()
+    recorder = Recorder()
+    modes = []
+    path = f"/rooms/{r}/peers/alice/messages"
+
+    async def scenario():
+        async with recorder.client() as http, \
+                await join(server.url, r, peer_id="alice", http=http, receive="poll",
+                           on_receive_mode=lambda *mode: modes.append(mode)) as alice, \
+                await join(server.url, r, peer_id="bob") as bob:
+            for n in range(3):
+                await bob.send("alice", "note", n)
+                assert (await until(alice, "note"))["data"] == n
+            assert alice.receive_mode == "poll"
+
+    run(scenario())
+    assert modes == [("poll", "receive-option")]
+    kinds = recorder.kinds(path)
+    assert len(kinds) >= 3 and set(kinds) == {("*/*", "application/json")}, kinds
+
+
+def test_a_server_that_answers_json_is_polled_for_good_and_its_answer_delivered():
+    """A protocol 1.1 server ignores Accept: text/event-stream and answers a poll."""
+    answers = iter([
+        {"messages": [{"seq": 1, "from": "bob", "type": "note", "data": "in the first answer", "ts": 1.0}],
+         "cursor": 1},
+        {"messages": [{"seq": 2, "from": "bob", "type": "note", "data": "polled", "ts": 2.0}], "cursor": 2},
+    ])
+
+    def answer(method, path, headers, body, raw):
+        if method == "POST":
+            return joined_answer()
+        if method == "GET":
+            reply = next(answers, None)
+            if reply is None:
+                time.sleep(0.1)
+                reply = {"messages": [], "cursor": 2}
+            return 200, reply, {}
+        return 204, None, {}
+
+    modes = []
+
+    async def scenario(url):
+        async with await join(url, "r", peer_id="alice", on_receive_mode=lambda *mode: modes.append(mode),
+                              **FAST) as alice:
+            assert [m["data"] for m in await envelopes(alice, 2)] == ["in the first answer", "polled"]
+            while len([r for r in server.requests if r[0] == "GET"]) < 4:
+                await asyncio.sleep(0.05)
+            assert alice.receive_mode == "poll"
+
+    with SmallServer(answer) as server:
+        run(scenario(server.url))
+    gets = [(path, headers) for method, path, headers, _ in server.requests if method == "GET"]
+    assert [headers.get("accept") for _, headers in gets[:4]] == [STREAM, "*/*", "*/*", "*/*"]
+    assert [headers["last-event-id"] for _, headers in gets[:3]] == ["0", "1", "2"]
+    assert modes == [("poll", "server-sends-json")]
+
+
+def test_a_stream_that_ends_is_reopened_at_once_with_the_last_seq_seen_and_repeats_are_dropped():
+    streams = iter([
+        # The end cuts the third event off: it is not delivered, and not acknowledged.
+        Streamed([b": hi\n\n", sse(1), sse(2), b'id: 3\ndata: {"seq": 3'], hold=0.1),
+        # Not acknowledged yet, seq 2 may come again: the client drops it.
+        Streamed([b"retry: 1000\n\n", sse(2), sse(3), sse(4)], hold=10),
+    ])
+
+    def answer(method, path, headers, body, raw):
+        if method == "POST":
+            return joined_answer()
+        if method == "GET":
+            return 200, next(streams), {}
+        return 204, None, {}
+
+    async def scenario(url):
+        async with await join(url, "r", peer_id="alice", **FAST) as alice:
+            assert [m["seq"] for m in await envelopes(alice, 3)] == [1, 2, 3]
+            assert [m["seq"] for m in await envelopes(alice, 1)] == [4]
+            assert alice.receive_mode == "stream"
+
+    with SmallServer(answer) as server:
+        run(scenario(server.url))
+    gets = [(path, headers) for method, path, headers, _ in server.requests if method == "GET"]
+    assert len(gets) == 2
+    assert [headers["accept"] for _, headers in gets] == [STREAM, STREAM]
+    assert [headers["last-event-id"] for _, headers in gets] == ["0", "2"]
+    assert "after=2&" in gets[1][0]
+
+
+def test_a_stream_held_back_by_a_buffering_proxy_is_left_for_polls_and_tried_again_later():
+    """No byte within first_byte: cut, polls for poll_for (losing nothing), then a stream again."""
+    gets = []
+
+    def answer(method, path, headers, body, raw):
+        if method == "POST":
+            return joined_answer()
+        if method != "GET":
+            return 204, None, {}
+        gets.append(headers)
+        if headers.get("accept") == STREAM:
+            if len(gets) == 1:
+                return 200, Streamed([], hold=5), {}  # the headers, and nothing: the proxy holds the rest
+            return 200, Streamed([b": hi\n\n", sse(2)], hold=10), {}
+        if len(gets) == 2:
+            return 200, {"messages": [json.loads(sse(1).split(b"data: ")[1])], "cursor": 1}, {}
+        time.sleep(0.3)
+        return 200, {"messages": [], "cursor": 1}, {}
+
+    modes = []
+
+    async def scenario(url):
+        timing = StreamTiming(first_byte=0.5, poll_for=1.0)
+        async with await join(url, "r", peer_id="alice", stream_timing=timing,
+                              on_receive_mode=lambda *mode: modes.append(mode), **FAST) as alice:
+            assert [m["seq"] for m in await envelopes(alice, 2)] == [1, 2]
+
+    with SmallServer(answer) as server:
+        run(scenario(server.url))
+    kinds = [headers.get("accept") for headers in gets]
+    assert kinds[:2] == [STREAM, "*/*"] and kinds[-1] == STREAM and set(kinds[1:-1]) == {"*/*"}, kinds
+    assert modes == [("poll", "no-first-byte"), ("stream", "stream-open")]
+
+
+def test_heartbeats_keep_a_quiet_stream_and_silence_past_heartbeat_and_grace_cuts_it():
+    streams = iter([
+        # 1.2 s of comments only: ten times the silence the client takes (0.3 s) between two of them.
+        Streamed([b": hi\n\n", sse(1), *[0.1, b":\n"] * 12, sse(2)], hold=5),
+        Streamed([b": hi\n\n", sse(3)], hold=10),
+    ])
+
+    def answer(method, path, headers, body, raw):
+        if method == "POST":
+            return joined_answer()
+        if method == "GET":
+            return 200, next(streams), {}
+        return 204, None, {}
+
+    async def scenario(url):
+        async with await join(url, "r", peer_id="alice", stream_timing=StreamTiming(heartbeat=0.15, grace=0.15),
+                              **FAST) as alice:
+            assert [m["seq"] for m in await envelopes(alice, 3)] == [1, 2, 3]
+
+    with SmallServer(answer) as server:
+        run(scenario(server.url))
+    gets = [headers for method, _, headers, _ in server.requests if method == "GET"]
+    assert [headers["last-event-id"] for headers in gets] == ["0", "2"]
+
+
+def test_the_terminal_client_says_it_streams(live_server):
+    """Needs the server's stream."""
+    r = room()
+    alice = Terminal(live_server.url, r, "alice")
+    bob = Terminal(live_server.url, r, "bob")  # alice has something to receive, whichever way
+    try:
+        assert alice.err.get(timeout=20) == "# receiving by stream: one open response (Server-Sent Events)\n"
+        assert alice.envelope()["type"] == "peer-joined"
+    finally:
+        assert bob.quit() == 0 and alice.quit() == 0
+
+
+def test_the_terminal_client_polls_when_asked(live_server):
+    r = room()
+    alice = Terminal(live_server.url, r, "alice", "--receive", "poll")
+    try:
+        assert alice.err.get(timeout=20) == "# receiving by polling: as asked\n"
+    finally:
+        assert alice.quit() == 0

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from signaling import errors
-from signaling.worker import RequestClock
+from signaling.worker import WRITE_TIMEOUT, RequestClock
 
 from ..conftest import NO_LIMITS
 from ..support.helpers import Api, Peer, Reply, held_poll
@@ -424,3 +424,111 @@ def test_a_request_that_waited_in_the_socket_for_a_busy_worker_is_still_read():
         assert clock.recv(1024) == b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
         with pytest.raises(errors.RequestTimeout):
             clock.recv(1024)  # nothing more has arrived, and the deadline is past
+
+
+# -- WRITE_TIMEOUT: a client that stops reading
+
+
+ENVELOPES = 100  # one poll's answer: 100 envelopes of 64 KB (6.4 MB), more than the kernel buffers on its way
+NOT_READING = 10
+TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8  # Linux's tcp_states.h
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A server taking envelopes of up to 200 KB, for answers larger than socket buffers."""
+    server = start(tmp_path_factory, MAX_MESSAGE_BYTES="204800", MAILBOX_BYTES=str(64 * 2**20))
+    yield server
+    server.stop()
+
+
+def full_mailbox(server: LiveServer, size: int) -> tuple[Peer, int]:
+    """bob, with ENVELOPES envelopes of `size` bytes of data waiting, and the length of the answer carrying them."""
+    alice, bob = pair(server)
+    for i in range(ENVELOPES):
+        assert alice.send("bob", "big", f"{i:03}" + "x" * (size - 3)).status == 202
+    reply = bob.poll(limit=ENVELOPES)  # after=0: nothing acknowledged
+    assert len(reply.body["messages"]) == ENVELOPES
+    return bob, len(reply.raw)
+
+
+def poll_without_reading(server: LiveServer, peer: Peer) -> socket.socket:
+    """A poll for everything, sent from a socket with a small receive buffer, whose answer is left unread."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: it sets the window
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(head("GET", f"/rooms/{peer.room}/peers/{peer.id}/messages?after=0&limit={ENVELOPES}",
+                      f"Authorization: Bearer {peer.token}", "Connection: close"))
+    return sock
+
+
+def tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+def rss(pid: int) -> int:
+    """Resident memory of a process, bytes (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        kib = next(line for line in status if line.startswith("VmRSS:")).split()[1]
+    return int(kib) * 1024
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """What is left to read on `sock`; fails (a timeout) unless the server has closed or reset it."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def test_a_client_that_stops_reading_is_reset_after_the_write_timeout_and_loses_nothing(big):
+    bob, answer = full_mailbox(big, 64_000)
+    [worker] = big.worker_pids()
+    before = rss(worker)
+    stalled = [poll_without_reading(big, bob) for _ in range(NOT_READING)]
+    try:
+        started, ended, peak = time.monotonic(), {}, before
+        while len(ended) < NOT_READING and time.monotonic() < started + WRITE_TIMEOUT + 10:
+            peak = max(peak, rss(worker))
+            for sock in stalled:
+                if sock not in ended and tcp_state(sock) in (TCP_CLOSE, TCP_CLOSE_WAIT):
+                    ended[sock] = time.monotonic() - started
+            time.sleep(0.05)
+        assert len(ended) == NOT_READING, f"{NOT_READING - len(ended)} connections still open after the write timeout"
+        assert WRITE_TIMEOUT - 0.5 < min(ended.values()) and max(ended.values()) < WRITE_TIMEOUT + 3, ended
+        for sock in stalled:
+            assert len(read_until_closed(sock, 5)) < answer, "the whole answer came through: the write never stalled"
+    finally:
+        for sock in stalled:
+            sock.close()
+    # While stalled, the worker held each answer once (it is the answer), not more; after, none of them.
+    assert peak - before < NOT_READING * answer * 1.5, (before, peak)
+    after = rss(worker)
+    assert after - before < 2 * answer, (before, peak, after)
+    # Nothing was acknowledged: everything is still there.
+    got = bob.receive(limit=ENVELOPES)
+    assert [m["data"][:3] for m in got] == [f"{i:03}" for i in range(ENVELOPES)]
+    assert all(len(m["data"]) == 64_000 for m in got)
+
+
+def test_a_slow_reader_gets_its_whole_answer_however_long_it_takes(big):
+    """The write timeout is on the client taking nothing, not on the whole answer: pauses shorter than it are fine."""
+    bob, answer = full_mailbox(big, 200_000)  # 20 MB: the server is still writing after the pauses below
+    with poll_without_reading(big, bob) as sock:
+        started = time.monotonic()
+        received = b""
+        sock.settimeout(5)
+        while time.monotonic() - started < WRITE_TIMEOUT * 1.5:
+            time.sleep(WRITE_TIMEOUT * 0.6)  # a pause shorter than the write timeout, then a little reading
+            goal = len(received) + (1 << 20)
+            while len(received) < goal:
+                received += sock.recv(1 << 16)
+        assert len(received) < answer / 2, "the answer was no longer being written after the pauses"
+        received += read_until_closed(sock, 10)
+    reply = as_reply(received)
+    assert reply.status == 200 and len(reply.raw) == answer
+    assert len(reply.body["messages"]) == ENVELOPES

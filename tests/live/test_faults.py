@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import http.client
+import json
 import os
+import resource
+import selectors
 import signal
 import socket
 import struct
@@ -235,6 +240,195 @@ def test_sigterm_ends_held_polls_and_loses_no_accepted_envelope(start_server, re
     assert set(by_number) <= set(attempted)
     for peer in waiting:  # the members are still there for the fresh instance
         assert peer.on(fresh).poll().status == 200
+
+
+# -- SIGTERM with many connections open: the worker stops at once
+
+
+HELD, IDLE, PER_ROOM = 1000, 100, 40
+
+
+def wait_for_answer(server: LiveServer, peer: Peer) -> socket.socket:
+    """A held poll (a raw one, answered and closed at the stop)."""
+    return raw_poll(server, peer, after=peer.cursor, wait=25)
+
+
+def wait_for_events(server: LiveServer, peer: Peer) -> socket.socket:
+    """An open stream (1.2): Accept: text/event-stream on the poll URL; its first line arrives at once."""
+    port = urllib.parse.urlsplit(server.url).port
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"GET /rooms/{peer.room}/peers/{peer.id}/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                 f"Authorization: Bearer {peer.token}\r\nAccept: text/event-stream\r\nLast-Event-ID: {peer.cursor}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    assert sock.recv(1, socket.MSG_PEEK), "the stream's first byte did not come at once"
+    return sock
+
+
+def wait_for_next_request(server: LiveServer) -> socket.socket:
+    """A kept-alive connection, answered once, now idle: it waits for a request that never comes."""
+    port = urllib.parse.urlsplit(server.url).port
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    reply = http.client.HTTPResponse(sock)
+    reply.begin()
+    assert reply.status == 200 and reply.read() and not reply.will_close
+    return sock
+
+
+def poll_answer(raw: bytes, after: int) -> tuple[list[dict], int]:
+    """What a held poll's client got at the stop, which must be a whole answer: (envelopes, cursor)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, headers = parse_head(head)
+    assert status == 200 and int(headers["content-length"]) == len(body), raw[:300]
+    answer = json.loads(body)
+    return answer["messages"], answer["cursor"]
+
+
+def stream_answer(raw: bytes, after: int) -> tuple[list[dict], int]:
+    """What a stream from `after` showed its client: events, then a clean end (the chunked body's last chunk);
+    (envelopes, the last id seen, which the client resumes from)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, headers = parse_head(head)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream"), raw[:300]
+    assert headers["transfer-encoding"] == "chunked", headers
+    text = b""
+    while True:  # the chunked coding, to its last chunk: a stream cut off mid-way fails here
+        size, _, body = body.partition(b"\r\n")
+        assert size, "the stream was cut off before its last chunk"
+        length = int(size, 16)
+        if length == 0:
+            assert body == b"\r\n", f"bytes after the last chunk: {body[:100]!r}"
+            break
+        text, body = text + body[:length], body[length + 2:]
+    envelopes, last = [], after
+    for event in text.decode().replace("\r\n", "\n").split("\n\n"):
+        fields = {}
+        for line in event.split("\n"):
+            if line and not line.startswith(":"):  # a comment: the first line, or a heartbeat
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+        if "data" in fields:
+            envelopes.append(json.loads(fields["data"]))
+            last = int(fields["id"])
+    return envelopes, last
+
+
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    return int(status_line.split()[1]), {n.strip().lower(): v.strip() for n, _, v in (x.partition(":") for x in lines)}
+
+
+#: A kind of client a stopping worker must end at once: how one opens, and what its client got at the end.
+KINDS = {"held polls": (wait_for_answer, poll_answer), "streams": (wait_for_events, stream_answer)}
+
+
+def read_to_the_end(socks: list[socket.socket], timeout: float) -> dict[socket.socket, tuple[bytes, float]]:
+    """Everything each socket receives until the server closes it, and when it closed."""
+    selector = selectors.DefaultSelector()
+    received = {sock: b"" for sock in socks}
+    closed: dict[socket.socket, tuple[bytes, float]] = {}
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while len(closed) < len(socks) and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.5):
+                try:
+                    chunk = key.fileobj.recv(1 << 16)
+                except ConnectionResetError:
+                    chunk = b""
+                if chunk:
+                    received[key.fileobj] += chunk
+                else:
+                    closed[key.fileobj] = (received[key.fileobj], time.monotonic())
+                    selector.unregister(key.fileobj)
+    finally:
+        selector.close()
+    return closed
+
+
+def stop_with_clients_open(start_server, redis_url, kind: str) -> None:
+    """HELD clients of `kind` and IDLE kept-alive connections on one worker; SIGTERM to the master.
+
+    Every process exits within 2 s (not after GRACEFUL_TIMEOUT); each held client gets a whole answer at once,
+    each idle connection is closed at once; and every envelope accepted meanwhile is still there for another
+    instance (on the same Redis), whatever the clients saw: nothing is acknowledged by being delivered.
+    """
+    open_one, answer_of = KINDS[kind]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 2 * (HELD + IDLE)  # this process's ends, and the server's (which inherits the limit)
+    assert hard == resource.RLIM_INFINITY or hard >= needed, f"{needed} open files needed, at most {hard} allowed"
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    server = start_server(env={"REDIS_URL": redis_url, "GRACEFUL_TIMEOUT": "10"})
+    api = Api.over_http(server.url, timeout=10)
+    senders, peers = [], []
+    for room in range(HELD // PER_ROOM):
+        senders.append(api.peer(f"stop{room}", "sender"))
+        peers += [api.peer(f"stop{room}", f"p{i}") for i in range(PER_ROOM)]
+    for peer in peers:
+        peer.drain()  # of the news of the peers who joined after it
+    accepted: dict[str, list[int]] = defaultdict(list)  # "room/peer" -> numbers answered 202, in order
+    unanswered: dict[str, int] = {}  # the send the stop cut off, which may or may not have been stored
+
+    def send_until_gone():
+        for n in range(2000):  # bounded in count and time: the server is gone within seconds
+            sender = senders[n % len(senders)]
+            to = f"p{n // len(senders) % PER_ROOM}"
+            try:
+                reply = sender.send(to, "n", n)
+            except CONNECTION_ERRORS:
+                unanswered[f"{sender.room}/{to}"] = n
+                return "gone"
+            if reply.status != 202:
+                return reply
+            accepted[f"{sender.room}/{to}"].append(n)
+            time.sleep(0.002)
+        return "count"
+
+    with contextlib.ExitStack() as opened:
+        held = [opened.enter_context(open_one(server, peer)) for peer in peers]
+        idle = [opened.enter_context(wait_for_next_request(server)) for _ in range(IDLE)]
+        if kind == "held polls":
+            wait_until(lambda: api.request("GET", "/healthz").body["held_polls"] == HELD, 20, "every poll held")
+        workers = server.worker_pids()
+        sender = Call(send_until_gone)
+        wait_until(lambda: sum(map(len, accepted.values())) >= 20, 10, "sends accepted before the stop")
+        stopped = time.monotonic()
+        server.process.terminate()
+        ends = read_to_the_end(held + idle, 15)
+        assert server.process.wait(15) == 0
+        took = time.monotonic() - stopped
+    assert took < 2, f"SIGTERM to exit took {took:.1f}s"
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in workers), "a worker outlived the master"
+    assert len(ends) == HELD + IDLE, f"{HELD + IDLE - len(ends)} connections were never closed"
+    assert max(at for _, at in ends.values()) - stopped < 2
+    assert all(ends[sock][0] == b"" for sock in idle), "an idle connection got bytes"
+    assert sender.join(10) == "gone", sender.result
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[log.find("Traceback") - 1500:][:5000]
+
+    fresh = Api.over_http(start_server(env={"REDIS_URL": redis_url}).url)
+    for peer, sock in zip(peers, held, strict=True):
+        seen, cursor = answer_of(ends[sock][0], peer.cursor)
+        resumed = dataclasses.replace(peer, api=fresh, cursor=cursor)
+        rest = []
+        for _ in range(5):
+            got = resumed.receive(limit=100)
+            if not got:
+                break
+            rest += got
+        numbers, key = [m["data"] for m in seen + rest], f"{peer.room}/{peer.id}"
+        assert numbers in (accepted[key], [*accepted[key], unanswered.get(key)]), (key, seen, rest)
+
+
+def test_sigterm_with_1000_held_polls_and_100_idle_connections_exits_at_once(start_server, redis_url):
+    stop_with_clients_open(start_server, redis_url, "held polls")
+
+
+def test_sigterm_with_1000_streams_and_100_idle_connections_exits_at_once(start_server, redis_url):
+    stop_with_clients_open(start_server, redis_url, "streams")
 
 
 # -- SIGKILL of one worker under load

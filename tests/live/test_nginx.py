@@ -8,10 +8,15 @@ to the per-IP limits (TRUSTED_PROXIES=1).
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import threading
 import time
 
 import pytest
+
+from signaling.config import Settings
 
 from ..support.helpers import Api, held_poll
 from ..support.servers import ROOT, NginxServer
@@ -84,3 +89,86 @@ def test_the_deployment_guide_shows_the_configuration_that_is_tested():
     guide = (ROOT / "docs" / "deploying.md").read_text()
     blocks = re.findall(r"```nginx\n(.*?)```", guide, re.S)
     assert blocks == [NginxServer.CONF.read_text()]
+
+
+def test_nginx_takes_the_configuration_without_a_warning(tmp_path):
+    check = subprocess.run([*NginxServer(tmp_path, ["127.0.0.1:1", "127.0.0.1:2"]).configure(), "-t"],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "test is successful" in check.stderr, check.stderr
+    assert "[warn]" not in check.stderr, check.stderr
+
+
+def test_nginx_waits_longer_than_a_held_poll_or_a_quiet_stream():
+    """Past proxy_read_timeout without a byte, nginx gives up on the instance: a 504 for a poll, a cut stream."""
+    [timeout] = re.findall(r"(?m)^\s*proxy_read_timeout (\d+)s;", NginxServer.CONF.read_text())
+    defaults = Settings()
+    assert int(timeout) >= 2 * max(defaults.poll_wait, defaults.stream_heartbeat)  # with room to spare
+
+
+class Curl:
+    """curl reading a stream through nginx, each line of it kept with the moment it arrived."""
+
+    def __init__(self, nginx: NginxServer, peer, version: str):
+        self.lines: list[tuple[float, str]] = []
+        self.process = subprocess.Popen(
+            ["curl", "--silent", "--show-error", "--no-buffer", "--compressed", f"--http{version}", "--max-time", "60",
+             "--cacert", str(nginx.certificate), "--write-out", "\nversion %{http_version}\n",
+             "--header", "Accept: text/event-stream", "--header", f"Authorization: Bearer {peer.token}",
+             "--header", f"Last-Event-ID: {peer.cursor}",
+             f"{nginx.url}/rooms/{peer.room}/peers/{peer.id}/messages"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._reader.join(5)
+        self.process.stdout.close()
+        self.process.stderr.close()
+
+    def wait_for(self, check, timeout: float) -> tuple[float, str]:
+        """The first line `check` accepts, and when it came; fails after `timeout` seconds without one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for arrived, line in list(self.lines):
+                if check(line):
+                    return arrived, line
+            time.sleep(0.01)
+        raise AssertionError(f"no such line within {timeout}s: {[line for _, line in self.lines]}")
+
+
+def envelope_in(line: str):
+    """The data of the envelope a stream's `data:` line carries, else None."""
+    return json.loads(line.removeprefix("data: "))["data"] if line.startswith("data: ") else None
+
+
+@pytest.mark.parametrize("version", ["1.1", "2"], ids=["http1.1", "http2"])
+def test_a_stream_passes_through_event_by_event(start_behind_nginx, version):
+    """Each envelope reaches the client as it is sent, not in a burst when the stream ends (needs the stream, 1.2)."""
+    nginx, _ = start_behind_nginx()
+    api = api_through(nginx)
+    alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+    bob.drain()
+    opened = time.monotonic()
+    curl = Curl(nginx, bob, version)
+    try:
+        first, _ = curl.wait_for(lambda line: line != "", 5)
+        assert first - opened < 2, "the stream's first line was held back"
+        for n in range(3):
+            time.sleep(0.5)
+            sent = time.monotonic()
+            assert alice.send("bob", "n", n).status == 202
+            arrived, _ = curl.wait_for(lambda line, n=n: envelope_in(line) == n, 5)
+            assert arrived - sent < 1, f"event {n} took {arrived - sent:.1f}s through nginx"
+        assert bob.poll(wait=0.5).status == 200  # a newer held poll of the peer ends its stream, which ends cleanly
+        assert curl.process.wait(10) == 0, curl.process.stderr.read()
+    finally:
+        curl.stop()
+    _, line = curl.wait_for(lambda line: line.startswith("version "), 5)
+    assert line == f"version {version}"

@@ -250,7 +250,8 @@ class NginxServer:
             assert found == count, f"docs/nginx.conf: {pattern!r} found {found} times, not {count}"
         return text
 
-    def start(self) -> NginxServer:
+    def configure(self) -> list[str]:
+        """Write the certificate and the configuration; return the command that runs nginx on them."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
@@ -268,9 +269,11 @@ class NginxServer:
             f"http {{\n    access_log {self.workdir / 'access.log'};\n{temp}\n"
             f"    include {self.workdir / 'signaling.conf'};\n}}\n"
         )
+        return [nginx_binary(), "-p", str(self.workdir), "-e", str(self.log), "-c", str(self.workdir / "nginx.conf")]
+
+    def start(self) -> NginxServer:
         self.process = subprocess.Popen(
-            [nginx_binary(), "-p", str(self.workdir), "-e", str(self.log), "-c", str(self.workdir / "nginx.conf"),
-             "-g", "daemon off;"],
+            [*self.configure(), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
         )
         _wait_until(self._healthy, 20, f"nginx on port {self.port}", self.log)
