@@ -15,7 +15,7 @@ import pytest
 
 from bench import report
 from bench.__main__ import SERVER_ENV
-from bench.client import BenchError, Outbox, Peer, call, connect, envelope
+from bench.client import BenchError, Chunked, Event, Outbox, Peer, Receiver, SseReader, call, connect, envelope
 from bench.procs import FloorServer, Setup
 from bench.scenarios import CallSetups, Floor, Throughput
 from tests.support.servers import LiveServer
@@ -121,3 +121,83 @@ def test_every_cpu_per_request_figure_is_also_a_multiple_of_the_floor():
     assert all("× floor)" in line for line in cpu_rows)
     assert "500 µs (2.0× floor)" in text and "800 µs (3.2× floor)" in text
     assert "3,000 (3.0 / 3.0)" in text  # batched: delivered/s (envelopes per send / per poll answer)
+
+
+def chunked(*pieces: bytes) -> bytes:
+    """A body in chunked transfer encoding, one chunk per piece, sizes in hex (with an extension on one)."""
+    out = b"".join(f"{len(p):x}".encode() + (b";x=1" if i == 1 else b"") + b"\r\n" + p + b"\r\n"
+                   for i, p in enumerate(pieces))
+    return out + b"0\r\n\r\n"
+
+
+def test_the_stream_reader_cuts_events_and_chunks_wherever_the_pieces_split():
+    body = chunked(b"retry: 1000\n\n", b'id: 7\ndata: {"seq":7}\n\n:\n\nid: 8\n', b'data: {"seq":8}\n\n',
+                   b"id: 9\r\ndata: a\rdata: b\r\n\r\n: heartbeat\n\n")
+    wire = body + b"HTTP/1.1 200 OK\r\n"  # the next response's first bytes, on the same connection
+    expected = [Event("7", '{"seq":7}'), Event("8", '{"seq":8}'), Event("9", "a\nb")]
+    for size in (1, 2, 3, 5, 7, 11, len(wire)):  # every split point, some at CR|LF, inside sizes and in "\r\n"
+        framing, sse = Chunked(), SseReader()
+        events, body_seen, after = [], b"", b""
+        for at in range(0, len(wire), size):
+            if framing.done:  # as Conn does: what follows the body is the next response's
+                after += wire[at:at + size]
+                continue
+            data = framing.feed(wire[at:at + size])
+            body_seen += data
+            events += sse.feed(data)
+        assert events == expected, size
+        assert (sse.retry_ms, sse.comments, framing.done) == (1000, 2, True)
+        assert body_seen.endswith(b"heartbeat\n\n") and framing.rest + after == b"HTTP/1.1 200 OK\r\n"
+
+
+def test_a_stream_chunk_framing_error_is_an_error():
+    with pytest.raises(BenchError):
+        Chunked().feed(b"3\r\nabcXY")
+
+
+def test_a_streaming_ping_pong_delivers_every_envelope_once_and_in_order_across_reconnects(tmp_path):
+    """MAILBOX_LIMIT 8: each stream ends after 4 envelopes unacknowledged, and the receivers reconnect with
+    Last-Event-ID, which acknowledges them."""
+    server = LiveServer(tmp_path, dict(SERVER_ENV, MAILBOX_LIMIT="8")).start()
+
+    async def scenario():
+        (alice, alice_sends), (bob, bob_sends) = await joined(server.port, "r1", "alice", "bob")
+        for peer, conn in ((alice, alice_sends), (bob, bob_sends)):  # past the peer-joined events
+            peer.polled(await call(conn, peer.poll_request(0), 30))
+        got = {"alice": [], "bob": []}
+        pongs: asyncio.Queue = asyncio.Queue()
+        failed = collections.Counter()
+        bob_replies = []
+
+        def bob_got(messages, at):
+            for message in messages:
+                got["bob"].append(message)
+                pong = envelope(f"pong{message['type'][4:]}", 60)
+                bob_replies.append(bob_sends.request(bob.send_request("alice", pong)))
+
+        def alice_got(messages, at):
+            got["alice"] += messages
+            for message in messages:
+                pongs.put_nowait(message)
+
+        receivers = [Receiver(await connect(server.port), alice, alice_got, failed),
+                     Receiver(await connect(server.port), bob, bob_got, failed)]
+        tasks = [asyncio.create_task(r.run()) for r in receivers]
+        for i in range(30):
+            await call(alice_sends, alice.send_request("bob", envelope(f"ping{i}", 60)), 30, (202,))
+            assert (await asyncio.wait_for(pongs.get(), 30))["type"] == f"pong{i}"
+            assert (await asyncio.wait_for(bob_replies[i], 30)).status == 202  # answered before the next
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert [m["type"] for m in got["bob"]] == [f"ping{i}" for i in range(30)]
+        assert [m["type"] for m in got["alice"]] == [f"pong{i}" for i in range(30)]
+        assert [m["seq"] for m in got["alice"]] == list(range(got["alice"][0]["seq"], got["alice"][0]["seq"] + 30))
+        assert all(r.opens >= 30 // 4 for r in receivers) and not failed  # the stream ended at 4 and reopened
+        for conn in [alice_sends, bob_sends] + [r.conn for r in receivers]:
+            conn.close()
+
+    try:
+        run(scenario)
+    finally:
+        server.stop()
