@@ -178,12 +178,15 @@ class Conn(asyncio.Protocol):
         """A piece of an open stream: its events to `on_events`; at the body's end, the stream's Reply."""
         at = time.perf_counter()
         try:
-            body = self.chunked.feed(data)
-            events = self.sse.feed(body)
+            events = self.sse.feed(self.chunked.feed(data))
         except (BenchError, ValueError) as exc:
             self._fail(BenchError(f"a stream broke its framing: {exc}"))
             return
-        self.on_events(events, at)
+        try:
+            self.on_events(events, at)
+        except BenchError as exc:  # e.g. an event out of order: the stream's reader fails with it
+            self._fail(exc)
+            return
         if self.chunked.done:
             self.buf += self.chunked.rest
             self.chunked = self.on_events = None

@@ -515,7 +515,8 @@ class Inbox:
 
     def __init__(self, conn: Conn, peer: Peer, failed: collections.Counter):
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.task = asyncio.ensure_future(Receiver(conn, peer, self._got, failed).run())
+        self.receiver = Receiver(conn, peer, self._got, failed)
+        self.task = asyncio.ensure_future(self.receiver.run())
 
     def _got(self, messages: list[dict], at: float) -> None:
         for message in messages:

@@ -15,9 +15,9 @@ import pytest
 
 from bench import report
 from bench.__main__ import SERVER_ENV
-from bench.client import BenchError, Chunked, Event, Outbox, Peer, Receiver, SseReader, call, connect, envelope
+from bench.client import BenchError, Chunked, Event, Outbox, Peer, SseReader, call, connect, envelope
 from bench.procs import FloorServer, Setup
-from bench.scenarios import CallSetups, Floor, Throughput
+from bench.scenarios import CallSetups, Floor, Inbox, Throughput
 from tests.support.servers import LiveServer
 
 pytestmark = pytest.mark.live
@@ -164,37 +164,25 @@ def test_a_streaming_ping_pong_delivers_every_envelope_once_and_in_order_across_
         (alice, alice_sends), (bob, bob_sends) = await joined(server.port, "r1", "alice", "bob")
         for peer, conn in ((alice, alice_sends), (bob, bob_sends)):  # past the peer-joined events
             peer.polled(await call(conn, peer.poll_request(0), 30))
-        got = {"alice": [], "bob": []}
-        pongs: asyncio.Queue = asyncio.Queue()
         failed = collections.Counter()
-        bob_replies = []
-
-        def bob_got(messages, at):
-            for message in messages:
-                got["bob"].append(message)
-                pong = envelope(f"pong{message['type'][4:]}", 60)
-                bob_replies.append(bob_sends.request(bob.send_request("alice", pong)))
-
-        def alice_got(messages, at):
-            got["alice"] += messages
-            for message in messages:
-                pongs.put_nowait(message)
-
-        receivers = [Receiver(await connect(server.port), alice, alice_got, failed),
-                     Receiver(await connect(server.port), bob, bob_got, failed)]
-        tasks = [asyncio.create_task(r.run()) for r in receivers]
+        inboxes = [Inbox(await connect(server.port), peer, failed) for peer in (alice, bob)]
+        got = {"alice": [], "bob": []}
         for i in range(30):
             await call(alice_sends, alice.send_request("bob", envelope(f"ping{i}", 60)), 30, (202,))
-            assert (await asyncio.wait_for(pongs.get(), 30))["type"] == f"pong{i}"
-            assert (await asyncio.wait_for(bob_replies[i], 30)).status == 202  # answered before the next
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            got["bob"].append((await inboxes[1].get(30))[0])  # raises what the stream's reader raised
+            await call(bob_sends, bob.send_request("alice", envelope(f"pong{i}", 60)), 30, (202,))
+            got["alice"].append((await inboxes[0].get(30))[0])
         assert [m["type"] for m in got["bob"]] == [f"ping{i}" for i in range(30)]
         assert [m["type"] for m in got["alice"]] == [f"pong{i}" for i in range(30)]
-        assert [m["seq"] for m in got["alice"]] == list(range(got["alice"][0]["seq"], got["alice"][0]["seq"] + 30))
-        assert all(r.opens >= 30 // 4 for r in receivers) and not failed  # the stream ended at 4 and reopened
-        for conn in [alice_sends, bob_sends] + [r.conn for r in receivers]:
+        first = got["alice"][0]["seq"]
+        assert [m["seq"] for m in got["alice"]] == list(range(first, first + 30))
+        assert all(inbox.queue.empty() for inbox in inboxes)  # nothing more, nothing twice
+        assert all(inbox.receiver.opens >= 30 // 4 for inbox in inboxes)  # each stream ended at 4 and reopened
+        assert not failed
+        for inbox in inboxes:
+            inbox.close()
+            inbox.receiver.conn.close()
+        for conn in (alice_sends, bob_sends):
             conn.close()
 
     try:
