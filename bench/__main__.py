@@ -394,7 +394,7 @@ class Bench:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small run (< 90 s) for smoke tests")
+    parser.add_argument("--quick", action="store_true", help="a small run (a few minutes) for smoke tests")
     parser.add_argument("--write", metavar="PATH", help="write the results to this Markdown file")
     parser.add_argument("--setups", default=",".join(f"{s.backend}-{s.workers}" for s in SETUPS),
                         help="comma-separated BACKEND-WORKERS (default: %(default)s)")

@@ -342,8 +342,8 @@ table; `make bench WRITE=docs/benchmarks.md` rewrites this file (keeping its
   ones join. Access logging stays on (to a file), as `gunicorn.conf.py` sets it.
 {plan_text}
 - RSS is that of the worker process(es) (`/proc/<pid>/statm`), minus their RSS just
-  after start, divided by the number of held polls: everything a worker keeps for a
-  client (connection, greenlet, request, and for the memory backend the peer state).
+  after start, divided by the number of held polls (or streams): everything a worker keeps
+  for a client (connection, greenlet, request, and for the memory backend the peer state).
 - CPU % is the share of one core used during the measured window (`/proc/<pid>/stat`):
   server (all workers), redis-server, the load process, and "other": the rest of the
   machine on both CPUs, kernel included. Other work on this 2-core machine slows the

@@ -17,7 +17,7 @@ from bench import report
 from bench.__main__ import SERVER_ENV
 from bench.client import BenchError, Chunked, Event, Outbox, Peer, SseReader, call, connect, envelope
 from bench.procs import FloorServer, Setup
-from bench.scenarios import CallSetups, Floor, Inbox, Throughput
+from bench.scenarios import CallSetups, Floor, HeldStep, Idle, Inbox, Sends, Throughput
 from tests.support.servers import LiveServer
 
 pytestmark = pytest.mark.live
@@ -189,3 +189,22 @@ def test_a_streaming_ping_pong_delivers_every_envelope_once_and_in_order_across_
         run(scenario)
     finally:
         server.stop()
+
+
+def test_the_stream_rows_are_ratios_within_the_run_and_a_delivery_less_its_send():
+    cpu = {"server": 1.0, "load": 0.1, "other": 0.0}
+    floor = Floor(connections=32, seconds=1.0, requests=4_000, cpu=cpu, held=1_000, rss_per_held_kib=10.0)
+    polled = Throughput(pairs=32, seconds=1.0, delivered=1_000, sent=1_000, sends=1_000, refused=0, polls=1_000,
+                        cpu=cpu, failed={})
+    streamed = Throughput(pairs=32, seconds=1.0, delivered=2_000, sent=2_000, sends=2_000, refused=0, polls=3,
+                          cpu=cpu, failed={}, receive="stream")  # 500 µs per envelope, its send included
+    sends = Sends(pairs=32, seconds=1.0, sends=4_000, cpu={"server": 1.2}, failed={})  # 300 µs per send
+    held = HeldStep(1_000, 1_000, 1_000, 0.1, rss_kib=12_000 + 1_000, baseline_kib=1_000, healthz_held=1_000,
+                    redis_clients=None, failed={}, idle=Idle(15, {"server": 0.004}, heartbeats=1_000))
+    results = {Setup("redis", 1): {"throughput": [polled], "throughput_stream": [streamed], "sends": [sends],
+                                   "streams": [held], "errors": []}}
+    text = report.table(results, report.rows((1_000,), (1,), (32,), (1,), floor, idle_clients=1_000), floor)
+    assert "2,000 (2.00× polling)" in text
+    assert "300 µs (1.2× floor) / 200 µs (0.8× floor)" in text  # (1 s − 2,000 × 300 µs) / 2,000
+    assert "12.0 KiB (1.2× floor)" in text  # RSS per held stream, as a multiple of the held request's
+    assert "0.4 % over 15 s (1,000 heartbeats read)" in text and "a quick run's count" in text
