@@ -31,7 +31,7 @@ test: $(VENV)/.dev  ## run every test: contract on both backends, live server, b
 	$(BIN)/python -m pytest
 	@if [ -d tests/js ]; then node --test --test-timeout=60000 tests/js/; fi
 
-bench: $(VENV)/.dev  ## benchmark the floor, held polls, ping-pong, throughput (two clients), call set-ups (QUICK=1: < 90 s; WRITE=docs/benchmarks.md)
+bench: $(VENV)/.dev  ## benchmark the floor, held polls and streams, ping-pong and throughput (polling and streaming), call set-ups (QUICK=1: a few minutes; WRITE=docs/benchmarks.md)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(if $(WRITE),--write $(WRITE)) $(BENCH_ARGS)
 
 lint: $(VENV)/.dev  ## ruff

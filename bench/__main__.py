@@ -32,6 +32,7 @@ from .procs import (
     wait_for_quiet,
     working_tree,
 )
+from .scenarios import cpu_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,8 @@ class Plan:
     setup_seconds: float
     warmup: float
     floor_seconds: float
+    idle_clients: int  # held polls and open streams whose idle CPU is measured (one of held_steps)
+    idle_seconds: float
     floor_connections: int = 32
     pingpong_bytes: int = 2048
     throughput_bytes: int = 256
@@ -60,6 +63,8 @@ class Plan:
         pingpong = ", ".join(f"{n:,}" for n in self.pingpong_pairs)
         throughput = ", ".join(f"{n:,}" for n in self.throughput_pairs)
         setups = ", ".join(f"{n:,}" for n in self.setup_calls)
+        idle = f"{self.idle_clients:,}" + (" (a quick run; the full run has 10,000)" if self.idle_clients < 10_000
+                                           else "")
         return f"""- Floor: `bench/floor.py`, a bare WSGI app answering 12 bytes, on gunicorn with the service's
   worker settings (one gevent worker, the same `worker_connections` and keep-alive, pinned to the
   same CPU; no access log, no hooks). {self.floor_connections} connections send requests back to back for
@@ -79,10 +84,30 @@ class Plan:
   after the server's `Retry-After` plus up to half again (at most 10 s), else after a back-off of 0.5 s
   doubling to 10 s with equal jitter; every such 503 is counted (so in ping-pong and
   throughput).
+- Held streams (protocol 1.2): the same steps and rooms on a fresh server (also with
+  `STREAM_MAX=3600`, so no stream ends of age during the run; `STREAM_HEARTBEAT` stays 15 s),
+  each client holding a stream (`Accept: text/event-stream`) instead of a poll: streams are
+  opened in batches, each once every stream of the last has its first line (`retry:`); with
+  the worker idle, RSS is read, and "RSS per held stream" is also given as a multiple of the
+  held-request floor. Then one envelope for each client as above, counted when its stream
+  brings it.
+- Idle: at {idle} clients, before that step's envelopes go out, the server's CPU is measured
+  for {self.idle_seconds:g} s with nothing sent, as a share of one core: once with every client holding a poll
+  (held polls) and once with every client holding a stream, whose heartbeats (a comment line
+  every 15 s) are the only thing written; the heartbeats the clients read meanwhile are counted.
+- The bench's stream client (`bench/client.py`: `Chunked`, `SseReader`, `Receiver`) reads the
+  stream as it arrives on its raw connection: it undoes the chunked transfer encoding, cuts the
+  events (stamping each piece with its arrival time), checks every event's id comes after the
+  last, and when the server ends the stream cleanly opens the next at once on the same
+  connection with `Last-Event-ID` (the last id seen, which acknowledges everything up to it),
+  as a 1.2 client does; a `503` is retried after the back-off above.
 - Ping-pong: {pingpong} pairs, fresh pairs each time, {self.warmup:g} s warm-up then
   {self.pingpong_seconds:g} s measured. A sends a {self.pingpong_bytes:,}-byte body to B; B's held poll returns, B
   polls again and sends it back; the round trip is timed from A starting its send to the
   last byte of A's poll answer. Each peer uses one connection for polls, one for sends.
+  At each pair count, on the same server right after, the same with streaming receive: each
+  peer keeps a stream open on its receive connection, B sends the pong as soon as the ping's
+  event is read, and the round trip ends with the piece of A's stream that completes the pong.
 - Throughput: {throughput} sender/receiver pairs, fresh each time; each sender sends
   {self.throughput_bytes}-byte bodies to its receiver back to back, each receiver long-polls with `after`
   (acks) and `limit=100`. Counted: distinct seqs in the poll answers that arrived within
@@ -92,7 +117,18 @@ class Plan:
   each sender keeps {self.batch_window} envelopes sent and not yet received (peer-bench's window), with one send
   request in flight, what is sent meanwhile going as one batch `{{"messages": [...]}}` (up to 100;
   a lone envelope as a plain send) when it ends, each request with an `Idempotency-Key`; the
-  receivers poll with the cursor in `Last-Event-ID`.
+  receivers poll with the cursor in `Last-Event-ID`. Then, on the same server, both clients
+  again with streaming receive (each receiver keeps a stream open, reopened at once when the
+  server ends it, e.g. at half a mailbox unacknowledged; an envelope counts when the piece of
+  the stream that completes it arrives), so each "streaming / polling" ratio is within one run.
+  Then sends alone, to tell a stream's delivery from its send: the same senders, one envelope
+  per request, to receivers that do not read, each sender stopping at 900 sends (below
+  `MAILBOX_LIMIT`, so none is refused), for the same window or until every sender stopped;
+  server CPU per send. Server CPU per delivered envelope is the server's CPU in the window
+  over the envelopes delivered in it (a send and a delivery each); a stream's delivery alone
+  is that, with one envelope per request, less its run's sends (and 429s) at the sends-alone
+  CPU per send, over the envelopes delivered: a subtraction of two measurements, so noisy,
+  and it includes the streams' reopening. Both as multiples of the floor.
 - Call set-ups: {setups} calls at a time for {self.setup_seconds:g} s after a {self.warmup:g} s warm-up (longer, up to
   60 s more, until at least as many calls have completed in the window as run at a time), each call in a
   fresh room, as two pages with `static/signaling.js` (1.1, batching as above) make it: the caller
@@ -109,15 +145,18 @@ FULL = Plan(
     pingpong_pairs=(1, 10, 100, 1_000), pingpong_seconds=5,
     throughput_pairs=(16, 64, 256), throughput_seconds=10,
     setup_calls=(1, 10, 100), setup_seconds=5, warmup=1, floor_seconds=5,
+    idle_clients=10_000, idle_seconds=30,
 )
 QUICK = Plan(
-    held_steps=(200, 500), room_size=50,
+    held_steps=(200, 1_000), room_size=50,
     pingpong_pairs=(1, 10), pingpong_seconds=1,
     throughput_pairs=(32,), throughput_seconds=1.5,
     setup_calls=(1, 10), setup_seconds=1, warmup=0.3, floor_seconds=1.5,
+    idle_clients=1_000, idle_seconds=15,
 )
-#: "floor" runs once, before the setups; the others once per setup ("throughput": both clients)
-PARTS = ("floor", "held", "pingpong", "throughput", "setups")
+#: "floor" runs once, before the setups; the others once per setup ("pingpong", "throughput": every
+#: client, polling and streaming)
+PARTS = ("floor", "held", "streams", "pingpong", "throughput", "setups")
 
 #: room for every held poll in one worker; the per-IP abuse limits off, as every client here is 127.0.0.1
 SERVER_ENV = {
@@ -125,6 +164,8 @@ SERVER_ENV = {
     "JOINS_PER_IP_PER_MINUTE": "0", "SENDS_PER_PEER_PER_SECOND": "0", "PEERS_PER_IP": "0", "ROOMS_PER_IP": "0",
 }
 HELD_ENV = {"POLL_WAIT": str(scenarios.HELD_POLL_WAIT), "PEER_TTL": "300"}
+#: streams live through the whole held-streams run; heartbeats stay at the default 15 s
+STREAMS_ENV = dict(HELD_ENV, STREAM_MAX="3600", STREAM_HEARTBEAT="15")
 POLL_WAIT = 25  # the server default, used by ping-pong and throughput
 
 
@@ -138,10 +179,6 @@ class Client(NamedTuple):
 
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def cpu_text(shares: dict[str, float]) -> str:
-    return "CPU " + ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
 
 
 class Bench:
@@ -209,10 +246,17 @@ class Bench:
         def held() -> dict[str, list]:
             log(f"== {setup.name}: held polls")
             with self.server(setup, HELD_ENV) as server:
-                return {"held": asyncio.run(
-                    scenarios.held_polls(server, redis, list(plan.held_steps), plan.room_size, log))}
+                return {"held": asyncio.run(scenarios.held_polls(
+                    server, redis, list(plan.held_steps), plan.room_size, log, plan.idle_clients, plan.idle_seconds))}
 
-        parts = {"held": held, "pingpong": lambda: self.ping_pong(setup, redis, slug, result["errors"]),
+        def streams() -> dict[str, list]:
+            log(f"== {setup.name}: held streams")
+            with self.server(setup, STREAMS_ENV) as server:
+                return {"streams": asyncio.run(scenarios.held_streams(
+                    server, redis, list(plan.held_steps), plan.room_size, log, plan.idle_clients, plan.idle_seconds))}
+
+        parts = {"held": held, "streams": streams,
+                 "pingpong": lambda: self.ping_pong(setup, redis, slug, result["errors"]),
                  "throughput": lambda: self.throughput(setup, redis, slug, result["errors"]),
                  "setups": lambda: self.call_setups(setup, redis, slug, result["errors"])}
         for part in self.args.parts:
@@ -254,37 +298,59 @@ class Bench:
         return runs
 
     def ping_pong(self, setup: Setup, redis: PinnedRedis | None, slug: str, errors: list[str]) -> dict[str, list]:
+        """Polling and streaming receive on one server, one after the other at each pair count."""
         plan = self.plan
-        return self.series(setup, slug, "ping-pong", plan.pingpong_pairs, {"pingpong": Client(
-            "",
-            lambda server, pairs: scenarios.ping_pong(
-                server, redis, pairs, plan.pingpong_seconds, plan.warmup, plan.pingpong_bytes, POLL_WAIT,
-                tag=str(pairs),
-            ),
-            lambda run: f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, {run.samples} round trips,"
-                        f" {cpu_text(run.cpu)}, retried: {run.failed or 'none'}",
-        )}, errors)
+
+        def client(label: str, receive: str) -> Client:
+            return Client(
+                label,
+                lambda server, pairs: scenarios.ping_pong(
+                    server, redis, pairs, plan.pingpong_seconds, plan.warmup, plan.pingpong_bytes, POLL_WAIT,
+                    tag=str(pairs), receive=receive,
+                ),
+                lambda run: f"p50 {run.p50_ms:.2f} ms, p99 {run.p99_ms:.2f} ms, {run.samples} round trips,"
+                            f" {cpu_text(run.cpu)}, retried: {run.failed or 'none'}",
+            )
+
+        return self.series(setup, slug, "ping-pong", plan.pingpong_pairs, {
+            "pingpong": client("polling", "poll"),
+            "pingpong_stream": client("streaming", "stream"),
+        }, errors)
 
     def throughput(self, setup: Setup, redis: PinnedRedis | None, slug: str, errors: list[str]) -> dict[str, list]:
         """Both clients on one server, one after the other at each pair count."""
         plan = self.plan
 
-        def client(label: str, window: int | None) -> Client:
+        def client(label: str, window: int | None, receive: str = "poll") -> Client:
+            answers = "poll answers/s" if receive == "poll" else "streams opened/s"
             return Client(
                 label,
                 lambda server, pairs: scenarios.throughput(
                     server, redis, pairs, plan.throughput_seconds, plan.warmup, plan.throughput_bytes, POLL_WAIT,
-                    tag=f"{pairs}{'b' if window else ''}", window=window,
+                    tag=f"{pairs}{'b' if window else ''}", window=window, receive=receive,
                 ),
                 lambda run: f"{run.per_second:,.0f} delivered/s, {run.sent / run.seconds:,.0f} sent/s in"
-                            f" {run.sends / run.seconds:,.0f} sends/s, {run.polls / run.seconds:,.0f} poll answers/s,"
-                            f" {run.server_us_per_request:,.0f} µs server CPU per request{self.floor_text(run)},"
+                            f" {run.sends / run.seconds:,.0f} sends/s, {run.polls / run.seconds:,.0f} {answers},"
+                            f" {run.server_us_per_request:,.0f} µs server CPU per request"
+                            f"{self.floor_text(run.server_us_per_request)}, {run.server_us_per_envelope:,.0f} µs per"
+                            f" envelope delivered{self.floor_text(run.server_us_per_envelope)},"
                             f" {run.refused} refused, {cpu_text(run.cpu)}, retried: {run.failed or 'none'}",
             )
 
+        sends = Client(
+            "sends alone",
+            lambda server, pairs: scenarios.sends_only(server, redis, pairs, plan.throughput_seconds, plan.warmup,
+                                                       plan.throughput_bytes, tag=str(pairs)),
+            lambda run: f"{run.per_second:,.0f} sends/s in {run.seconds:.1f} s, {run.server_us_per_send:,.0f} µs"
+                        f" server CPU per send{self.floor_text(run.server_us_per_send)}, {cpu_text(run.cpu)},"
+                        f" retried: {run.failed or 'none'}",
+        )
         return self.series(setup, slug, "throughput", plan.throughput_pairs, {
-            "throughput": client("one envelope per request", None),
-            "batched": client("batching client", plan.batch_window),
+            "throughput": client("one envelope per request, polling", None),
+            "batched": client("batching client, polling", plan.batch_window),
+            "throughput_stream": client("one envelope per request, streaming", None, "stream"),
+            "batched_stream": client("batching client, streaming", plan.batch_window, "stream"),
+            "sends": sends,
         }, errors)
 
     def call_setups(self, setup: Setup, redis: PinnedRedis | None, slug: str, errors: list[str]) -> dict[str, list]:
@@ -297,7 +363,7 @@ class Bench:
             ),
             lambda run: f"{run.per_second:,.1f} set-ups/s, p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms,"
                         f" {run.requests_per_setup:.1f} requests per set-up, {run.server_us_per_request:,.0f} µs"
-                        f" server CPU per request{self.floor_text(run)}, {cpu_text(run.cpu)},"
+                        f" server CPU per request{self.floor_text(run.server_us_per_request)}, {cpu_text(run.cpu)},"
                         f" retried: {run.failed or 'none'}",
         )}, errors, noun="calls")
 
@@ -319,16 +385,16 @@ class Bench:
         self.floor_run = run
         return run
 
-    def floor_text(self, run) -> str:
-        """", 2.9× floor" when the floor was measured."""
+    def floor_text(self, us: float) -> str:
+        """" (2.9× floor)" for `us` µs of server CPU, when the floor was measured."""
         if self.floor_run is None or not self.floor_run.server_us_per_request:
             return ""
-        return f" ({run.server_us_per_request / self.floor_run.server_us_per_request:.1f}× floor)"
+        return f" ({us / self.floor_run.server_us_per_request:.1f}× floor)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a small run (< 90 s) for smoke tests")
+    parser.add_argument("--quick", action="store_true", help="a small run (a few minutes) for smoke tests")
     parser.add_argument("--write", metavar="PATH", help="write the results to this Markdown file")
     parser.add_argument("--setups", default=",".join(f"{s.backend}-{s.workers}" for s in SETUPS),
                         help="comma-separated BACKEND-WORKERS (default: %(default)s)")
@@ -408,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
 
     elapsed = time.monotonic() - started
     text = report.table(results, report.rows(plan.held_steps, plan.pingpong_pairs, plan.throughput_pairs,
-                                             plan.setup_calls, bench.floor_run), bench.floor_run, errors)
+                                             plan.setup_calls, bench.floor_run, plan.idle_clients),
+                        bench.floor_run, errors)
     print(text)
     log(f"bench: done in {elapsed:.0f} s ({bench.waited:.0f} s of it waiting for other processes to go quiet)")
     if args.write:

@@ -2,9 +2,12 @@
 
 A connection costs a socket, a transport and this small object, so 15,000 of
 them fit in one process. Requests are prebuilt bytes; responses are parsed by
-Content-Length only (what gunicorn sends for this API) and stamped with the
-`perf_counter` time their last byte arrived. `Outbox` sends as static/signaling.js
-does under protocol 1.1: batched, one request in flight per recipient.
+Content-Length (what gunicorn sends for this API's JSON) and stamped with the
+`perf_counter` time their last byte arrived. A stream (protocol 1.2, Server-Sent
+Events in chunked transfer encoding) is read as it comes: `Chunked` undoes the
+framing, `SseReader` cuts the events, `Receiver` keeps one peer's stream open.
+`Outbox` sends as static/signaling.js does under protocol 1.1: batched, one
+request in flight per recipient.
 """
 
 from __future__ import annotations
@@ -32,14 +35,128 @@ class Reply(NamedTuple):
         return json.loads(self.body)
 
 
+class Event(NamedTuple):
+    """One Server-Sent Event: its `data` lines joined, and the last event id set when it was dispatched."""
+
+    id: str | None
+    data: str
+
+
+class SseReader:
+    """Cuts Server-Sent Events out of a body that arrives in pieces split anywhere (HTML's
+    "event stream interpretation": lines end in CR LF, LF or CR; a blank line dispatches)."""
+
+    __slots__ = ("_line", "_data", "last_id", "retry_ms", "comments")
+
+    def __init__(self) -> None:
+        self._line = bytearray()  # the unfinished line
+        self._data: list[str] = []
+        self.last_id: str | None = None
+        self.retry_ms: int | None = None
+        self.comments = 0  # comment lines seen: the server's heartbeats
+
+    def feed(self, data: bytes) -> list[Event]:
+        """The events these bytes complete, in order."""
+        buf = self._line
+        buf += data
+        out: list[Event] = []
+        start = 0
+        while True:
+            cr, lf = buf.find(b"\r", start), buf.find(b"\n", start)
+            end = lf if cr < 0 else cr if lf < 0 else min(cr, lf)
+            if end < 0:
+                break
+            if buf[end] == 13:  # CR: with an LF after it, one line end; at the end, wait to see
+                if end + 1 == len(buf):
+                    break
+                after = end + 2 if buf[end + 1] == 10 else end + 1
+            else:
+                after = end + 1
+            self._line_done(bytes(buf[start:end]).decode(), out)
+            start = after
+        del buf[:start]
+        return out
+
+    def _line_done(self, line: str, out: list[Event]) -> None:
+        if not line:
+            if self._data:
+                out.append(Event(self.last_id, "\n".join(self._data)))
+                self._data = []
+            return
+        if line[0] == ":":
+            self.comments += 1
+            return
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "id" and "\0" not in value:
+            self.last_id = value
+        elif name == "retry" and value.isdigit():
+            self.retry_ms = int(value)
+
+
+class Chunked:
+    """Undoes chunked transfer encoding (RFC 9112 7.1) of a body arriving in pieces split anywhere:
+    `feed` returns the body's bytes so far; `done` once the last chunk (and trailers) are in, and
+    `rest` then holds what came after them (the next response's bytes)."""
+
+    __slots__ = ("_buf", "_left", "_state", "done", "rest")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._left = 0  # bytes of the current chunk's data still to come
+        self._state = "size"  # size line, data, the CRLF after data, trailer lines
+        self.done = False
+        self.rest = b""
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._buf
+        buf += data
+        body = bytearray()
+        while not self.done:
+            if self._state == "data":
+                take = min(self._left, len(buf))
+                body += buf[:take]
+                del buf[:take]
+                self._left -= take
+                if self._left:
+                    break
+                self._state = "crlf"
+                continue
+            if self._state == "crlf":
+                if len(buf) < 2:
+                    break
+                if buf[:2] != b"\r\n":
+                    raise BenchError(f"chunked body: {bytes(buf[:40])!r} where a chunk's CRLF belongs")
+                del buf[:2]
+                self._state = "size"
+                continue
+            end = buf.find(b"\r\n")
+            if end < 0:
+                break
+            line = bytes(buf[:end])
+            del buf[:end + 2]
+            if self._state == "size":
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                self._left, self._state = size, "data" if size else "trailer"
+            elif not line:  # trailer: an empty line ends the body
+                self.done, self.rest = True, bytes(buf)
+                buf.clear()
+        return bytes(body)
+
+
 class Conn(asyncio.Protocol):
-    """One keep-alive connection; `request` returns a future of the `Reply`."""
+    """One keep-alive connection; `request` returns a future of the `Reply`, `stream` reads a stream."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiter: asyncio.Future | None = None
         self.lost = False
+        self.on_events: Callable[[list[Event], float], None] | None = None  # a stream's reader, set by `stream`
+        self.chunked: Chunked | None = None  # the body of the stream being read
+        self.sse: SseReader | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -50,9 +167,37 @@ class Conn(asyncio.Protocol):
             self.waiter.set_exception(BenchError(f"server closed the connection ({exc or 'EOF'})"))
 
     def data_received(self, data: bytes) -> None:
+        if self.chunked is not None:
+            self._streamed(data)
+            return
         self.buf += data
         if self.waiter is not None:
             self._parse()
+
+    def _streamed(self, data: bytes) -> None:
+        """A piece of an open stream: its events to `on_events`; at the body's end, the stream's Reply."""
+        at = time.perf_counter()
+        try:
+            events = self.sse.feed(self.chunked.feed(data))
+        except (BenchError, ValueError) as exc:
+            self._fail(BenchError(f"a stream broke its framing: {exc}"))
+            return
+        try:
+            self.on_events(events, at)
+        except BenchError as exc:  # e.g. an event out of order: the stream's reader fails with it
+            self._fail(exc)
+            return
+        if self.chunked.done:
+            self.buf += self.chunked.rest
+            self.chunked = self.on_events = None
+            waiter, self.waiter = self.waiter, None
+            if not waiter.done():
+                waiter.set_result(Reply(200, b"", at))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        self.close()
 
     def _parse(self) -> None:
         buf = self.buf
@@ -64,8 +209,15 @@ class Conn(asyncio.Protocol):
         if at >= 0:
             stop = head.find(b"\r\n", at + 2)
             length = int(head[at + 17:stop if stop >= 0 else len(head)])
-        elif b"\r\ntransfer-encoding:" in head:
-            raise BenchError("chunked responses are not supported by the bench client")
+        elif b"\r\ntransfer-encoding: chunked" in head:
+            if self.on_events is None or b"\r\ncontent-type: text/event-stream" not in head:
+                self._fail(BenchError(f"a chunked answer that is not an awaited stream: {head[:200]!r}"))
+                return
+            rest = bytes(buf[end + 4:])
+            del buf[:]
+            self.chunked, self.sse = Chunked(), SseReader()
+            self._streamed(rest)
+            return
         else:
             length = 0
         total = end + 4 + length
@@ -78,6 +230,7 @@ class Conn(asyncio.Protocol):
             retry_after = float(head[at + 14:stop if stop >= 0 else len(head)])
         reply = Reply(int(head[9:12]), bytes(buf[end + 4:total]), time.perf_counter(), retry_after)
         del buf[:total]
+        self.on_events = None  # a stream request answered without a stream
         waiter, self.waiter = self.waiter, None
         if not waiter.done():
             waiter.set_result(reply)
@@ -91,6 +244,15 @@ class Conn(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return self.waiter
+
+    def stream(self, data: bytes, on_events: Callable[[list[Event], float], None]) -> asyncio.Future:
+        """Write one prebuilt stream request. Once the server answers with a stream, `on_events(events, at)`
+        gets the events each piece of it completes (maybe none: the first line, a heartbeat), stamped with
+        the `perf_counter` time the piece arrived; the future gets a Reply(200, b"") when the stream ends
+        cleanly, or the answer when the server refuses (a JSON error, or a poll's JSON from a server that
+        does not stream)."""
+        self.on_events = on_events
+        return self.request(data)
 
     def close(self) -> None:
         """Close; a request still waiting is cancelled, not failed."""
@@ -133,9 +295,11 @@ async def within(future, timeout: float, what: str):
 
 
 def build(method: str, path: str, token: str | None = None, body: bytes | None = None, key: str | None = None,
-          last_event_id: int | None = None) -> bytes:
+          last_event_id: int | None = None, accept: str | None = None) -> bytes:
     """The bytes of one request (`key`: an Idempotency-Key; `last_event_id`: a poll's cursor as a header)."""
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if accept is not None:
+        head += f"Accept: {accept}\r\n"
     if token is not None:
         head += f"Authorization: Bearer {token}\r\n"
     if key is not None:
@@ -182,6 +346,24 @@ class Peer:
             raise BenchError(f"a poll with Last-Event-ID: {self.cursor} was answered seq {messages[0]['seq']}:"
                              " the server ignores the header (a protocol 1.0 server? 1.1 reads the cursor there)")
         self.cursor = answer["cursor"]
+        return messages
+
+    def stream_request(self) -> bytes:
+        """A stream from the cursor (always as `Last-Event-ID`, as a 1.2 client reconnects): acknowledges
+        what came before it."""
+        return build("GET", f"/rooms/{self.room}/peers/{self.id}/messages", self.token,
+                     last_event_id=self.cursor, accept="text/event-stream")
+
+    def streamed(self, events: list[Event]) -> list[dict]:
+        """Advance the cursor past a stream's events; their envelopes. Each must come after the last."""
+        messages = []
+        for event in events:
+            message = json.loads(event.data)
+            if message["seq"] <= self.cursor or event.id != str(message["seq"]):
+                raise BenchError(f"a stream from Last-Event-ID {self.cursor} brought id {event.id}, seq"
+                                 f" {message['seq']}: out of order or delivered twice")
+            self.cursor = message["seq"]
+            messages.append(message)
         return messages
 
     def send_request(self, to: str, body: bytes, key: str | None = None) -> bytes:
@@ -243,6 +425,60 @@ def backoff(failures: int, reply: Reply) -> float:
         return min(reply.retry_after * (1 + random.random() / 2), 10.0)
     step = min(10.0, 0.5 * 2 ** failures)
     return step / 2 + random.random() * step / 2
+
+
+class Receiver:
+    """One peer's streaming receive (protocol 1.2), as a 1.2 client keeps it: a stream open on one
+    connection; after a clean end, at once another on the same connection with `Last-Event-ID` (the
+    last id seen, which acknowledges everything up to it); after a 503, the same after a back-off (each
+    counted in `failed`). `on_envelopes(envelopes, at)` gets each piece's envelopes, in order, each
+    once. `run` goes on until cancelled; anything else (a refusal, a JSON answer from a server that
+    does not stream, a closed connection) fails it.
+    """
+
+    __slots__ = ("conn", "peer", "on_envelopes", "failed", "opens", "open", "_ended_heartbeats", "_sse")
+
+    def __init__(self, conn: Conn, peer: Peer, on_envelopes: Callable[[list[dict], float], None],
+                 failed: collections.Counter):
+        self.conn, self.peer, self.on_envelopes, self.failed = conn, peer, on_envelopes, failed
+        self.opens = 0  # stream requests made
+        self.open = False  # the current stream's first line has arrived and it has not ended
+        self._ended_heartbeats = 0
+        self._sse: SseReader | None = None  # the current stream's reader
+
+    @property
+    def heartbeats(self) -> int:
+        """Comment lines read, over every stream so far."""
+        return self._ended_heartbeats + (self._sse.comments if self._sse is not None else 0)
+
+    def _events(self, events: list[Event], at: float) -> None:
+        self.open, self._sse = True, self.conn.sse
+        if events:
+            self.on_envelopes(self.peer.streamed(events), at)
+
+    async def run(self) -> None:
+        errors = 0
+        for _ in range(1_000_000):
+            self.opens += 1
+            try:
+                reply = await self.conn.stream(self.peer.stream_request(), self._events)
+            finally:
+                self.open = False
+                if self._sse is not None:
+                    self._ended_heartbeats += self._sse.comments
+                    self._sse = None
+            if reply.status == 200 and not reply.body:
+                errors = 0
+                continue
+            if reply.status == 200:
+                raise BenchError("a stream request was answered with a poll's JSON: the server does not stream"
+                                 " (a protocol 1.1 server?)")
+            if reply.status != 503:
+                raise BenchError(f"a stream was refused with HTTP {reply.status}: {reply.body[:300]!r}")
+            self.failed["stream 503"] += 1
+            await asyncio.sleep(backoff(errors, reply))
+            errors += 1
+        raise BenchError("a stream was opened a million times")
 
 
 class Outbox:

@@ -7,13 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .procs import Setup
-from .scenarios import CallSetups, Floor, HeldStep, PingPong, Throughput
+from .scenarios import CallSetups, Floor, HeldStep, PingPong, Sends, Throughput
 
 #: the setup the targets are for: one gevent worker pinned to one core, Redis backend
 TARGET_SETUP = Setup("redis", 1)
 
-#: setup -> {"held": [HeldStep], "pingpong": [PingPong], "throughput": [Throughput], "batched": [Throughput],
-#:           "setups": [CallSetups], "errors": [str]}
+#: setup -> {"held": [HeldStep], "streams": [HeldStep], "pingpong": [PingPong], "pingpong_stream": [PingPong],
+#:           "throughput": [Throughput], "batched": [Throughput], "throughput_stream": [Throughput],
+#:           "batched_stream": [Throughput], "sends": [Sends], "setups": [CallSetups], "errors": [str]}
 Results = dict[Setup, dict[str, list]]
 
 
@@ -33,12 +34,40 @@ class Row:
         return "met" if self.test(value) else "**missed**"
 
 
-def _held(result: dict, clients: int) -> HeldStep | None:
-    return next((s for s in result.get("held", []) if s.clients == clients), None)
+def _held(result: dict, clients: int, part: str = "held") -> HeldStep | None:
+    return next((s for s in result.get(part, []) if s.clients == clients), None)
 
 
-def _pp(result: dict, pairs: int) -> PingPong | None:
-    return next((p for p in result.get("pingpong", []) if p.pairs == pairs), None)
+def _pp(result: dict, pairs: int, part: str = "pingpong") -> PingPong | None:
+    return next((p for p in result.get(part, []) if p.pairs == pairs), None)
+
+
+def _sends(result: dict, pairs: int) -> Sends | None:
+    return next((s for s in result.get("sends", []) if s.pairs == pairs), None)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """" (0.45× polling)": `a` over `b`, when both were measured."""
+    return f" ({a / b:.2f}× polling)" if a and b else ""
+
+
+def per_delivery(result: dict, pairs: int, floor: Floor | None) -> str | None:
+    """Server CPU per send (sends alone), and per envelope delivered on a stream less its send."""
+    sends, streamed = _sends(result, pairs), _tp(result, pairs, "throughput_stream")
+    if sends is None or streamed is None or not sends.sends:
+        return None
+    return (per_request(sends.server_us_per_send, floor) + " / "
+            + per_request(streamed.server_us_per_delivery(sends.server_us_per_send), floor))
+
+
+def _idle(result: dict, clients: int, part: str) -> str | None:
+    step = _held(result, clients, part)
+    if step is None or step.idle is None:
+        return None
+    text = f"{step.idle.cpu.get('server', 0.0) * 100:.1f} % over {step.idle.seconds:g} s"
+    if step.idle.heartbeats is not None:
+        text += f" ({step.idle.heartbeats:,} heartbeats read)"
+    return text
 
 
 def _best(result: dict, part: str = "throughput") -> Throughput | None:
@@ -88,7 +117,8 @@ def _cpu(shares: dict[str, float]) -> str:
     return " / ".join(f"{round(shares[k] * 100)}" if k in shares else "–" for k in ("server", "redis", "load", "other"))
 
 
-def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor | None) -> list[Row]:
+def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor | None,
+         idle_clients: int = 0) -> list[Row]:
     out: list[Row] = []
     for n in held_steps:
         out.append(Row(
@@ -110,6 +140,36 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
         f"Redis connections of the server (`CLIENT LIST`, `signaling*`) at {redis_at:,} held polls",
         lambda r: (s := _held(r, redis_at)) and (str(s.redis_clients) if s.redis_clients is not None else "–"),
     ))
+    for n in held_steps:
+        out.append(Row(
+            f"held streams, {n:,} clients: open / answered (time to answer all)",
+            lambda r, n=n: (s := _held(r, n, "streams")) and f"{s.held:,} / {s.answered:,} ({s.answer_seconds:.2f} s)"
+            + _failures(s.failed),
+        ))
+    for n in held_steps:
+        ten_k = n == 10_000 and floor is not None and floor.rss_per_held_kib > 0
+        out.append(Row(
+            f"server RSS per held stream at {n:,}",
+            lambda r, n=n: (s := _held(r, n, "streams")) and per_held_poll(s.rss_per_poll_kib, floor),
+            "≤ 1.3× floor" if ten_k else "",
+            (lambda r, n=n: (s := _held(r, n, "streams")) and s.rss_per_poll_kib / floor.rss_per_held_kib)
+            if ten_k else None,
+            (lambda v: v <= 1.3) if ten_k else None,
+        ))
+    if idle_clients:
+        quick = " (a quick run's count)" if idle_clients < 10_000 else ""
+        out.append(Row(
+            f"server CPU, {idle_clients:,} idle held polls{quick}: % of one core",
+            lambda r: _idle(r, idle_clients, "held"),
+        ))
+        out.append(Row(
+            f"server CPU, {idle_clients:,} idle open streams, 15 s heartbeats{quick}: % of one core",
+            lambda r: _idle(r, idle_clients, "streams"),
+            "≤ 5 %" if idle_clients == 10_000 else "",
+            (lambda r: (s := _held(r, idle_clients, "streams")) and s.idle and s.idle.cpu.get("server", 0.0) * 100)
+            if idle_clients == 10_000 else None,
+            (lambda v: v <= 5) if idle_clients == 10_000 else None,
+        ))
     targets = {1: 1.5, 100: 50.0}
     for n in pingpong_pairs:
         limit = targets.get(n)
@@ -120,10 +180,20 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
             (lambda r, n=n: (p := _pp(r, n)) and p.p50_ms) if limit else None,
             (lambda v, limit=limit: v <= limit) if limit else None,
         ))
+        out.append(Row(
+            f"ping-pong 2 KB, {n:,} pair{'s' if n > 1 else ''}, streaming receive: round trip p50 / p99"
+            " (p50 streaming / polling)",
+            lambda r, n=n: (p := _pp(r, n, "pingpong_stream")) and f"{p.p50_ms:.2f} / {p.p99_ms:.2f} ms"
+            + ratio(p.p50_ms, (q := _pp(r, n)) and q.p50_ms) + _failures(p.failed),
+        ))
     biggest = max(n for n in pingpong_pairs if n <= 100)
     out.append(Row(
         f"CPU % during ping-pong, {biggest} pairs: server / redis / load / other",
         lambda r: (p := _pp(r, biggest)) and _cpu(p.cpu),
+    ))
+    out.append(Row(
+        f"CPU % during ping-pong, {biggest} pairs, streaming receive: server / redis / load / other",
+        lambda r: (p := _pp(r, biggest, "pingpong_stream")) and _cpu(p.cpu),
     ))
     for n in throughput_pairs:
         out.append(Row(
@@ -144,8 +214,7 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
     ))
     out.append(Row(
         "most CPU % used by other processes in any ping-pong, throughput or call set-up window",
-        lambda r: (shares := [run.cpu.get("other", 0.0) for part in ("pingpong", "throughput", "batched", "setups")
-                              for run in r.get(part, [])])
+        lambda r: (shares := [run.cpu.get("other", 0.0) for part in STEADY_PARTS for run in r.get(part, [])])
         and f"{max(shares) * 100:.0f}",
     ))
     out.append(Row(
@@ -172,6 +241,32 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
         "server CPU per request at best throughput, batching client (sends and polls)",
         lambda r: (t := _best(r, "batched")) and per_request(t.server_us_per_request, floor),
     ))
+    for part, client in (("throughput_stream", ""), ("batched_stream", "batching client, ")):
+        polled = "throughput" if part == "throughput_stream" else "batched"
+        for n in throughput_pairs:
+            out.append(Row(
+                f"throughput, {client}streaming receive, {n} senders → {n} receivers: delivered envelopes/s"
+                " (streaming / polling)",
+                lambda r, n=n, part=part, polled=polled: (t := _tp(r, n, part)) and f"{t.per_second:,.0f}"
+                + ratio(t.per_second, (q := _tp(r, n, polled)) and q.per_second)
+                + (f" ({t.refused:,}× 429)" if t.refused else "") + _failures(t.failed),
+            ))
+        out.append(Row(
+            f"throughput, {client}streaming receive, best: delivered envelopes/s (streaming / polling, each its best)",
+            lambda r, part=part, polled=polled: (t := _best(r, part)) and f"{t.per_second:,.0f} ({t.pairs} pairs)"
+            + ratio(t.per_second, (q := _best(r, polled)) and q.per_second),
+        ))
+    for part, what in (("throughput", "polling"), ("throughput_stream", "streaming receive"),
+                       ("batched", "batching client, polling"), ("batched_stream", "batching client, streaming")):
+        out.append(Row(
+            f"server CPU per envelope delivered at best throughput, {what} (its send and its delivery)",
+            lambda r, part=part: (t := _best(r, part)) and per_request(t.server_us_per_envelope, floor),
+        ))
+    for n in throughput_pairs:
+        out.append(Row(
+            f"{n} pairs: server CPU per send (sends alone) / per envelope delivered on a stream, less its send",
+            lambda r, n=n: per_delivery(r, n, floor),
+        ))
     for n in setup_calls:
         out.append(Row(
             f"call set-ups, {n:,} at a time: set-ups/s, set-up time p50 / p99",
@@ -185,6 +280,11 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
             + per_request(c.server_us_per_request, floor),
         ))
     return out
+
+
+#: the parts that load the server steadily over a window
+STEADY_PARTS = ("pingpong", "pingpong_stream", "throughput", "batched", "throughput_stream", "batched_stream",
+                "sends", "setups")
 
 
 def table(results: Results, table_rows: list[Row], floor: Floor | None = None, errors: list[str] = ()) -> str:
@@ -242,8 +342,8 @@ table; `make bench WRITE=docs/benchmarks.md` rewrites this file (keeping its
   ones join. Access logging stays on (to a file), as `gunicorn.conf.py` sets it.
 {plan_text}
 - RSS is that of the worker process(es) (`/proc/<pid>/statm`), minus their RSS just
-  after start, divided by the number of held polls: everything a worker keeps for a
-  client (connection, greenlet, request, and for the memory backend the peer state).
+  after start, divided by the number of held polls (or streams): everything a worker keeps
+  for a client (connection, greenlet, request, and for the memory backend the peer state).
 - CPU % is the share of one core used during the measured window (`/proc/<pid>/stat`):
   server (all workers), redis-server, the load process, and "other": the rest of the
   machine on both CPUs, kernel included. Other work on this 2-core machine slows the

@@ -1,4 +1,4 @@
-"""The measurements: the floor, held polls, ping-pong round trips, one-way throughput, call set-ups.
+"""The measurements: the floor, held polls and streams, ping-pong round trips, one-way throughput, call set-ups.
 
 Each runs against a server that was just started (see `__main__`), with its
 own rooms, and stops by itself: every wait has a deadline, every loop a count
@@ -20,6 +20,7 @@ from .client import (
     Conn,
     Outbox,
     Peer,
+    Receiver,
     Reply,
     backoff,
     build,
@@ -39,6 +40,8 @@ HELD_POLL_WAIT = 120
 OPEN_AT_ONCE = 500
 #: every client must have its message this long after the first one is sent
 ANSWER_WITHIN = 90
+#: most sends of one sender in `sends_only`: below MAILBOX_LIMIT (1,000), so none is refused
+SENDS_CAP = 900
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -106,7 +109,50 @@ async def healthz_held(server: PinnedServer) -> int:
     return reply.json()["held_polls"] if reply.status == 200 else -1
 
 
-# -- held polls
+# -- held polls and streams
+
+
+@dataclasses.dataclass
+class Idle:
+    """What clients holding polls or streams cost while nothing is sent: CPU over a window."""
+
+    seconds: float
+    cpu: dict[str, float]  # shares of one core
+    heartbeats: int | None = None  # stream heartbeats the clients read in the window
+
+
+async def idle(server: PinnedServer, redis_server: PinnedRedis | None, seconds: float,
+               receivers: list[Receiver] | None = None) -> Idle:
+    """CPU of the server (and Redis) over `seconds` with nothing sent; with `receivers`, their heartbeats."""
+    beats = sum(r.heartbeats for r in receivers) if receivers else 0
+    cpu = meter(server, redis_server).start()
+    await asyncio.sleep(seconds)
+    shares = cpu.stop()
+    return Idle(seconds, shares, sum(r.heartbeats for r in receivers) - beats if receivers else None)
+
+
+async def join_clients(server: PinnedServer, peers: list[Peer]) -> list[Conn]:
+    """A connection each for `peers`, each joined and past its `peer-joined` events."""
+    conns: list[Conn] = []
+    # A connection must send its first request within REQUEST_READ_TIMEOUT of opening (the server
+    # closes a silent one), so each chunk joins as soon as it is open, as real clients do.
+    for first in range(0, len(peers), OPEN_AT_ONCE):
+        chunk = peers[first:first + OPEN_AT_ONCE]
+        chunk_conns = await connect_many(server.port, len(chunk))
+        await join_all(chunk_conns, chunk)
+        conns += chunk_conns
+    await drain_all(conns, peers)
+    return conns
+
+
+def wake_requests(peers: list[Peer], step: int, room_size: int, body: bytes) -> list[bytes]:
+    """A message for each of the first `step` clients: each room's first member broadcasts (every other
+    member gets it) and its second sends to the first."""
+    sends = []
+    for first in range(0, step, room_size):
+        a, b = peers[first], peers[first + 1]
+        sends += [a.broadcast_request(body, f"b{step}"), b.send_request(a.id, body, f"s{step}")]
+    return sends
 
 
 @dataclasses.dataclass
@@ -120,6 +166,7 @@ class HeldStep:
     healthz_held: int  # held polls that /healthz reports (one worker's view)
     redis_clients: int | None  # signaling* connections in CLIENT LIST
     failed: dict[str, int]  # polls answered with an error status (or a closed connection), by status
+    idle: Idle | None = None  # the CPU they cost while nothing happens, when measured at this step
 
     @property
     def rss_per_poll_kib(self) -> float:
@@ -127,12 +174,14 @@ class HeldStep:
 
 
 async def held_polls(server: PinnedServer, redis_server: PinnedRedis | None, steps: list[int],
-                     room_size: int, log) -> list[HeldStep]:
+                     room_size: int, log, idle_at: int = 0, idle_seconds: float = 0) -> list[HeldStep]:
     """Step up the number of clients each holding a poll; at each step wake them all and count answers.
 
     Clients fill rooms of `room_size` in order. To wake a room, its first member
     broadcasts (every other member's poll answers) and its second member sends to
-    the first. A client is one connection: join, drain, then hold.
+    the first. A client is one connection: join, drain, then hold. At the step of
+    `idle_at` clients, before the wake-up, the server's CPU is measured for
+    `idle_seconds` with nothing sent.
     """
     if any(step % room_size for step in steps):
         raise ValueError(f"every step must be a multiple of the room size {room_size}")
@@ -146,16 +195,7 @@ async def held_polls(server: PinnedServer, redis_server: PinnedRedis | None, ste
         for step in steps:
             started = time.monotonic()
             new_peers = [Peer(f"h{i // room_size}", f"p{i}") for i in range(len(peers), step)]
-            new_conns: list[Conn] = []
-            # A connection must send its first request within REQUEST_READ_TIMEOUT of opening (the server
-            # closes a silent one), so each chunk joins as soon as it is open, as real clients do.
-            for first in range(0, len(new_peers), OPEN_AT_ONCE):
-                chunk = new_peers[first:first + OPEN_AT_ONCE]
-                chunk_conns = await connect_many(server.port, len(chunk))
-                await join_all(chunk_conns, chunk)
-                new_conns += chunk_conns
-            conns += new_conns
-            await drain_all(new_conns, new_peers)
+            conns += await join_clients(server, new_peers)
             peers += new_peers
             polls = await hold_paced(server, conns, peers)
             if not await settle(server, step, limit=120):
@@ -166,14 +206,15 @@ async def held_polls(server: PinnedServer, redis_server: PinnedRedis | None, ste
             redis_clients = redis_server.signaling_clients() if redis_server is not None else None
             log(f"  {step} clients joined and polling in {time.monotonic() - started:.1f} s: "
                 f"{held} held, healthz {healthz}, RSS +{(rss - baseline) / 1024:.1f} MiB")
+            quiet = None
+            if step == idle_at:
+                quiet = await idle(server, redis_server, idle_seconds)
+                log(f"  {step} held polls idle for {idle_seconds:g} s: {cpu_text(quiet.cpu)}")
 
             # A message for every client, sent and awaited as real clients would: a 503 is retried
             # (a send with its Idempotency-Key, a poll by polling again); every 503 is counted.
             failed: collections.Counter = collections.Counter()
-            sends = []
-            for first in range(0, step, room_size):
-                a, b = peers[first], peers[first + 1]
-                sends += [a.broadcast_request(body, f"b{step}"), b.send_request(a.id, body, f"s{step}")]
+            sends = wake_requests(peers, step, room_size, body)
             sent_at = time.perf_counter()
             deadline = time.monotonic() + ANSWER_WITHIN
             side = await connect_many(server.port, 64)  # fresh: gunicorn closes connections idle for 75 s
@@ -187,7 +228,7 @@ async def held_polls(server: PinnedServer, redis_server: PinnedRedis | None, ste
             answered = [at for at in arrivals if at is not None]
             last = max(answered, default=sent_at)
             results.append(HeldStep(step, held, len(answered), last - sent_at, rss, baseline, healthz, redis_clients,
-                                    dict(failed)))
+                                    dict(failed), quiet))
             log(f"  {len(answered)} of {step} answered in {last - sent_at:.2f} s; 503s and other failures:"
                 f" {dict(failed) or 'none'}")
             if len(answered) < step:
@@ -196,6 +237,116 @@ async def held_polls(server: PinnedServer, redis_server: PinnedRedis | None, ste
                 break
     finally:
         for conn in conns + side:
+            conn.close()
+    return results
+
+
+def cpu_text(shares: dict[str, float]) -> str:
+    return "CPU " + ", ".join(f"{name} {share:.0%}" for name, share in shares.items())
+
+
+async def held_streams(server: PinnedServer, redis_server: PinnedRedis | None, steps: list[int],
+                       room_size: int, log, idle_at: int = 0, idle_seconds: float = 0) -> list[HeldStep]:
+    """As `held_polls`, with each client holding a stream (a `Receiver`) instead of a poll.
+
+    Streams are opened in batches, each once every stream of the last has its
+    first line; RSS is read once the worker is idle. At the step of `idle_at`
+    clients the server's CPU is measured for `idle_seconds` with nothing sent
+    but the streams' heartbeats. Then every client gets one envelope, as in
+    `held_polls`, and the clients whose stream brings it are counted.
+    """
+    if any(step % room_size for step in steps):
+        raise ValueError(f"every step must be a multiple of the room size {room_size}")
+    baseline = server.rss_kib()
+    conns: list[Conn] = []
+    peers: list[Peer] = []
+    receivers: list[Receiver] = []
+    tasks: list[asyncio.Task] = []
+    failed: collections.Counter = collections.Counter()
+    arrived: list[float | None] = []
+    wanted = [""]  # the type of this step's envelope
+    everyone = asyncio.Event()
+    results = []
+
+    def receiving(i: int):
+        def got(messages: list[dict], at: float) -> None:
+            if arrived[i] is None and any(m["type"] == wanted[0] for m in messages):
+                arrived[i] = at
+                if all(a is not None for a in arrived):
+                    everyone.set()
+        return got
+
+    def broken() -> None:
+        for task in tasks:
+            if task.done():
+                raise task.exception() or BenchError("a stream receiver stopped")
+
+    try:
+        for step in steps:
+            started = time.monotonic()
+            new_peers = [Peer(f"h{i // room_size}", f"p{i}") for i in range(len(peers), step)]
+            new_conns = await join_clients(server, new_peers)
+            deadline = time.monotonic() + 300
+            for first in range(0, len(new_peers), 250):
+                batch = [Receiver(conn, peer, receiving(len(receivers) + k), failed) for k, (conn, peer)
+                         in enumerate(zip(new_conns[first:first + 250], new_peers[first:first + 250], strict=True))]
+                receivers += batch
+                arrived += [None] * len(batch)
+                tasks += [asyncio.create_task(r.run()) for r in batch]
+                while not all(r.open for r in batch):
+                    broken()
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{sum(not r.open for r in batch)} streams had no first line in 300 s")
+                    await asyncio.sleep(0.05)
+            conns += new_conns
+            peers += new_peers
+            if not await settle(server, step, limit=120):
+                log(f"  held streams {step}: the server did not go idle within 120 s")
+            broken()
+            held = sum(1 for r in receivers if r.open)
+            rss = server.rss_kib()
+            healthz = await healthz_held(server)
+            redis_clients = redis_server.signaling_clients() if redis_server is not None else None
+            log(f"  {step} clients joined and streaming in {time.monotonic() - started:.1f} s: "
+                f"{held} open, healthz {healthz}, RSS +{(rss - baseline) / 1024:.1f} MiB")
+            quiet = None
+            if step == idle_at:
+                quiet = await idle(server, redis_server, idle_seconds, receivers)
+                log(f"  {step} open streams idle for {idle_seconds:g} s: {cpu_text(quiet.cpu)},"
+                    f" {quiet.heartbeats:,} heartbeats read")
+                broken()
+
+            wanted[0] = f"bench{step}"
+            arrived[:] = [None] * len(arrived)
+            everyone.clear()
+            before = collections.Counter(failed)
+            sent_at = time.perf_counter()
+            side = await connect_many(server.port, 64)  # fresh: gunicorn closes connections idle for 75 s
+            try:
+                await send_retrying(side, wake_requests(peers, step, room_size, envelope(wanted[0], 200)), failed,
+                                    time.monotonic() + ANSWER_WITHIN)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(everyone.wait(), ANSWER_WITHIN)
+            finally:
+                for conn in side:
+                    conn.close()
+            broken()
+            answered = [at for at in arrived if at is not None]
+            last = max(answered, default=sent_at)
+            step_failed = dict(failed - before)
+            results.append(HeldStep(step, held, len(answered), last - sent_at, rss, baseline, healthz, redis_clients,
+                                    step_failed, quiet))
+            log(f"  {len(answered)} of {step} answered in {last - sent_at:.2f} s; 503s and other failures:"
+                f" {step_failed or 'none'}")
+            if len(answered) < step:
+                log(f"  stopping the held-streams run: {step - len(answered)} clients got no envelope"
+                    f" within {ANSWER_WITHIN} s")
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in conns:
             conn.close()
     return results
 
@@ -358,6 +509,35 @@ async def measured(server: PinnedServer, redis_server: PinnedRedis | None, pairs
         await asyncio.gather(*listeners, *drivers, return_exceptions=True)
 
 
+class Inbox:
+    """A peer's streaming receive as a queue of (envelope, arrival time), in order; a failure of its
+    `Receiver` is raised by `get`."""
+
+    def __init__(self, conn: Conn, peer: Peer, failed: collections.Counter):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.receiver = Receiver(conn, peer, self._got, failed)
+        self.task = asyncio.ensure_future(self.receiver.run())
+
+    def _got(self, messages: list[dict], at: float) -> None:
+        for message in messages:
+            self.queue.put_nowait((message, at))
+
+    async def get(self, timeout: float) -> tuple[dict, float]:
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        getter = asyncio.ensure_future(self.queue.get())
+        done, _ = await asyncio.wait([getter, self.task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        if self.task in done:
+            raise self.task.exception() or BenchError("a stream receiver stopped")
+        raise BenchError(f"no envelope on the stream within {timeout:g} s")
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
 @dataclasses.dataclass
 class PingPong:
     pairs: int
@@ -366,22 +546,58 @@ class PingPong:
     p99_ms: float
     cpu: dict[str, float]
     failed: dict[str, int]
+    receive: str = "poll"  # or "stream"
 
 
 async def ping_pong(server: PinnedServer, redis_server: PinnedRedis | None, pairs: int, seconds: float,
-                    warmup: float, size: int, poll_wait: float, tag: str) -> PingPong:
+                    warmup: float, size: int, poll_wait: float, tag: str, receive: str = "poll") -> PingPong:
     """`pairs` pairs bounce a `size`-byte envelope: A sends, B's held poll returns, B sends back, A's returns.
 
     A round trip is timed from A starting its send to the last byte of A's poll
     answer that holds B's reply. Each peer has a connection for its polls and
     one for its sends; a poll is held again as soon as its answer is read.
+    With `receive="stream"` each peer keeps a stream open on that connection
+    instead (a `Receiver`), and the round trip ends with the last byte of the
+    piece of A's stream that completes B's reply.
     """
     failed: collections.Counter = collections.Counter()
-    async with joined_pairs(server, pairs, f"pp{tag}", ("a", "b")) as (a, b):
+    async with joined_pairs(server, pairs, f"pp{tag}{receive[0]}", ("a", "b")) as (a, b):
         ping, pong = envelope("ping", size), envelope("pong", size)
         samples: list[float] = []
         start = time.perf_counter()
         measure_from, end = start + warmup, start + warmup + seconds
+        within_s = poll_wait + 30
+
+        async def echo_streaming(i: int) -> None:
+            inbox = Inbox(b.polls[i], b.peers[i], failed)
+            request = b.peers[i].send_request("a", pong)
+            try:
+                while True:
+                    message, _ = await inbox.get(within_s)
+                    if message["type"] == "ping":
+                        await send_until_accepted(b.sends[i], request, failed)
+            finally:
+                inbox.close()
+
+        async def pinger_streaming(i: int) -> None:
+            inbox = Inbox(a.polls[i], a.peers[i], failed)
+            request = a.peers[i].send_request("b", ping)
+            try:
+                for _ in range(10_000_000):
+                    sent = time.perf_counter()
+                    if sent >= end:
+                        return
+                    await send_until_accepted(a.sends[i], request, failed)
+                    for _ in range(100):
+                        message, at = await inbox.get(within_s)
+                        if message["type"] == "pong":
+                            break
+                    else:
+                        raise BenchError("no pong in 100 envelopes")
+                    if sent >= measure_from:
+                        samples.append(at - sent)
+            finally:
+                inbox.close()
 
         async def echo(i: int) -> None:
             peer, conn = b.peers[i], b.polls[i]
@@ -411,12 +627,14 @@ async def ping_pong(server: PinnedServer, redis_server: PinnedRedis | None, pair
                 if sent >= measure_from:
                     samples.append(reply.at - sent)
 
-        shares = await measured(server, redis_server, pairs, echo, pinger, measure_from, warmup + seconds + 60,
+        streaming = receive == "stream"
+        shares = await measured(server, redis_server, pairs, echo_streaming if streaming else echo,
+                                pinger_streaming if streaming else pinger, measure_from, warmup + seconds + 60,
                                 "end of the ping-pong run")
     if not samples:
         raise BenchError(f"no round trip completed with {pairs} pairs in {seconds:g} s")
     return PingPong(pairs, len(samples), percentile(samples, 0.5) * 1e3, percentile(samples, 0.99) * 1e3,
-                    shares, dict(failed))
+                    shares, dict(failed), receive)
 
 
 
@@ -428,10 +646,11 @@ class Throughput:
     sent: int  # envelopes accepted (202) within the window
     sends: int  # send requests answered 202 within the window (= sent, but for the batching client)
     refused: int  # 429 mailbox_full within the window
-    polls: int  # poll answers within the window
+    polls: int  # poll answers within the window; streaming: streams opened within it
     cpu: dict[str, float]
     failed: dict[str, int]
     window: int | None = None  # the batching client's envelopes in flight per sender; None: one per request
+    receive: str = "poll"  # or "stream"
 
     @property
     def per_second(self) -> float:
@@ -447,6 +666,19 @@ class Throughput:
         return self.cpu.get("server", 0.0) * self.seconds / self.requests * 1e6 if self.requests else 0.0
 
     @property
+    def server_us_per_envelope(self) -> float:
+        """Server CPU time per envelope delivered in the window (its send and its delivery), microseconds."""
+        return self.cpu.get("server", 0.0) * self.seconds / self.delivered * 1e6 if self.delivered else 0.0
+
+    def server_us_per_delivery(self, send_us: float) -> float:
+        """Server CPU per envelope delivered, less its sends at `send_us` each (from `sends_only`):
+        what a delivery costs, its stream's (re)opening included. One envelope per request only."""
+        if not self.delivered:
+            return 0.0
+        server_us = self.cpu.get("server", 0.0) * self.seconds * 1e6
+        return (server_us - (self.sends + self.refused) * send_us) / self.delivered
+
+    @property
     def envelopes_per_send(self) -> float:
         return self.sent / self.sends if self.sends else 0.0
 
@@ -456,7 +688,8 @@ class Throughput:
 
 
 async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pairs: int, seconds: float,
-                     warmup: float, size: int, poll_wait: float, tag: str, window: int | None = None) -> Throughput:
+                     warmup: float, size: int, poll_wait: float, tag: str, window: int | None = None,
+                     receive: str = "poll") -> Throughput:
     """`pairs` senders each send to their own receiver as fast as answers come; receivers long-poll with acks.
 
     Counted: distinct seqs that arrive at the receivers in a window of `seconds`
@@ -468,9 +701,15 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
     received (as peer-bench's throughput scenario does) and sends them through an
     `Outbox` (one request in flight, the rest batched); receivers poll with
     `Last-Event-ID`.
+
+    With `receive="stream"` each receiver keeps a stream open instead (a
+    `Receiver`: reopened at once with `Last-Event-ID` when the server ends it);
+    an envelope counts when the piece of the stream that completes it arrived,
+    and `polls` counts the streams opened within the window.
     """
     failed: collections.Counter = collections.Counter()
-    async with joined_pairs(server, pairs, f"tp{tag}", ("r", "s"), cursor_header=window is not None) as (
+    streaming = receive == "stream"
+    async with joined_pairs(server, pairs, f"tp{tag}{receive[0]}", ("r", "s"), cursor_header=window is not None) as (
             receivers, senders):
         body = envelope("candidate", size)
         seen: list[set[int]] = [set() for _ in range(pairs)]
@@ -490,6 +729,29 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
                 if window_start <= reply.at < window_end:
                     seen[i].update(m["seq"] for m in messages)
                     counts["polls"] += 1
+
+        streams: list[Receiver] = []
+
+        async def stream(i: int) -> None:
+            credit = credits[i] if window is not None else None
+
+            def got(messages: list[dict], at: float) -> None:
+                if credit is not None:
+                    for _ in messages:
+                        credit.release()
+                if window_start <= at < window_end:
+                    seen[i].update(m["seq"] for m in messages)
+
+            receiver = Receiver(receivers.polls[i], receivers.peers[i], got, failed)
+            streams.append(receiver)
+            await receiver.run()
+
+        async def count_opens() -> None:
+            """Streams opened within the window: the receivers' opens at its start and at its end."""
+            await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
+            before = sum(r.opens for r in streams)
+            await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
+            counts["polls"] = sum(r.opens for r in streams) - before
 
         async def send_one_per_request(i: int) -> None:
             request = senders.peers[i].send_request("r", body)
@@ -525,13 +787,64 @@ async def throughput(server: PinnedServer, redis_server: PinnedRedis | None, pai
             finally:
                 outbox.close()
 
-        shares = await measured(server, redis_server, pairs, receive,
-                                send_one_per_request if window is None else send_batching,
-                                window_start, warmup + seconds + 60,
-                                "end of the throughput run", linger=0.5)  # answers of the window's last moments
+        counting = asyncio.ensure_future(count_opens()) if streaming else None
+        try:
+            shares = await measured(server, redis_server, pairs, stream if streaming else receive,
+                                    send_one_per_request if window is None else send_batching,
+                                    window_start, warmup + seconds + 60,
+                                    "end of the throughput run", linger=0.5)  # answers of the window's last moments
+        finally:
+            if counting is not None:
+                counting.cancel()
     delivered = sum(len(s) for s in seen)
     return Throughput(pairs, seconds, delivered, counts["sent"], counts["sends"], counts["refused"], counts["polls"],
-                      shares, dict(failed), window)
+                      shares, dict(failed), window, receive)
+
+
+@dataclasses.dataclass
+class Sends:
+    """Sends alone: what a send costs the server, to tell a stream's delivery apart from its send."""
+
+    pairs: int
+    seconds: float  # the window, shorter when every sender reached its cap first
+    sends: int  # sends answered 202 within the window
+    cpu: dict[str, float]
+    failed: dict[str, int]
+
+    @property
+    def per_second(self) -> float:
+        return self.sends / self.seconds if self.seconds else 0.0
+
+    @property
+    def server_us_per_send(self) -> float:
+        return self.cpu.get("server", 0.0) * self.seconds / self.sends * 1e6 if self.sends else 0.0
+
+
+async def sends_only(server: PinnedServer, redis_server: PinnedRedis | None, pairs: int, seconds: float,
+                     warmup: float, size: int, tag: str) -> Sends:
+    """`pairs` senders send `size`-byte bodies back to back, one per request, as the throughput's first
+    client does, to receivers that do not read: each sender stops at SENDS_CAP (below MAILBOX_LIMIT, so
+    none is refused), and the window ends with the last sender, or after `seconds`."""
+    failed: collections.Counter = collections.Counter()
+    async with joined_pairs(server, pairs, f"so{tag}", ("r", "s")) as (_, senders):
+        body = envelope("candidate", size)
+        sent = [0]
+        start = time.perf_counter()
+        window_start, window_end = start + warmup, start + warmup + seconds
+
+        async def send(i: int) -> None:
+            request = senders.peers[i].send_request("r", body)
+            for _ in range(SENDS_CAP):
+                if time.perf_counter() >= window_end:
+                    return
+                reply = await send_until_accepted(senders.sends[i], request, failed)
+                if window_start <= reply.at < window_end:
+                    sent[0] += 1
+
+        shares = await measured(server, redis_server, pairs, None, send, window_start, warmup + seconds + 60,
+                                "end of the sends-only run")
+        ended = min(time.perf_counter(), window_end)
+    return Sends(pairs, max(0.0, ended - window_start), sent[0], shares, dict(failed))
 
 
 # -- the floor: what the stack alone costs per request

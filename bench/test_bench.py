@@ -15,9 +15,9 @@ import pytest
 
 from bench import report
 from bench.__main__ import SERVER_ENV
-from bench.client import BenchError, Outbox, Peer, call, connect, envelope
+from bench.client import BenchError, Chunked, Event, Outbox, Peer, SseReader, call, connect, envelope
 from bench.procs import FloorServer, Setup
-from bench.scenarios import CallSetups, Floor, Throughput
+from bench.scenarios import CallSetups, Floor, HeldStep, Idle, Inbox, Sends, Throughput
 from tests.support.servers import LiveServer
 
 pytestmark = pytest.mark.live
@@ -121,3 +121,90 @@ def test_every_cpu_per_request_figure_is_also_a_multiple_of_the_floor():
     assert all("× floor)" in line for line in cpu_rows)
     assert "500 µs (2.0× floor)" in text and "800 µs (3.2× floor)" in text
     assert "3,000 (3.0 / 3.0)" in text  # batched: delivered/s (envelopes per send / per poll answer)
+
+
+def chunked(*pieces: bytes) -> bytes:
+    """A body in chunked transfer encoding, one chunk per piece, sizes in hex (with an extension on one)."""
+    out = b"".join(f"{len(p):x}".encode() + (b";x=1" if i == 1 else b"") + b"\r\n" + p + b"\r\n"
+                   for i, p in enumerate(pieces))
+    return out + b"0\r\n\r\n"
+
+
+def test_the_stream_reader_cuts_events_and_chunks_wherever_the_pieces_split():
+    body = chunked(b"retry: 1000\n\n", b'id: 7\ndata: {"seq":7}\n\n:\n\nid: 8\n', b'data: {"seq":8}\n\n',
+                   b"id: 9\r\ndata: a\rdata: b\r\n\r\n: heartbeat\n\n")
+    wire = body + b"HTTP/1.1 200 OK\r\n"  # the next response's first bytes, on the same connection
+    expected = [Event("7", '{"seq":7}'), Event("8", '{"seq":8}'), Event("9", "a\nb")]
+    for size in (1, 2, 3, 5, 7, 11, len(wire)):  # every split point, some at CR|LF, inside sizes and in "\r\n"
+        framing, sse = Chunked(), SseReader()
+        events, body_seen, after = [], b"", b""
+        for at in range(0, len(wire), size):
+            if framing.done:  # as Conn does: what follows the body is the next response's
+                after += wire[at:at + size]
+                continue
+            data = framing.feed(wire[at:at + size])
+            body_seen += data
+            events += sse.feed(data)
+        assert events == expected, size
+        assert (sse.retry_ms, sse.comments, framing.done) == (1000, 2, True)
+        assert body_seen.endswith(b"heartbeat\n\n") and framing.rest + after == b"HTTP/1.1 200 OK\r\n"
+
+
+def test_a_stream_chunk_framing_error_is_an_error():
+    with pytest.raises(BenchError):
+        Chunked().feed(b"3\r\nabcXY")
+
+
+def test_a_streaming_ping_pong_delivers_every_envelope_once_and_in_order_across_reconnects(tmp_path):
+    """MAILBOX_LIMIT 8: each stream ends after 4 envelopes unacknowledged, and the receivers reconnect with
+    Last-Event-ID, which acknowledges them."""
+    server = LiveServer(tmp_path, dict(SERVER_ENV, MAILBOX_LIMIT="8")).start()
+
+    async def scenario():
+        (alice, alice_sends), (bob, bob_sends) = await joined(server.port, "r1", "alice", "bob")
+        for peer, conn in ((alice, alice_sends), (bob, bob_sends)):  # past the peer-joined events
+            peer.polled(await call(conn, peer.poll_request(0), 30))
+        failed = collections.Counter()
+        inboxes = [Inbox(await connect(server.port), peer, failed) for peer in (alice, bob)]
+        got = {"alice": [], "bob": []}
+        for i in range(30):
+            await call(alice_sends, alice.send_request("bob", envelope(f"ping{i}", 60)), 30, (202,))
+            got["bob"].append((await inboxes[1].get(30))[0])  # raises what the stream's reader raised
+            await call(bob_sends, bob.send_request("alice", envelope(f"pong{i}", 60)), 30, (202,))
+            got["alice"].append((await inboxes[0].get(30))[0])
+        assert [m["type"] for m in got["bob"]] == [f"ping{i}" for i in range(30)]
+        assert [m["type"] for m in got["alice"]] == [f"pong{i}" for i in range(30)]
+        first = got["alice"][0]["seq"]
+        assert [m["seq"] for m in got["alice"]] == list(range(first, first + 30))
+        assert all(inbox.queue.empty() for inbox in inboxes)  # nothing more, nothing twice
+        assert all(inbox.receiver.opens >= 30 // 4 for inbox in inboxes)  # each stream ended at 4 and reopened
+        assert not failed
+        for inbox in inboxes:
+            inbox.close()
+            inbox.receiver.conn.close()
+        for conn in (alice_sends, bob_sends):
+            conn.close()
+
+    try:
+        run(scenario)
+    finally:
+        server.stop()
+
+
+def test_the_stream_rows_are_ratios_within_the_run_and_a_delivery_less_its_send():
+    cpu = {"server": 1.0, "load": 0.1, "other": 0.0}
+    floor = Floor(connections=32, seconds=1.0, requests=4_000, cpu=cpu, held=1_000, rss_per_held_kib=10.0)
+    polled = Throughput(pairs=32, seconds=1.0, delivered=1_000, sent=1_000, sends=1_000, refused=0, polls=1_000,
+                        cpu=cpu, failed={})
+    streamed = Throughput(pairs=32, seconds=1.0, delivered=2_000, sent=2_000, sends=2_000, refused=0, polls=3,
+                          cpu=cpu, failed={}, receive="stream")  # 500 µs per envelope, its send included
+    sends = Sends(pairs=32, seconds=1.0, sends=4_000, cpu={"server": 1.2}, failed={})  # 300 µs per send
+    held = HeldStep(1_000, 1_000, 1_000, 0.1, rss_kib=12_000 + 1_000, baseline_kib=1_000, healthz_held=1_000,
+                    redis_clients=None, failed={}, idle=Idle(15, {"server": 0.004}, heartbeats=1_000))
+    results = {Setup("redis", 1): {"throughput": [polled], "throughput_stream": [streamed], "sends": [sends],
+                                   "streams": [held], "errors": []}}
+    text = report.table(results, report.rows((1_000,), (1,), (32,), (1,), floor, idle_clients=1_000), floor)
+    assert "2,000 (2.00× polling)" in text
+    assert "300 µs (1.2× floor) / 200 µs (0.8× floor)" in text  # (1 s − 2,000 × 300 µs) / 2,000
+    assert "12.0 KiB (1.2× floor)" in text  # RSS per held stream, as a multiple of the held request's
+    assert "0.4 % over 15 s (1,000 heartbeats read)" in text and "a quick run's count" in text
