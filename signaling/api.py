@@ -35,21 +35,11 @@ def join(service: Service, request: Request, room: str) -> Response:
         protocol.check_id(requested, "peer_id")
     ticket, refusal = _ticket(service, body, room, requested)
     peer = requested or (ticket and ticket.sub) or protocol.new_peer_id()
-    token = request.token()
-    new_token = tokens.new_token(peer)
-    now = time.time()
-    client_ip = request.client_ip()
-    leased = service.backend.admit(client_ip, room, peer, now)
-    try:
-        joined = service.backend.join(
-            room, peer, new_token, token, now,
-            jti=ticket and ticket.jti, jti_until=ticket.usable_until if ticket else 0.0, refusal=refusal,
-            client_ip=client_ip,
-        )
-    except errors.SignalingError:
-        if leased:
-            service.backend.release(client_ip, room, peer)
-        raise
+    token, new_token, now = request.token(), tokens.new_token(peer), time.time()
+    joined = service.backend.join(protocol.Join(
+        room, peer, new_token, token, now, client_ip=request.client_ip(),
+        jti=ticket and ticket.jti, jti_until=ticket.usable_until if ticket else 0.0, refusal=refusal,
+    ))
     settings = service.settings
     return json_response(
         {

@@ -5,11 +5,6 @@ from __future__ import annotations
 import math
 
 
-class _Unknown(dict):
-    def __missing__(self, key: str) -> str:
-        return "?"
-
-
 class SignalingError(Exception):
     """An error the client gets as `{"error": {"code", "message"}}` with `status`.
 
@@ -31,8 +26,15 @@ class SignalingError(Exception):
 
     @classmethod
     def about(cls, retry_after: float | None = None, **context) -> SignalingError:
-        """This error with its template filled from `context` (room, peer, to, settings, ...)."""
-        message = cls.template.format_map(_Unknown(context)) if cls.template else None
+        """This error with its template filled from `context` (room, peer, to, settings, ...).
+
+        The caller gives every name the template uses: a missing one is a bug,
+        raised as a `KeyError` that names it (never a message with a hole).
+        """
+        try:
+            message = cls.template.format_map(context) if cls.template else None
+        except KeyError as missing:
+            raise KeyError(f"{cls.__name__}.about() needs {missing} for its message; got {sorted(context)}") from None
         return cls(message, retry_after=retry_after)
 
     def headers(self) -> list[tuple[str, str]]:

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 
 from . import metrics
-from .protocol import seq_of
+from .protocol import Fetch, seq_of
 
-#: a look in the backend: (hold: this poll's id for the first look, else None; read after this seq)
-#: -> (envelopes, cursor: the seq of the last one, or the seq read after)
-Fetch = Callable[[int | None, int], tuple[list[str], int]]
+#: a look in the backend (`Backend.acknowledge_and_read` of the request's `Fetch`): (hold: this poll's or stream's
+#: id for the first look, else None; read after this seq) -> (envelopes, cursor: the seq of the last one, or the seq
+#: read after)
+Look = Callable[[int | None, int], tuple[list[str], int]]
 
 
 class Waiter:
@@ -79,10 +80,10 @@ class Reader:
     reads past `cursor`, the last seq this reader handed out.
     """
 
-    __slots__ = ("_hub", "_waiter", "_fetch", "_limit", "_more", "first", "cursor")
+    __slots__ = ("_hub", "_waiter", "_look", "_limit", "_more", "first", "cursor")
 
-    def __init__(self, hub: Hub, waiter: Waiter, fetch: Fetch, limit: int, first: list[str], cursor: int):
-        self._hub, self._waiter, self._fetch, self._limit = hub, waiter, fetch, limit
+    def __init__(self, hub: Hub, waiter: Waiter, look: Look, limit: int, first: list[str], cursor: int):
+        self._hub, self._waiter, self._look, self._limit = hub, waiter, look, limit
         self.first, self.cursor = first, cursor
         self._more = len(first) >= limit  # a full look may have left envelopes behind: look again before waiting
 
@@ -103,7 +104,7 @@ class Reader:
                 if remaining <= 0 or not waiter.wait(remaining) or waiter.ended:
                     return None
                 found = waiter.carried(self.cursor, self._limit)
-            messages, cursor = found or self._fetch(None, self.cursor)
+            messages, cursor = found or self._look(None, self.cursor)
             self._more = len(messages) >= self._limit
             if messages:
                 self.cursor = cursor
@@ -135,14 +136,14 @@ class Hub:
             waiter.end()
         return waiter
 
-    def poll(self, room: str, peer: str, after: int, limit: int, wait: float, fetch: Fetch) -> tuple[list[str], int]:
-        """A long poll: the first delivery of a `Reader`, or nothing once `wait` seconds pass."""
+    def poll(self, fetch: Fetch, wait: float, look: Look) -> tuple[list[str], int]:
+        """A long poll for `fetch`: the first delivery of a `Reader`, or nothing once `wait` seconds pass."""
         if wait <= 0:
-            return fetch(None, after)
+            return look(None, fetch.after)
         started = time.monotonic()
         metrics.HELD_POLLS.inc()
         try:
-            reader = self.read(room, peer, after, limit, fetch)  # authenticates
+            reader = self.read(fetch, look)  # authenticates
             try:
                 messages = reader.first or reader.next(started + wait) or []
             finally:
@@ -152,21 +153,21 @@ class Hub:
             metrics.HELD_POLLS.dec()
         return messages, reader.cursor
 
-    def read(self, room: str, peer: str, after: int, limit: int, fetch: Fetch) -> Reader:
-        """Hold a look at the peer's mailbox, look once (`Reader.first`), and end the peer's older ones.
+    def read(self, fetch: Fetch, look: Look) -> Reader:
+        """Hold a look at the peer's mailbox for `fetch`, look once (`Reader.first`), and end the peer's older ones.
 
         The reader is held before its first look, so no wake-up slips between
         the two; once that look has accepted the token it ends the peer's older
         polls and streams. An error of the look (not_joined...) releases it.
         """
-        waiter = self.hold(room, peer)
+        waiter = self.hold(fetch.room, fetch.peer)
         try:
-            first, cursor = fetch(waiter.poll_id, after)
+            first, cursor = look(waiter.poll_id, fetch.after)
         except BaseException:
             self.release(waiter)
             raise
         self.claim(waiter)
-        return Reader(self, waiter, fetch, limit, first, cursor)
+        return Reader(self, waiter, look, fetch.limit, first, cursor)
 
     def claim(self, waiter: Waiter) -> None:
         """End the peer's older held polls and streams: call once the backend accepted this poll's token."""

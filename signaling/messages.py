@@ -23,14 +23,15 @@ def poll(service: Service, request: Request, room: str, peer: str) -> tuple[int,
     protocol.check_id(peer, "peer")
     after, limit, wait = request.cursor(), request.limit(), request.wait(service.settings.poll_wait)
     request.body()  # a poll has no use for a body, but refuses one past the limit
-    token = request.token()
+    fetch = protocol.Fetch(room, peer, request.token(), after, limit)
+    read = service.backend.acknowledge_and_read
 
-    def fetch(hold: int | None, read_after: int):
-        return service.backend.fetch(room, peer, token, after, limit, time.time(), hold, read_after)
+    def look(hold: int | None, read_after: int):
+        return read(fetch, time.time(), hold, read_after)
 
     if accepted(request.header("Accept")):
-        return Stream.open(service, room, peer, after, limit, fetch, token)
-    messages, cursor = service.hub.poll(room, peer, after, limit, wait, fetch)
+        return Stream.open(service, fetch, look)
+    messages, cursor = service.hub.poll(fetch, wait, look)
     metrics.DELIVERIES.inc(len(messages))
     return 200, protocol.poll_body(messages, cursor)
 

@@ -13,14 +13,23 @@ from .backends.base import Backend, Listener
 log = logging.getLogger(__name__)
 
 
-class Reaper:
-    """A background loop that calls `backend.reap` every `interval` seconds."""
+class _Loop:
+    """A background thread that calls `tick(time.time())` every `interval` seconds until `stop`.
+
+    A tick that fails is logged, and the next one tries again: a store that
+    is away for a while (503s meanwhile) does not end the loop.
+    """
+
+    name = "loop"
 
     def __init__(self, backend: Backend, interval: float):
         self.backend = backend
         self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="signaling-reaper", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"signaling-{self.name}", daemon=True)
+
+    def tick(self, now: float) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         self._thread.start()
@@ -31,17 +40,26 @@ class Reaper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                removed = self.backend.reap(time.time())
-                metrics.PEERS_TIMED_OUT.inc(len(removed))
-                for room, peer in removed:
-                    log.info("peer %s left room %s: timed out", peer, room)
+                self.tick(time.time())
             except errors.BackendUnavailable:
-                log.warning("reaper: backend unavailable, will retry")
+                log.warning("%s: backend unavailable, will retry", self.name)
             except Exception:
-                log.exception("reaper failed; will retry")
+                log.exception("%s failed; will retry", self.name)
 
 
-class KeepAlive:
+class Reaper(_Loop):
+    """A background loop that calls `backend.reap` every `interval` seconds."""
+
+    name = "reaper"
+
+    def tick(self, now: float) -> None:
+        removed = self.backend.reap(now)
+        metrics.PEERS_TIMED_OUT.inc(len(removed))
+        for room, peer in removed:
+            log.info("peer %s left room %s: timed out", peer, room)
+
+
+class KeepAlive(_Loop):
     """The peers of this process's open streams are live: one `backend.keep_alive` call per tick renews them all.
 
     A streaming peer may hear nothing for longer than PEER_TTL and sends no
@@ -49,12 +67,11 @@ class KeepAlive:
     them (one Redis round trip), not one per stream per heartbeat.
     """
 
+    name = "keep-alive"
+
     def __init__(self, backend: Backend, interval: float):
-        self.backend = backend
-        self.interval = interval
+        super().__init__(backend, interval)
         self._listeners: dict[int, Listener] = {}  # by stream id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="signaling-keep-alive", daemon=True)
 
     def add(self, stream_id: int, listener: Listener) -> None:
         self._listeners[stream_id] = listener
@@ -70,18 +87,3 @@ class KeepAlive:
         listeners = list(self._listeners.values())
         if listeners:
             self.backend.keep_alive(listeners, now)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.tick(time.time())
-            except errors.BackendUnavailable:
-                log.warning("keep-alive: backend unavailable, will retry")
-            except Exception:
-                log.exception("keep-alive failed; will retry")

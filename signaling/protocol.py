@@ -124,6 +124,32 @@ class Outgoing:
         return cls(room, sender, token, to, tails, digest, idempotency_key, now, batch)
 
 
+@dataclasses.dataclass(frozen=True)
+class Join:
+    """One join, read once: who joins which room, with which tokens, from where, and what its ticket said."""
+
+    room: str
+    peer: str
+    new_token: str  # the token a fresh join gets
+    token: str | None  # the token presented: the join resumes the live peer whose own it is
+    now: float
+    client_ip: str | None = None  # whose place the peer takes (`Backend.admit`); None: no per-IP admission
+    jti: str | None = None  # the single-use id of the ticket that passed, if it has one
+    jti_until: float = 0.0  # until when that jti is kept (Unix s): the ticket's exp plus the leeway
+    refusal: errors.SignalingError | None = None  # what a fresh join gets: its ticket was missing or bad
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetch:
+    """What a poll or stream asks of its mailbox: acknowledge every seq up to `after`, read up to `limit` at a time."""
+
+    room: str
+    peer: str
+    token: str | None
+    after: int
+    limit: int
+
+
 def check_idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None

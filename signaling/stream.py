@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from . import errors, metrics, protocol
 from .backends.base import Listener
 from .http import cors_headers
-from .hub import Fetch, Reader
+from .hub import Look, Reader
 from .tokens import hash_token
 
 if TYPE_CHECKING:
@@ -93,11 +93,10 @@ class Stream:
         metrics.OPEN_STREAMS.inc()
 
     @classmethod
-    def open(cls, service: Service, room: str, peer: str, after: int, limit: int, fetch: Fetch,
-             token: str | None) -> Stream:
+    def open(cls, service: Service, fetch: protocol.Fetch, look: Look) -> Stream:
         """Look in the mailbox (raising as a poll does) and hold the stream: the first look ends older ones."""
-        reader = service.hub.read(room, peer, after, limit, fetch)
-        return cls(service, reader, Listener(room, peer, hash_token(token or "")))
+        reader = service.hub.read(fetch, look)
+        return cls(service, reader, Listener(fetch.room, fetch.peer, hash_token(fetch.token or "")))
 
     @staticmethod
     def headers(service: Service, origin: str | None, request_id: str) -> list[tuple[str, str]]:

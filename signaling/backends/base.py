@@ -41,7 +41,7 @@ from abc import ABC, abstractmethod
 from .. import errors
 from ..config import Settings
 from ..hub import Hub
-from ..protocol import Outgoing
+from ..protocol import Fetch, Join, Outgoing
 
 #: unacknowledged server events after which a member is taken for gone (see above): far more than a member
 #: that polls ever holds (a room's every member joining and leaving ten times over between two of its polls)
@@ -79,13 +79,23 @@ class Backend(ABC):
         self.settings = settings
         self.hub = hub  # told when a mailbox changes or a held poll is superseded
 
+    def join(self, join: Join) -> Joined:
+        """Admit the join (`admit`, the per-IP limits), then `add_or_resume` it; a refused join gives its lease back.
+
+        The one way in for a view: admission is the same on every backend, so
+        it is done here, once. Without `join.client_ip` nothing is admitted.
+        """
+        leased = join.client_ip is not None and self.admit(join.client_ip, join.room, join.peer, join.now)
+        try:
+            return self.add_or_resume(join)
+        except errors.SignalingError:
+            if leased:
+                self.release(join.client_ip, join.room, join.peer)
+            raise
+
     @abstractmethod
-    def join(
-        self, room: str, peer: str, new_token: str, token: str | None, now: float,
-        jti: str | None = None, jti_until: float = 0.0, refusal: errors.SignalingError | None = None,
-        client_ip: str | None = None,
-    ) -> Joined:
-        """Add `peer` with `new_token`, or resume it when `token` is its own.
+    def add_or_resume(self, join: Join) -> Joined:
+        """Add `join.peer` with `join.new_token`, or resume it when `join.token` is its own.
 
         Removes the room's expired peers first (with `peer-left` timeout
         events), so a dead peer never holds a place or an id. A fresh join
@@ -94,18 +104,18 @@ class Backend(ABC):
         at `room_capacity`.
 
         Join tickets (the view has checked the ticket's signature and claims):
-        `refusal` is the error of a join whose ticket was missing or bad; only
-        a resume may then succeed, and anything else raises `refusal` before
-        any other check. `jti` is the single-use id of the ticket that passed,
-        kept with the room's state until `jti_until` (the ticket's `exp` plus
-        the leeway, Unix seconds): a fresh join whose `jti` is kept raises
-        `BadTicket` (already used); one that succeeds keeps it, in the same
-        atomic step, so of two joins with one ticket exactly one succeeds. A
-        resume neither needs nor uses the jti. A join that fails changes
-        nothing: no member, no event, no jti kept.
+        `join.refusal` is the error of a join whose ticket was missing or bad;
+        only a resume may then succeed, and anything else raises it before any
+        other check. `join.jti` is the single-use id of the ticket that passed,
+        kept with the room's state until `join.jti_until`: a fresh join whose
+        jti is kept raises `BadTicket` (already used); one that succeeds keeps
+        it, in the same atomic step, so of two joins with one ticket exactly
+        one succeeds. A resume neither needs nor uses the jti. A join that
+        fails changes nothing: no member, no event, no jti kept.
 
-        `client_ip` is the address `admit` leased the place to: the peer's
-        heartbeats keep that lease (a resume from another address moves it there).
+        `join.client_ip` is the address `admit` leased the place to: the
+        peer's heartbeats keep that lease (a resume from another address moves
+        it there).
         """
 
     @abstractmethod
@@ -128,19 +138,20 @@ class Backend(ABC):
         """Give back the lease of `peer` held by `client_ip`, if any."""
 
     @abstractmethod
-    def fetch(
-        self, room: str, peer: str, token: str | None, after: int, limit: int, now: float,
-        hold: int | None = None, read_after: int | None = None,
+    def acknowledge_and_read(
+        self, fetch: Fetch, now: float, hold: int | None = None, read_after: int | None = None,
     ) -> tuple[list[str], int]:
-        """Acknowledge seqs <= `after`, return (up to `limit` envelopes, cursor).
+        """A poll's or stream's look: acknowledge seqs <= `fetch.after`, record the holder, read; (envelopes, cursor).
 
-        The envelopes are those with seq > `read_after` (default `after`; a
-        stream reads on past what it delivered while acknowledging only its
+        Acknowledged envelopes are dropped for good. The envelopes read are up
+        to `fetch.limit` of those with seq > `read_after` (default `fetch.after`;
+        a stream reads on past what it delivered while acknowledging only its
         starting cursor), oldest first; the cursor is the last one's seq, or
         `read_after` when there are none. Raises `BadCursor` when `after` is
         beyond the last seq given out. With `hold` (a poll or stream id), it is
         recorded as the one waiting on this mailbox, so a send wakes it and a
-        newer one held on another instance supersedes it.
+        newer one held on another instance supersedes it. Like every
+        authenticated call, it is the peer's heartbeat and renews its lease.
         """
 
     @abstractmethod

@@ -245,14 +245,16 @@ class MemoryBackend(Backend):
         with self._lock:
             self._leases.get(client_ip, {}).pop((room, peer), None)
 
-    def join(self, room, peer, new_token, token, now, jti=None, jti_until=0.0, refusal=None, client_ip=None):
-        leased_to = client_ip if client_ip and (self.settings.peers_per_ip or self.settings.rooms_per_ip) else ""
+    def add_or_resume(self, join):
+        room, peer, token, now = join.room, join.peer, join.token, join.now
+        limits = self.settings.peers_per_ip or self.settings.rooms_per_ip
+        leased_to = join.client_ip if join.client_ip and limits else ""
         with self._lock:
             existing = self._rooms.get(room, {}).get(peer)
             if not (self._live(existing, now) and same_hash(existing.token_hash, token)):  # not a resume
-                if refusal is not None:
-                    raise refusal
-                if jti is not None and self._used_tickets.get((room, jti), 0) > now:
+                if join.refusal is not None:
+                    raise join.refusal
+                if join.jti is not None and self._used_tickets.get((room, join.jti), 0) > now:
                     raise errors.BadTicket.used()
             self._reap_room(room, now)
             members = self._rooms.get(room, {})
@@ -267,15 +269,16 @@ class MemoryBackend(Backend):
             if len(members) >= self.settings.room_capacity:
                 raise errors.RoomFull.about(room=room, settings=self.settings)
             others = list(members)
-            self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(new_token), now, now, leased_to)
-            if jti is not None:
-                self._used_tickets[(room, jti)] = jti_until
+            self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(join.new_token), now, now, leased_to)
+            if join.jti is not None:
+                self._used_tickets[(room, join.jti)] = join.jti_until
             self._announce(room, peer, "peer-joined", None, now)
             return Joined(created=True, peers=others, cursor=0)
 
-    def fetch(self, room, peer, token, after, limit, now, hold=None, read_after=None):
+    def acknowledge_and_read(self, fetch, now, hold=None, read_after=None):
+        after, limit = fetch.after, fetch.limit
         with self._lock:
-            p = self._authenticate(room, peer, token, now)
+            p = self._authenticate(fetch.room, fetch.peer, fetch.token, now)
             if after > p.seq:
                 raise errors.BadCursor.about(after=after, seq=p.seq)
             while p.mailbox and p.mailbox[0][0] <= after:

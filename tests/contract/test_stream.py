@@ -287,24 +287,24 @@ def test_streams_are_kept_live_in_one_backend_call_a_tick(make_app, backend_name
     assert tick == 0.15  # below PEER_TTL / 3
     api = Api.over_flask(app.test_client())
     peers = [api.peer("r1", f"p{i}") for i in range(3)] + [api.peer("r2", f"q{i}") for i in range(3)]
-    calls, fetches, real_keep_alive, real_fetch = [], [], backend.keep_alive, backend.fetch
+    calls, looks, real_keep_alive, real_look = [], [], backend.keep_alive, backend.acknowledge_and_read
 
     def keep_alive(listeners, now):
         calls.append(sorted((listener.room, listener.peer) for listener in listeners))
         return real_keep_alive(listeners, now)
 
-    def fetch(*args, **kwargs):
-        fetches.append(args[:2])
-        return real_fetch(*args, **kwargs)
+    def look(*args, **kwargs):
+        looks.append(args[:2])
+        return real_look(*args, **kwargs)
 
-    backend.keep_alive, backend.fetch = keep_alive, fetch
+    backend.keep_alive, backend.acknowledge_and_read = keep_alive, look
     streams = [peer.stream() for peer in peers]
     started = time.monotonic()
     time.sleep(1.3)  # two PEER_TTLs: six streams, about eight ticks
     elapsed = time.monotonic() - started
     everyone = sorted((peer.room, peer.id) for peer in peers)
     assert 4 <= len(calls) <= elapsed / tick + 1 and all(call == everyone for call in calls)
-    assert len(fetches) == len(peers)  # one look each, when it opened: heartbeats cost the store nothing
+    assert len(looks) == len(peers)  # one look each, when it opened: heartbeats cost the store nothing
     for stream in streams:
         stream.take()
     assert all(api.request("GET", "/rooms/r1/peers", token=p.token).status == 200 for p in peers[:3])

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from signaling.backends.autopipeline import Autopipeline
+from signaling.backends.redis.autopipeline import Autopipeline
 
 
 @pytest.fixture

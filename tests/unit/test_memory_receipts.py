@@ -19,7 +19,7 @@ from signaling.backends.base import Broadcast
 from signaling.backends.memory import MemoryBackend
 from signaling.config import Settings
 from signaling.hub import Hub
-from signaling.protocol import IDEMPOTENCY_KEYS_PER_PEER, IDEMPOTENCY_TTL, Outgoing
+from signaling.protocol import IDEMPOTENCY_KEYS_PER_PEER, IDEMPOTENCY_TTL, Fetch, Join, Outgoing
 from signaling.tokens import new_token
 
 T0 = 1_700_000_000.0
@@ -37,7 +37,7 @@ class Room:
         self.backend = MemoryBackend(settings, Hub())
         self.tokens = {peer: new_token(peer) for peer in ("alice", "bob", *(f"s{i}" for i in range(others)))}
         for peer, token in self.tokens.items():
-            self.backend.join("r1", peer, token, None, T0)
+            self.backend.join(Join("r1", peer, token, None, T0))
 
     def send(self, key: str, now: float, body: bytes = b'{"type":"x"}', to: str | None = "bob", sender="alice"):
         """`sender` sends (to None: broadcasts) with this Idempotency-Key; the strings are fresh, as a request's are."""
@@ -104,7 +104,8 @@ def test_a_broadcast_receipt_answers_its_repeat_with_the_same_lists():
     first = room.send("b1", T0, to=None)
     assert first == Broadcast(["bob"], [])
     assert room.send("b1", T0 + 1, to=None) == first
-    assert len(room.backend.fetch("r1", "bob", room.tokens["bob"], 0, 100, T0 + 2)[0]) == 1  # b1, once
+    messages, _ = room.backend.acknowledge_and_read(Fetch("r1", "bob", room.tokens["bob"], 0, 100), T0 + 2)
+    assert len(messages) == 1  # b1, once
 
 
 def test_a_receipt_kept_again_after_it_expired_is_not_dropped_with_the_old_one():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,11 +13,15 @@ import pytest
 import redis
 
 from signaling import create_app
+from signaling.backends.base import Listener
 from signaling.backends.redis import RedisBackend, scripts
+from signaling.backends.redis.backend import KEEP_ALIVE_BATCH
 from signaling.config import Settings
 from signaling.hub import Hub
+from signaling.protocol import Fetch, Join, envelope_tail, with_seq
 from signaling.service import Service
 from signaling.tickets import LEEWAY
+from signaling.tokens import hash_token
 
 from ..support.helpers import Api, held_poll
 from ..support.servers import RedisServer, free_port
@@ -205,7 +210,7 @@ def test_many_requests_that_find_the_scripts_gone_load_them_once(instances, db):
         replies = list(pool.map(lambda peer: peer.send("p0"), peers))
     assert {reply.status for reply in replies} == {202}
     loaded = db.info("commandstats")["cmdstat_script|load"]["calls"] - loads
-    assert loaded == len(scripts(sharded=False))  # each once, not once per request that found them gone
+    assert loaded == len(scripts.load(sharded=False))  # each once, not once per request that found them gone
 
 
 def test_requests_keep_within_redis_max_connections(redis_url, redis_server):
@@ -295,9 +300,9 @@ class RacedReaper(RedisBackend):
 
     meanwhile = None
 
-    def _pipeline(self, calls, *args, **kwargs):
-        replies = super()._pipeline(calls, *args, **kwargs)
-        if calls and calls[0][0] == "reap" and self.meanwhile is not None:
+    def _pipeline(self, commands, *args, **kwargs):
+        replies = super()._pipeline(commands, *args, **kwargs)
+        if commands and commands[0][1] == self.scripts["reap"].sha and self.meanwhile is not None:
             meanwhile, self.meanwhile = self.meanwhile, None
             meanwhile()
         return replies
@@ -308,11 +313,11 @@ def test_a_room_joined_while_a_reaper_finds_it_empty_stays_scheduled(store, db):
     reaper, other = RacedReaper(settings, Hub()), RedisBackend(settings, Hub())
     try:
         now = time.time()
-        other.join("r1", "alice", "alice.one", None, now)
+        other.join(Join("r1", "alice", "alice.one", None, now))
         later = now + 11  # alice said nothing since: r1 is due and she expired
 
         def join_and_reap():  # bob joins, and another instance's reaper looks at r1 and reschedules it
-            other.join("r1", "bob", "bob.two", None, later)
+            other.join(Join("r1", "bob", "bob.two", None, later))
             assert other.reap(later) == []
 
         reaper.meanwhile = join_and_reap
@@ -322,3 +327,57 @@ def test_a_room_joined_while_a_reaper_finds_it_empty_stays_scheduled(store, db):
     finally:
         reaper.close()
         other.close()
+
+
+def test_a_keep_alive_of_more_streams_in_one_room_than_lua_unpacks_at_once_renews_them(store):
+    """Lua unpacks at most about 8,000 ARGV: a room's listeners go to its `keep_alive` script in batches."""
+    backend = RedisBackend(dataclasses.replace(Settings(), redis_url=store, peer_ttl=10.0), Hub())
+    try:
+        now = 1_700_000_000.0
+        backend.join(Join("r1", "alice", "alice.one", None, now))
+        backend.join(Join("r1", "bob", "bob.two", None, now))
+        others = [Listener("r1", f"gone{i}", hash_token(f"gone{i}.x")) for i in range(5 * KEEP_ALIVE_BATCH)]
+        backend.keep_alive([*others, Listener("r1", "alice", hash_token("alice.one"))], now + 9)  # the last batch
+        assert backend.reap(now + 11) == [("r1", "bob")]  # alice was heard from at now + 9
+    finally:
+        backend.close()
+
+
+def test_server_events_written_by_the_scripts_are_the_tails_python_writes(store):
+    """join, leave and reap build peer-joined and peer-left in Lua: byte for byte protocol.envelope_tail's."""
+    backend = RedisBackend(dataclasses.replace(Settings(), redis_url=store, peer_ttl=10.0), Hub())
+    try:
+        now = 1_700_000_000.1234
+        backend.join(Join("r1", "alice", "alice.one", None, now))
+        backend.join(Join("r1", "bob", "bob.two", None, now + 1))
+        backend.join(Join("r1", "carol", "carol.three", None, now + 2))
+        backend.leave("r1", "carol", "carol.three", now + 3)
+        backend.acknowledge_and_read(Fetch("r1", "alice", "alice.one", 0, 10), now + 9)  # alice stays live
+        assert backend.reap(now + 11.5) == [("r1", "bob")]
+        envelopes, _ = backend.acknowledge_and_read(Fetch("r1", "alice", "alice.one", 0, 10), now + 12)
+        assert envelopes == [
+            with_seq(1, envelope_tail("bob", "peer-joined", None, now + 1)),
+            with_seq(2, envelope_tail("carol", "peer-joined", None, now + 2)),
+            with_seq(3, envelope_tail("carol", "peer-left", {"reason": "left"}, now + 3)),
+            with_seq(4, envelope_tail("bob", "peer-left", {"reason": "timeout"}, now + 11.5)),
+        ]
+    finally:
+        backend.close()
+
+
+def test_an_idempotency_receipt_is_a_json_value(instances, db):
+    api = instances()
+    alice, bob, carol = api.peer("r1", "alice"), api.peer("r1", "bob"), api.peer("r1", "carol")
+    alice.send("bob", "offer", key="once")
+    alice.broadcast("hello", key="all")
+    idem = [key for key in all_keys(db) if ":idem:" in key]
+    receipts = {key.rsplit(":", 1)[1]: json.loads(db.get(key)) for key in idem if db.type(key) == "string"}
+    (index,) = [key for key in idem if db.type(key) == "zset"]  # alice's receipts, listed by when they expire
+    assert sorted(db.zrange(index, 0, -1)) == sorted(key[len(index) + 1:] for key in idem if key != index)
+    assert receipts["once"]["answer"] == [2]  # bob's first envelope was carol's peer-joined
+    broadcast = receipts["all"]["answer"]
+    assert sorted(broadcast["delivered"]) == ["bob", "carol"]
+    assert broadcast["full"] in ([], {})  # Lua's cjson writes an empty table as {}
+    assert {len(receipt["digest"]) for receipt in receipts.values()} == {32}
+    assert [m["type"] for m in bob.receive()][-2:] == ["offer", "hello"]
+    assert carol.receive()[-1]["type"] == "hello"

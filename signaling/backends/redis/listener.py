@@ -1,0 +1,65 @@
+"""The listener: one thread a process, one pub/sub connection, feeding this instance's wake-ups to its hub."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+
+from ...config import Settings
+from ...hub import Hub
+from . import wakeups
+from .connection import UNREACHABLE, connect, is_cluster
+
+log = logging.getLogger(__name__)
+
+
+class Listener:
+    """Subscribes to `wakeups.channel(instance)`; reconnects with capped backoff; `stop` ends it."""
+
+    def __init__(self, settings: Settings, instance: str, hub: Hub):
+        self.settings, self.instance, self.hub = settings, instance, hub
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="signaling-wakeups", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        channel, sharded = wakeups.channel(self.instance), is_cluster(self.settings)
+        backoff = 0.1
+        while not self._stopped.is_set():
+            pubsub = None
+            try:
+                pubsub = connect(self.settings, f"signaling:{self.instance}:wake", None).pubsub(
+                    ignore_subscribe_messages=True
+                )
+                if sharded:
+                    pubsub.ssubscribe(channel)
+                    receive = pubsub.get_sharded_message
+                else:
+                    pubsub.subscribe(channel)
+                    receive = pubsub.get_message
+                receive(timeout=1.0)  # the subscription is confirmed
+                # Wake-ups published while we were not listening are lost: every held poll looks again.
+                self.hub.wake_all()
+                backoff = 0.1
+                while not self._stopped.is_set():
+                    message = receive(timeout=1.0)
+                    if message is not None and message["type"] in ("message", "smessage"):
+                        wakeups.dispatch(self.hub, message["data"])
+            except UNREACHABLE as exc:
+                if self._stopped.is_set():
+                    break
+                self.hub.wake_all()  # held polls look again now: they answer 503 rather than wait it out
+                log.warning("wake-up channel lost (%s); reconnecting in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
