@@ -155,6 +155,17 @@ def wake_requests(peers: list[Peer], step: int, room_size: int, body: bytes) -> 
     return sends
 
 
+async def at_rest(server: PinnedServer, redis_server: PinnedRedis | None, what: str, started: float, held: str,
+                  baseline: int, log) -> tuple[int, int, int | None]:
+    """What a step of held requests reads once the server is idle, logged: RSS, /healthz's count, Redis clients."""
+    rss = server.rss_kib()
+    healthz = await healthz_held(server)
+    redis_clients = redis_server.signaling_clients() if redis_server is not None else None
+    log(f"  {what} in {time.monotonic() - started:.1f} s: {held}, healthz {healthz}, "
+        f"RSS +{(rss - baseline) / 1024:.1f} MiB")
+    return rss, healthz, redis_clients
+
+
 @dataclasses.dataclass
 class HeldStep:
     clients: int
@@ -201,11 +212,8 @@ async def held_polls(server: PinnedServer, redis_server: PinnedRedis | None, ste
             if not await settle(server, step, limit=120):
                 log(f"  held polls {step}: the server did not go idle within 120 s")
             held = sum(1 for poll in polls if not poll.done())
-            rss = server.rss_kib()
-            healthz = await healthz_held(server)
-            redis_clients = redis_server.signaling_clients() if redis_server is not None else None
-            log(f"  {step} clients joined and polling in {time.monotonic() - started:.1f} s: "
-                f"{held} held, healthz {healthz}, RSS +{(rss - baseline) / 1024:.1f} MiB")
+            rss, healthz, redis_clients = await at_rest(
+                server, redis_server, f"{step} clients joined and polling", started, f"{held} held", baseline, log)
             quiet = None
             if step == idle_at:
                 quiet = await idle(server, redis_server, idle_seconds)
@@ -304,11 +312,8 @@ async def held_streams(server: PinnedServer, redis_server: PinnedRedis | None, s
                 log(f"  held streams {step}: the server did not go idle within 120 s")
             broken()
             held = sum(1 for r in receivers if r.open)
-            rss = server.rss_kib()
-            healthz = await healthz_held(server)
-            redis_clients = redis_server.signaling_clients() if redis_server is not None else None
-            log(f"  {step} clients joined and streaming in {time.monotonic() - started:.1f} s: "
-                f"{held} open, healthz {healthz}, RSS +{(rss - baseline) / 1024:.1f} MiB")
+            rss, healthz, redis_clients = await at_rest(
+                server, redis_server, f"{step} clients joined and streaming", started, f"{held} open", baseline, log)
             quiet = None
             if step == idle_at:
                 quiet = await idle(server, redis_server, idle_seconds, receivers)

@@ -57,7 +57,8 @@ function takeIdentity(room, ticket) {
   const kept = { ...saved, ticket: ticket ?? saved.ticket ?? null };
   addEventListener("pagehide", () => {
     if (session) {
-      sessionStorage.setItem(key, JSON.stringify({ peerId: session.peerId, token: session.token, ticket: kept.ticket }));
+      const { peerId, token, lastSeq } = session;
+      sessionStorage.setItem(key, JSON.stringify({ peerId, token, lastSeq, ticket: kept.ticket }));
     }
   });
   return kept;

@@ -119,7 +119,9 @@ const BATCH_ITEMS = 100;
  *
  * Options: `peerId` (else the server picks one, or the ticket's `sub` names
  * it), `token` (a previous session's token, to resume it after a page
- * reload), `ticket` (a join ticket), `getTicket` (an async function returning
+ * reload), `lastSeq` (that session's `session.lastSeq`, so a resume is not
+ * handed again what the previous page already saw: a stream acknowledges only
+ * when it reconnects), `ticket` (a join ticket), `getTicket` (an async function returning
  * a fresh ticket before each join), `fetch` (a stand-in for tests),
  * `backoff` `{base, max}` in ms, `sendRetries`, `batchBytes` (set it to the
  * server's `MAX_MESSAGE_BYTES` when that is below the default 65536),
@@ -167,6 +169,7 @@ class Session extends EventTarget {
     this.receiveMode = this._receive === "poll" ? "poll" : null;
     this._cursor = 0;
     this._lastSeq = 0;
+    this._resumeAfter = Number.isInteger(options.lastSeq) ? options.lastSeq : 0;
     this._closed = false;
     this._suspended = false;
     this._looping = false;
@@ -202,6 +205,11 @@ class Session extends EventTarget {
       this._outboxes.set(path, outbox);
     }
     return outbox;
+  }
+
+  /** The seq of the last envelope delivered: keep it with the token to resume after a reload (`lastSeq`). */
+  get lastSeq() {
+    return this._lastSeq;
   }
 
   /** Leaves the room and stops polling; safe to call twice. */
@@ -245,8 +253,11 @@ class Session extends EventTarget {
     this.iceServers = joined.ice_servers ?? [];
     this._pollWait = joined.poll_wait ?? this._pollWait;
     this._cursor = joined.cursor ?? 0;
-    // A fresh mailbox starts again at seq 1; a resumed one redelivers what was not acknowledged.
+    // A fresh mailbox starts again at seq 1; a resumed one redelivers what was not acknowledged,
+    // less what a previous page of this session saw (`lastSeq`): that is acknowledged with the next request.
     if (fresh) this._lastSeq = 0;
+    else if (this._resumeAfter > this._cursor) this._cursor = this._lastSeq = this._resumeAfter;
+    this._resumeAfter = 0;
     this._setPeers(joined.peers ?? [], fresh);
     this.resumed = !fresh;
   }

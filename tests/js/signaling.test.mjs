@@ -225,6 +225,28 @@ describe("join", () => {
     assert.equal(session.resumed, true);
     assert.equal(cursorOf(await service.waitFor(POLL, 1)), "4");
   });
+
+  test("a resume with the previous page's lastSeq acknowledges what that page saw and delivers only the rest", async () => {
+    // A stream acknowledges only when it reconnects: the server's cursor (4) lags what the old page saw (6).
+    service.on(JOIN, json(200, joined({ token: "old", cursor: 4 })));
+    service.on(POLL, messages([envelope(5), envelope(6), envelope(7)]));
+    const session = await start({ token: "old", lastSeq: 6, receive: "poll" });
+    const seen = record(session, "message");
+    assert.equal(cursorOf(await service.waitFor(POLL, 1)), "6");
+    await service.waitFor(POLL, 2);
+    assert.deepEqual(seen.map(([, e]) => e.seq), [7]);
+    assert.equal(session.lastSeq, 7);
+  });
+
+  test("lastSeq counts for a resume only: a fresh join starts at seq 1", async () => {
+    service.on(JOIN, json(201, joined()));
+    service.on(POLL, messages([envelope(1)]));
+    const session = await start({ token: "old", lastSeq: 6, receive: "poll" });
+    const seen = record(session, "message");
+    assert.equal(cursorOf(await service.waitFor(POLL, 1)), "0");
+    await service.waitFor(POLL, 2);
+    assert.deepEqual(seen.map(([, e]) => e.seq), [1]);
+  });
 });
 
 describe("poll loop", () => {
