@@ -60,11 +60,15 @@ TICKET_STATEFUL_SETTINGS = hypothesis.settings(STATEFUL_SETTINGS, max_examples=4
 # given out (400 bad_cursor), an Idempotency-Key used with another body (422); the check
 # `refused_only_for_state` below makes sure nothing else is.
 ACCEPTED = ["2xx", "401", "404", "409", "429"]
+#: schemathesis' own list of what refuses schema-violating input
+REFUSED = ["400", "401", "403", "404", "405", "406", "409", "415", "422", "428", "429", "5xx"]
 CONFIG = schemathesis.Config.from_dict({
     "request-timeout": 10,
     "operations": [
-        {"include-operation-id": "poll", "checks": {"positive_data_acceptance": {
-            "expected-statuses": [*ACCEPTED, "400"]}}},
+        # 414: schema-violating input (a query of 5 KB) refused before the operation sees it, as it should be
+        {"include-operation-id": "poll", "checks": {
+            "positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "400"]},
+            "negative_data_rejection": {"expected-statuses": [*REFUSED, "414"]}}},
         # 413: a batch larger than this server's MAILBOX_LIMIT (a setting the document cannot know)
         {"include-operation-id": ["send", "broadcast"], "checks": {"positive_data_acceptance": {
             "expected-statuses": [*ACCEPTED, "413", "422"]}}},
