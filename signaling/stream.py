@@ -143,7 +143,8 @@ class Stream:
         for envelope in envelopes:
             if not protocol.is_server_event(envelope):  # server events never count against a mailbox
                 self._unacked += 1
-                self._unacked_bytes += len(envelope.encode())  # as stored: UTF-8
+                # as stored, in UTF-8: ASCII (most envelopes; a flag, no scan) needs no encoding to count
+                self._unacked_bytes += len(envelope) if envelope.isascii() else len(envelope.encode())
         metrics.DELIVERIES.inc(len(envelopes))
         return events(envelopes)
 
