@@ -157,6 +157,22 @@ def test_lone_surrogates_are_still_accepted_and_answered_as_json(make_app, raw):
     assert len(bob.poll(after=0).body["messages"]) == 2
 
 
+@pytest.mark.parametrize("data", [
+    {"big": 2**70, "negative": -(2**64)},  # past 64 bits: orjson refuses to encode them
+    {"deep": json.loads("[" * 300 + "1" + "]" * 300)},  # past orjson's 254 levels
+    {"floats": [1e-7, 1e16, 0.1, -0.0, 1.5e300, 5e-324]},
+], ids=["integers-past-64-bits", "nested-300-deep", "floats"])
+def test_every_value_json_allows_comes_back_as_it_was_sent(make_app, data):
+    """Encoded by orjson, or by the standard library where orjson refuses the value: never lost or changed."""
+    api = Api.over_flask(make_app().test_client())
+    alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+    body = json.dumps({"type": "n", "data": data}).encode()
+    assert alice.request("POST", "/rooms/r1/peers/bob/messages", data=body).status == 202
+    (message,) = bob.poll(after=0).body["messages"]
+    assert message["data"] == data
+    assert json.dumps(message["data"]) == json.dumps(data)  # the same numbers, ints still ints
+
+
 # -- server events: never refused, bounded by UNREAD_EVENTS
 
 
