@@ -151,11 +151,15 @@ def test_a_woken_poll_answers_with_the_envelopes_its_wake_ups_carried(instances,
     assert bob.receive() == []  # and the envelope is acknowledged by the next poll as usual
 
 
-def test_a_batch_is_one_script_call_and_one_wake_up(instances, db, store):
-    api = instances()
-    alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
+@pytest.mark.parametrize("holder", ["same", "other"])
+def test_a_batch_is_one_script_call_and_one_wake_up(instances, db, store, holder):
+    """One wake-up for a batch: in the script's reply for a poll this instance holds, published for another's."""
+    sending = instances()
+    receiving = sending if holder == "same" else instances()
+    alice, bob = sending.peer("r1", "alice"), sending.peer("r1", "bob")
     alice.send_batch("bob", [{"type": "warm-up"}])  # the send script is loaded now
     bob.receive()
+    bob = dataclasses.replace(bob, api=receiving)
     poll = held_poll(bob, wait=10)
     time.sleep(0.3)
     scripts, wake_ups = scripts_run(db), published(db)
@@ -163,7 +167,7 @@ def test_a_batch_is_one_script_call_and_one_wake_up(instances, db, store):
     assert reply.body == {"seqs": list(range(2, 12))}
     poll["thread"].join(5)
     assert [m["data"] for m in poll["reply"].body["messages"]] == list(range(10))
-    assert published(db) - wake_ups == 1
+    assert published(db) - wake_ups == (0 if holder == "same" else 1)
     # one Redis: the send's script only, its wake-up carrying all ten; a cluster's poll fetches them
     assert scripts_run(db) - scripts == (2 if store.startswith("redis+cluster://") else 1)
 
@@ -191,6 +195,30 @@ def test_an_expired_peer_leaves_once_though_every_instance_reaps(instances):
         seen += alice.receive(wait=0.2)
     assert [(m["type"], m["from"]) for m in seen] == [("peer-joined", "bob"), ("peer-left", "bob")]
     assert seen[-1]["data"] == {"reason": "timeout"}
+
+
+def test_a_round_trip_cut_short_makes_every_held_poll_look_now_and_again_later(redis_url):
+    """Its replies carried this instance's own wake-ups, and its scripts may run after it was given up.
+
+    One Redis: a cluster client retries a round trip whose connection was killed."""
+    app = create_app(dataclasses.replace(Settings(), redis_url=redis_url))
+    api, backend = Api.over_flask(app.test_client()), Service.of(app).backend
+    alice = api.peer("cut", "alice")
+    api.peer("cut", "bob")
+    alice.send("bob", "warm-up")
+    waiter = backend.hub.hold("cut", "bob")
+    try:
+        with redis.Redis.from_url(redis_url) as db:  # the lanes' connections: the next round trip fails
+            db.client_kill_filter(_type="normal", skipme=True)
+        assert alice.send("bob", "offer").status == 503
+        assert waiter.wait(0)  # woken at once
+        started = time.monotonic()
+        assert waiter.wait(5)  # and once more, TIMEOUT later
+        assert time.monotonic() - started > 1
+        assert alice.send("bob", "offer").status == 202  # the lanes connect again
+    finally:
+        backend.hub.release(waiter)
+        Service.of(app).close()
 
 
 def test_scripts_come_back_after_redis_forgets_them(instances, db):

@@ -76,15 +76,16 @@ def test_a_scripts_first_lines_bind_its_header_and_nothing_below_reads_argv(name
 
 
 def test_script_command_refuses_a_missing_or_unknown_name():
-    members = scripts.Script("members", sharded=False)
+    members = scripts.Script("members", sharded=False, instance="i1")
     command = members.command(["sig:{r}:members"], peer="p", given="", now="1", ttl="60")
-    assert command == ("EVALSHA", members.sha, 1, "sig:{r}:members", "p", "", "1", "60")
+    # the calling instance last: the head pops it (ME), so the script's own ARGV are as its header says
+    assert command == ("EVALSHA", members.sha, 1, "sig:{r}:members", "p", "", "1", "60", "i1")
     with pytest.raises(TypeError, match=r"missing ARGV \['ttl'\], unknown \['tll'\]"):
         members.command(["sig:{r}:members"], peer="p", given="", now="1", tll="60")
-    send = scripts.Script("send", sharded=False)
+    send = scripts.Script("send", sharded=False, instance="i1")
     args = dict(sender="a", given="", now="1", ttl="60", to="b", digest="", key="", limit=1, max_bytes=1,
                 receipt_ttl=1, per_second=0)
-    assert send.command(["k"], **args, tails=("x", "y"))[-2:] == ("x", "y")  # the rest comes last, in order
+    assert send.command(["k"], **args, tails=("x", "y"))[-3:] == ("x", "y", "i1")  # the rest in order, then ME
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["redis", "cluster"])

@@ -68,9 +68,10 @@ class RedisBackend(Backend):
         self.name = "redis-cluster" if self.sharded else "redis"
         self._lanes = max(1, min(LANES, self.settings.redis_max_connections - 1))  # and one left for the pool
         self.client = connect(self.settings, f"signaling:{self.instance}", pooled_besides=self._lanes)
-        self.scripts = scripts.load(self.sharded)
+        self.scripts = scripts.load(self.sharded, self.instance)
         self._loading = threading.Lock()
         self._script_loads = 0  # how many times the scripts were loaded: a NOSCRIPT seen before a load needs none
+        self._rewake_pending = False  # a look of every held poll and stream is due (`_wake_all_twice`)
         self._round_trips = Autopipeline(self.client, self._lanes, TIMEOUT)
         self._listener = Listener(self.settings, self.instance, self.hub)
 
@@ -86,7 +87,11 @@ class RedisBackend(Backend):
         """
         with reachable():
             loads = self._script_loads
-            replies = self._round_trips.execute(commands)
+            try:
+                replies = self._round_trips.execute(commands)
+            except BaseException:
+                self._wake_all_twice()
+                raise
             forgotten = [i for i, reply in enumerate(replies) if is_noscript(reply)]
             if forgotten:
                 with self._loading:  # one request loads them; the others that found them gone meanwhile wait
@@ -105,9 +110,35 @@ class RedisBackend(Backend):
                 results.append(result)
                 renewals += renew
                 wakes += notify
-            if wakes:  # Redis Cluster: the script could not publish to another slot's channel
-                self._round_trips.execute(wakeups.spublish(wakes))
+            if wakes:
+                self._wake(wakes)
         return results, renewals
+
+    def _wake_all_twice(self) -> None:
+        """A round trip was cut short: its scripts may have run, or may run yet (Redis reads what was sent even
+        after the connection closes), and their replies carried the wake-ups of this instance's own polls and
+        streams (`_wake`). Every one looks again now and once more TIMEOUT later, rather than wait for the next."""
+        self.hub.wake_all()
+        with self._loading:
+            if self._rewake_pending:
+                return
+            self._rewake_pending = True
+        threading.Timer(TIMEOUT, self._rewake).start()
+
+    def _rewake(self) -> None:
+        self._rewake_pending = False
+        self.hub.wake_all()
+
+    def _wake(self, wakes: list[list[str]]) -> None:
+        """Hand on the wake-ups scripts returned: this instance's to its hub, the others' (a cluster) by SPUBLISH."""
+        elsewhere = []
+        for instance, message in wakes:
+            if instance == self.instance:
+                wakeups.dispatch(self.hub, message)
+            else:  # Redis Cluster: the script could not publish to another slot's channel
+                elsewhere.append((instance, message))
+        if elsewhere:
+            self._round_trips.execute(wakeups.spublish(elsewhere))
 
     def _explained(self, sha: str, error: Exception) -> Exception:
         """A script's error with the line Redis names written as its file's (`send.lua:12`)."""

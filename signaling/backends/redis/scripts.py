@@ -21,14 +21,15 @@ What Redis runs is the file behind a head that Script writes:
     local UNREAD_EVENTS = 1000             (base.UNREAD_EVENTS)
     local IDEMPOTENCY_KEYS_PER_PEER = 1000 (protocol.IDEMPOTENCY_KEYS_PER_PEER: receipts.lua)
     local WAKES, RENEW = {}, {}            (filled by wakeups.lua and room.lua's `touch`)
+    local ME = table.remove(ARGV)          (the calling instance: `command` passes it last; wakeups.lua)
     <each included file>
     local function main()
     <the script>
     end
     return {main(), WAKES, RENEW}
 
-so each script answers {its reply, the wake-ups it left to send, the renewals
-it asked for}. Redis names a line of that text in an error
+so each script answers {its reply, the wake-ups it left to send or that are
+for the caller's own instance, the renewals it asked for}. Redis names a line of that text in an error
 (`user_script:140`); `Script.explain` turns it back into `send.lua:12`.
 """
 
@@ -52,8 +53,8 @@ _LINE = re.compile(r"user_script:(\d+)")
 class Script:
     """One script as Redis runs it (`source`, `sha`), and the names of its KEYS and ARGV in order."""
 
-    def __init__(self, name: str, sharded: bool):
-        self.name = name
+    def __init__(self, name: str, sharded: bool, instance: str = ""):
+        self.name, self.instance = name, instance
         text = (_LUA / f"{name}.lua").read_text()
         self.keys = [key for _, key in sorted((int(n), key) for n, key in _KEYS.findall(text))]
         argv = [(int(n), rest, arg) for n, rest, arg in _ARGV.findall(text)]
@@ -67,7 +68,8 @@ class Script:
         head = ("local SHARDED = " + ("true" if sharded else "false"),
                 f"local UNREAD_EVENTS = {UNREAD_EVENTS}",
                 f"local IDEMPOTENCY_KEYS_PER_PEER = {IDEMPOTENCY_KEYS_PER_PEER}",
-                "local WAKES, RENEW = {}, {}")
+                "local WAKES, RENEW = {}, {}",
+                "local ME = table.remove(ARGV)")
         parts = [("(head)", "\n".join(head))]
         includes = _INCLUDE.search(text)
         for lib in includes.group(1).split() if includes else ():
@@ -91,8 +93,8 @@ class Script:
         except KeyError:
             raise self._mismatch(args) from None
         if self.rest:
-            return ("EVALSHA", self.sha, len(keys), *keys, *argv, *args[self.rest])
-        return ("EVALSHA", self.sha, len(keys), *keys, *argv)
+            return ("EVALSHA", self.sha, len(keys), *keys, *argv, *args[self.rest], self.instance)
+        return ("EVALSHA", self.sha, len(keys), *keys, *argv, self.instance)
 
     def _mismatch(self, args: dict) -> TypeError:
         missing, extra = sorted(self._names - args.keys()), sorted(args.keys() - self._names)
@@ -108,9 +110,9 @@ class Script:
         return _LINE.sub(where, message)
 
 
-def load(sharded: bool) -> dict[str, Script]:
-    """Every script of lua/ by name (its file's stem)."""
+def load(sharded: bool, instance: str = "") -> dict[str, Script]:
+    """Every script of lua/ by name (its file's stem), called by `instance` (wakeups.py)."""
     return {
-        path.name.removesuffix(".lua"): Script(path.name.removesuffix(".lua"), sharded)
+        path.name.removesuffix(".lua"): Script(path.name.removesuffix(".lua"), sharded, instance)
         for path in sorted(_LUA.iterdir(), key=lambda p: p.name) if path.name.endswith(".lua")
     }

@@ -18,6 +18,13 @@ so it returns its wake-ups and the backend SPUBLISHes them (`spublish`):
 sharded pub/sub, each instance's channel on the shard its hash tag picks.
 There two requests may publish out of order, so "M" carries nothing and the
 poll looks.
+
+A wake-up for the instance that runs the script is not published at all: the
+script returns it, and the backend hands it to its own hub (most of them,
+with few instances, and the hop through Redis and the listener is a quarter
+of a stream delivery's cost). Two replies may be handled out of order, or
+interleave with published wake-ups; `hub.Waiter.carried` finds the gap and
+the poll looks, as after any wake-up that carries nothing.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 -- Wake-ups, as Lua writes them (the format and the Python side: wakeups.py).
 -- On one Redis a script PUBLISHes them itself; on a cluster (SHARDED) a script may not reach a channel
 -- of another slot, so it leaves them in WAKES, {instance, message} pairs, for the backend to SPUBLISH.
+-- A wake-up for the calling instance itself (ME) is left in WAKES too: its reply carries it home.
 local function notify(instance, message)
-  if SHARDED then
+  if SHARDED or instance == ME then
     WAKES[#WAKES + 1] = {instance, message}
   else
     redis.call('PUBLISH', 'sig:wake:{' .. instance .. '}', message)
