@@ -181,8 +181,11 @@ def _on_connection(connection: Connection, commands: list[tuple]) -> list:
 
     A round trip cut short (timeout, lost connection, killed greenlet) would
     leave replies unread: redis-py then closes the connection, and the next
-    round trip on this lane connects again.
+    round trip on this lane connects again, the way its class connects (a
+    Sentinel-managed one asks the sentinels for the primary; writing alone
+    would connect to the address it was made with).
     """
+    connection.connect()  # nothing when connected
     connection.send_packed_command(connection.pack_commands(commands))
     replies = []
     for _ in commands:

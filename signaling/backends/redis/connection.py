@@ -145,18 +145,18 @@ def check_trust(settings: Settings) -> None:
     except (*UNREACHABLE, ssl.SSLError) as exc:
         refusal = _untrusted(exc)
         if refusal:
-            raise ConfigError(f"the Redis server's certificate is not trusted ({refusal}); set REDIS_TLS_CA to the "
-                              "CA that signed it, or see docs/deploying.md for REDIS_TLS_VERIFY") from None
+            raise ConfigError(f"REDIS_URL: the Redis server's certificate is not trusted ({refusal}): REDIS_TLS_CA "
+                              "must be the CA that signed it, and REDIS_URL name a host it was issued for "
+                              "(docs/deploying.md, TLS)") from None
 
 
 def _untrusted(exc: BaseException) -> str | None:
-    """The certificate check that failed, when that is why `exc` happened."""
+    """What the certificate check said, when a failed check is why `exc` happened (redis-py words it into its own)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen.verify_message or str(seen)
-        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return str(seen).split("] ", 1)[-1].strip(" ).")
+        text = seen.verify_message if isinstance(seen, ssl.SSLCertVerificationError) else str(seen)
+        if "certificate verify failed" in text.lower() or isinstance(seen, ssl.SSLCertVerificationError):
+            return text.rpartition("certificate verify failed: ")[2].partition(" (_ssl.c")[0].rstrip(". )")
         seen = seen.__cause__ or seen.__context__
     return None
 
