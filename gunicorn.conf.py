@@ -14,6 +14,17 @@ from signaling.config import settings_or_exit  # noqa: E402
 
 _settings = settings_or_exit()  # every setting, gunicorn's below included, is checked there
 
+if (_settings.redis_url or "").startswith("rediss"):  # a TLS Redis whose certificate is not trusted: one line, now
+    import sys
+
+    from signaling.backends.redis.connection import check_trust
+    from signaling.config import ConfigError
+
+    try:
+        check_trust(_settings)
+    except ConfigError as exc:
+        sys.exit(f"signaling: bad configuration: {exc}")
+
 # IPv6 addresses are bound in brackets.
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 # gevent's worker, with JSON answers of its own, REQUEST_READ_TIMEOUT on slow requests, a write timeout

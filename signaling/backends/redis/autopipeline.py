@@ -15,7 +15,15 @@ On one Redis each lane is a connection of its own, written and read
 directly: borrowing from redis-py's pool and building a `Pipeline` cost a
 busy worker more CPU than the round trip itself (the pool polls the socket
 on every checkout). On Redis Cluster a lane is a cluster pipeline, which
-routes each command to its node.
+routes each command to its node. Behind Sentinel a lane's connection asks
+the sentinels for the primary whenever it connects: a failover costs the
+round trips that were on the old primary's connections, and the next ones
+reach the new primary.
+
+With REDIS_WAIT_REPLICAS=N each round trip ends with `WAIT N timeout`, which
+answers once N replicas have every write the connection made so far: one
+WAIT confirms every request of the round trip, and none of them answers
+before it has (`NotReplicated` else). Without it a round trip is what it was.
 """
 
 from __future__ import annotations
@@ -28,6 +36,10 @@ from redis.connection import Connection
 
 #: most commands in one round trip
 BATCH = 512
+
+
+class NotReplicated(redis.TimeoutError):
+    """Fewer replicas than REDIS_WAIT_REPLICAS confirmed a round trip's writes within REDIS_WAIT_TIMEOUT."""
 
 
 class _Call:
@@ -48,8 +60,12 @@ class _Call:
 class Autopipeline:
     """Run command lists from any number of greenlets (or threads) in at most `lanes` concurrent round trips."""
 
-    def __init__(self, client: redis.Redis | redis.RedisCluster, lanes: int, queue_wait: float):
+    def __init__(self, client: redis.Redis | redis.RedisCluster, lanes: int, queue_wait: float,
+                 replicas: int = 0, replica_wait: float = 0.0):
         self.client, self.queue_wait = client, queue_wait
+        self.replicas = replicas
+        # WAIT's timeout is whole milliseconds, and 0 would wait forever
+        self._wait = ("WAIT", replicas, max(1, round(replica_wait * 1000))) if replicas else None
         self.round_trips = 0
         self._lock = threading.Lock()
         if isinstance(client, redis.RedisCluster):
@@ -131,8 +147,15 @@ class Autopipeline:
 
     def _send(self, batch: list[_Call], lane: Connection | None) -> None:
         commands = [command for call in batch for command in call.commands]
+        if self._wait is not None:
+            commands.append(self._wait)
         try:
             replies = self._on_cluster(commands) if lane is None else _on_connection(lane, commands)
+            if self._wait is not None:
+                confirmed = replies.pop()
+                if isinstance(confirmed, Exception) or confirmed < self.replicas:
+                    raise NotReplicated(f"{confirmed} of {self.replicas} replicas confirmed within "
+                                        f"{self._wait[2]} ms")
             at = 0
             for call in batch:
                 call.replies = replies[at:at + len(call.commands)]
@@ -158,8 +181,11 @@ def _on_connection(connection: Connection, commands: list[tuple]) -> list:
 
     A round trip cut short (timeout, lost connection, killed greenlet) would
     leave replies unread: redis-py then closes the connection, and the next
-    round trip on this lane connects again.
+    round trip on this lane connects again, the way its class connects (a
+    Sentinel-managed one asks the sentinels for the primary; writing alone
+    would connect to the address it was made with).
     """
+    connection.connect()  # nothing when connected
     connection.send_packed_command(connection.pack_commands(commands))
     replies = []
     for _ in commands:

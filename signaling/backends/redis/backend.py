@@ -72,7 +72,8 @@ class RedisBackend(Backend):
         self._loading = threading.Lock()
         self._script_loads = 0  # how many times the scripts were loaded: a NOSCRIPT seen before a load needs none
         self._rewake_pending = False  # a look of every held poll and stream is due (`_wake_all_twice`)
-        self._round_trips = Autopipeline(self.client, self._lanes, TIMEOUT)
+        self._round_trips = Autopipeline(self.client, self._lanes, TIMEOUT, self.settings.redis_wait_replicas,
+                                         self.settings.redis_wait_timeout)
         self._listener = Listener(self.settings, self.instance, self.hub)
 
     # -- plumbing

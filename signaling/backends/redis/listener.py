@@ -31,6 +31,7 @@ class Listener:
 
     def _run(self) -> None:
         channel, sharded = wakeups.channel(self.instance), is_cluster(self.settings)
+        carried = not self.settings.redis_wait_replicas  # see wakeups.py: unconfirmed envelopes are not answered
         backoff = 0.1
         while not self._stopped.is_set():
             pubsub = None
@@ -51,7 +52,7 @@ class Listener:
                 while not self._stopped.is_set():
                     message = receive(timeout=1.0)
                     if message is not None and message["type"] in ("message", "smessage"):
-                        wakeups.dispatch(self.hub, message["data"])
+                        wakeups.dispatch(self.hub, message["data"], carried)
             except UNREACHABLE as exc:
                 if self._stopped.is_set():
                     break
