@@ -7,10 +7,10 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint bench clean
+.PHONY: help run test lint bench example clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
 
 $(BIN)/gunicorn: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ test: $(VENV)/.dev  ## run every test: contract on both backends, live server, b
 
 bench: $(VENV)/.dev  ## benchmark the floor, held polls and streams, ping-pong and throughput (polling and streaming), call set-ups (QUICK=1: a few minutes; WRITE=docs/benchmarks.md)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(if $(WRITE),--write $(WRITE)) $(BENCH_ARGS)
+
+# The example's own dependency, at the version requirements-dev.txt pins for its tests (one pin, one place).
+AIORTC = $(shell grep -E '^aiortc==' requirements-dev.txt)
+$(VENV)/.example: $(BIN)/gunicorn requirements-dev.txt
+	$(BIN)/pip install --quiet "$(AIORTC)"
+	@touch $@
+
+example: $(VENV)/.example  ## install aiortc, then run examples/aiortc_peer.py in ROOM (default myroom) against $PORT
+	$(BIN)/python -m examples.aiortc_peer $(or $(ROOM),myroom) --url http://localhost:$(PORT)
 
 lint: $(VENV)/.dev  ## ruff
 	$(BIN)/ruff check .

@@ -1,5 +1,6 @@
 """signaling.js used by a page of another origin: the example of docs/clients.md, as written."""
 
+import contextlib
 import re
 import threading
 from collections import Counter, defaultdict
@@ -20,7 +21,14 @@ PLACEHOLDER = "https://signal.example.com"
 @pytest.fixture
 def example_origin(live_server):
     """Serves example.html, pointed at the live server, from an origin of its own."""
-    page = EXAMPLE.read_text().replace(PLACEHOLDER, live_server.url).encode()
+    with example_served(live_server.url) as origin:
+        yield origin
+
+
+@contextlib.contextmanager
+def example_served(service_url: str):
+    """Serves example.html, pointed at `service_url`, from an origin of its own."""
+    page = EXAMPLE.read_text().replace(PLACEHOLDER, service_url).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -36,10 +44,12 @@ def example_origin(live_server):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def test_readme_example_opens_a_data_channel_cross_origin(browser, example_origin, live_server, room):
@@ -59,6 +69,20 @@ def test_readme_example_opens_a_data_channel_cross_origin(browser, example_origi
     finally:
         for context in contexts:
             context.close()
+
+
+def test_readme_example_says_why_a_join_was_refused(browser, start_server, room):
+    """Against a server that admits only ticket holders, the page shows the refusal, not "joining…" forever."""
+    server = start_server(env={"JOIN_SECRET": "the-library-tests-join-secret-32-bytes"})
+    context = browser.new_context()
+    try:
+        with example_served(server.url) as origin:
+            page = context.new_page()
+            page.goto(f"{origin}#{room}")
+            refused = re.compile(f"^could not join {room}: .+ \\(ticket_required\\)$")
+            expect(page.locator("#status")).to_have_text(refused, timeout=10_000)
+    finally:
+        context.close()
 
 
 def test_get_ticket_gets_a_fresh_single_use_ticket_when_a_restarted_server_forgot_the_page(browser, start_server,

@@ -14,7 +14,7 @@ import pytest
 from ..support.servers import ROOT
 
 SCRIPT = ROOT / ".ci" / "system-packages"
-COMMANDS = ["chromium", "ip", "nginx", "openssl", "node", "curl", "jq", "redis-server"]
+COMMANDS = ["chromium", "ip", "nginx", "openssl", "node", "npm", "curl", "jq", "redis-server"]
 
 
 def shim(directory: Path, name: str, body: str = "exit 0") -> None:
@@ -65,7 +65,7 @@ def test_not_root_it_stops_naming_exactly_what_to_install(tmp_path):
 def test_without_apt_it_stops_naming_every_missing_package(tmp_path, uid):
     result, _ = run(tmp_path, ["ip", "curl"], uid=uid, apt=False)
     assert result.returncode != 0
-    assert "apt-get install -y chromium nginx openssl nodejs jq" in result.stderr
+    assert "apt-get install -y chromium nginx openssl nodejs npm jq" in result.stderr
 
 
 def test_make_test_and_ci_run_it_before_any_test():
