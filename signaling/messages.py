@@ -67,6 +67,7 @@ def read_outgoing(service: Service, request: Request, room: str, to: str | None)
 def send(service: Service, request: Request, room: str, to: str) -> tuple[int, str]:
     out = read_outgoing(service, request, room, to)
     seqs = service.backend.send(out)
+    time.sleep(0)  # under gevent: a poll or stream of this process that the send woke writes before this answer
     return 202, protocol.dumps({"seqs": seqs} if out.batch else {"seq": seqs[0]})
 
 
