@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import os
@@ -38,9 +39,17 @@ class Settings:
     # Streaming receive (protocol 1.2, signaling/stream.py)
     stream_heartbeat: float = 15.0  # longest silence on an open stream
     stream_max: float = 300.0  # longest life of one stream (each spread down by up to 10 %)
+    # Webhooks (protocol 1.2, signaling/webhooks.py): both set, every membership change is POSTed, signed.
+    webhook_url: str | None = None
+    webhook_secret: tuple[str, ...] = ()  # whsec_<base64>, comma-separated: each signs (rotation)
     # Beyond the protocol's table: operator knobs, documented in docs/configuration.md.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
+    # Webhook delivery (docs/webhooks.md): seconds per attempt, the waits between attempts (the last one
+    # repeats), and how long after an event it is tried before it is given up.
+    webhook_timeout: float = 10.0
+    webhook_retry_schedule: tuple[str, ...] = ("5", "30", "120", "600", "1800", "3600")
+    webhook_retry_for: float = 86400.0
     # Seconds a request may take to arrive whole, headers and body (signaling/worker.py); past it: 408.
     request_read_timeout: float = 10.0
     # Abuse limits, kept in the backend so they hold across instances; 0 turns one off.
@@ -86,6 +95,11 @@ class Settings:
             raise ConfigError(
                 f"STREAM_HEARTBEAT={self.stream_heartbeat:g} must be below STREAM_MAX={self.stream_max:g}, "
                 "or a stream would say nothing from its first line to its end, and proxies close quiet streams"
+            )
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError(
+                f"WEBHOOK_URL={_shown(self.webhook_url)} needs WEBHOOK_SECRET (whsec_<base64>): "
+                "receivers verify every event's signature with it"
             )
         if self.turn_urls and not self.turn_secret:
             raise ConfigError(
@@ -135,6 +149,22 @@ class Check(NamedTuple):
     accepts: str
 
 
+def _is_positive_number(value: str) -> bool:
+    try:
+        return 0 < float(value) < float("inf")
+    except ValueError:
+        return False
+
+
+def _is_webhook_secret(value: str) -> bool:
+    """`whsec_` and the base64 of at least 16 bytes: what Standard Webhooks libraries take."""
+    key = value.removeprefix("whsec_")
+    try:
+        return key != value and len(base64.b64decode(key, validate=True)) >= 16
+    except ValueError:
+        return False
+
+
 def _each(ok: Callable[[str], bool]) -> Callable[[tuple[str, ...]], bool]:
     return lambda values: all(ok(value) for value in values)
 
@@ -156,6 +186,7 @@ _STUN_URL = re.compile(f"stun:{_ICE_HOST}")
 _TURN_URL = re.compile(f"turns?:{_ICE_HOST}(\\?transport=(udp|tcp))?")
 #: an Origin header as browsers send it: scheme://host[:port], no path, no trailing slash
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
+_HTTP_URL = re.compile(r"https?://[^/?#\s]+(/\S*)?")
 REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -176,6 +207,13 @@ CHECKS: dict[str, Check] = {
     "TURN_TTL": Check(lambda v: v > 0, "a whole number of seconds > 0"),
     "ALLOWED_ORIGINS": Check(_each(lambda v: v == "*" or _ORIGIN.fullmatch(v)),
                              "* or comma-separated origins like https://app.example (no path, no trailing /)"),
+    "WEBHOOK_URL": Check(_HTTP_URL.fullmatch, "an http:// or https:// URL"),
+    "WEBHOOK_SECRET": Check(_each(_is_webhook_secret),
+                            "comma-separated secrets whsec_<base64 of at least 16 bytes>, as Standard Webhooks has them"),
+    "WEBHOOK_TIMEOUT": Check(lambda v: v > 0, "seconds > 0"),
+    "WEBHOOK_RETRY_SCHEDULE": Check(lambda v: bool(v) and all(map(_is_positive_number, v)),
+                                    "comma-separated seconds > 0, the waits between attempts (the last repeats)"),
+    "WEBHOOK_RETRY_FOR": Check(lambda v: v > 0, "seconds > 0"),
     "REDIS_MAX_CONNECTIONS": Check(lambda v: v > 0, "a whole number > 0"),
     "STREAM_HEARTBEAT": Check(lambda v: v > 0, "seconds > 0, below STREAM_MAX"),
     "STREAM_MAX": Check(lambda v: v > 0, "seconds > 0"),
