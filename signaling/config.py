@@ -209,7 +209,7 @@ CHECKS: dict[str, Check] = {
                              "* or comma-separated origins like https://app.example (no path, no trailing /)"),
     "WEBHOOK_URL": Check(_HTTP_URL.fullmatch, "an http:// or https:// URL"),
     "WEBHOOK_SECRET": Check(_each(_is_webhook_secret),
-                            "comma-separated secrets whsec_<base64 of at least 16 bytes>, as Standard Webhooks has them"),
+                            "comma-separated whsec_<base64 of at least 16 bytes>, as Standard Webhooks has them"),
     "WEBHOOK_TIMEOUT": Check(lambda v: v > 0, "seconds > 0"),
     "WEBHOOK_RETRY_SCHEDULE": Check(lambda v: bool(v) and all(map(_is_positive_number, v)),
                                     "comma-separated seconds > 0, the waits between attempts (the last repeats)"),

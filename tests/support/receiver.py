@@ -44,6 +44,7 @@ class Receiver:
         self.deliveries: list[Delivery] = []  # every request, verified, in the order answered
         self.bad: list[str] = []  # requests that failed verification: a test asserts there are none
         self.hung_closed = threading.Event()  # a held request's connection was closed by the sender
+        self.hanging = self.most_hanging = 0  # requests held now, and the most held at once
         self._released = threading.Event()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -68,14 +69,17 @@ class Receiver:
                     self.send_response(400)
                     self.end_headers()
                     return
-                if receiver.hang(event):
-                    receiver._released.wait(60)
-                    self.connection.settimeout(0.1)
-                    try:  # the sender gave up waiting: its end is closed
-                        if self.connection.recv(1) == b"":
-                            receiver.hung_closed.set()
-                    except OSError:
-                        pass
+                if receiver.hang(event):  # never answer; notice when the sender gives up and closes its end
+                    self.connection.settimeout(0.05)
+                    self.close_connection = True
+                    with receiver._lock:
+                        receiver.hanging += 1
+                        receiver.most_hanging = max(receiver.most_hanging, receiver.hanging)
+                    try:
+                        self._hold()
+                    finally:
+                        with receiver._lock:
+                            receiver.hanging -= 1
                     return
                 status = receiver.answer(event)
                 with receiver._lock:
@@ -85,6 +89,20 @@ class Receiver:
                     self.send_header("Retry-After", receiver.retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def _hold(self):
+                """Until `release`, or until the sender closes its end (then `hung_closed` is set)."""
+                while not receiver._released.is_set():
+                    try:
+                        if self.connection.recv(1) == b"":
+                            break
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+                else:
+                    return
+                receiver.hung_closed.set()
 
             def log_message(self, *args):
                 pass
