@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 import time
 
+import jsonschema
 import pytest
 
 from signaling.service import Service
 
 from ..support.helpers import Api
+from ..support.openapi import DOC_URI, REGISTRY
 from ..support.receiver import SECRETS, Receiver
 
 #: the whole retry schedule scaled down; the protocol's default is the settings' (tests/unit/test_webhooks.py)
@@ -49,7 +51,10 @@ def test_every_event_type_is_delivered_signed_in_order(make_app, receiver):
         ("room.ended", {"room": "r1"}),
     ]
     assert len({d.id for d in delivered}) == 6 and all(d.id.startswith("msg_") for d in delivered)
+    documented = jsonschema.Draft202012Validator({"$ref": f"{DOC_URI}#/components/schemas/WebhookEvent"},
+                                                 registry=REGISTRY, format_checker=jsonschema.FormatChecker())
     for d in delivered:
+        documented.validate(d.event)  # the OpenAPI document's `webhooks` describe it
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", d.event["timestamp"])
         assert d.headers["content-type"] == "application/json"
         assert abs(int(d.headers["webhook-timestamp"]) - d.at) < 5
