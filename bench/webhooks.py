@@ -42,7 +42,7 @@ class Receiver:
                 await self._answering.wait()
                 self.delivered += 1
                 writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError, StopIteration):
+        except (asyncio.IncompleteReadError, asyncio.CancelledError, ConnectionError, StopIteration):
             writer.close()
 
     def hold(self) -> None:
