@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from . import report, scenarios
+from . import report, scenarios, webhooks
 from .client import BenchError
 from .procs import (
     ROOT,
@@ -56,6 +56,8 @@ class Plan:
     throughput_bytes: int = 256
     batch_window: int = 4  # peer-bench's --window default
     candidate_bytes: int = 200
+    webhook_connections: int = 20  # clients joining and leaving, each in a room of its own (bench/webhooks.py)
+    webhook_seconds: float = 5.0
 
     def describe(self) -> str:
         """The method, as Markdown list items."""
@@ -156,7 +158,7 @@ QUICK = Plan(
 )
 #: "floor" runs once, before the setups; the others once per setup ("pingpong", "throughput": every
 #: client, polling and streaming)
-PARTS = ("floor", "held", "streams", "pingpong", "throughput", "setups")
+PARTS = ("floor", "held", "streams", "pingpong", "throughput", "setups", "webhooks")
 
 #: room for every held poll in one worker; the per-IP abuse limits off, as every client here is 127.0.0.1
 SERVER_ENV = {
@@ -258,7 +260,8 @@ class Bench:
         parts = {"held": held, "streams": streams,
                  "pingpong": lambda: self.ping_pong(setup, redis, slug, result["errors"]),
                  "throughput": lambda: self.throughput(setup, redis, slug, result["errors"]),
-                 "setups": lambda: self.call_setups(setup, redis, slug, result["errors"])}
+                 "setups": lambda: self.call_setups(setup, redis, slug, result["errors"]),
+                 "webhooks": lambda: self.webhooks(setup)}
         for part in self.args.parts:
             if part == "floor":
                 continue
@@ -366,6 +369,17 @@ class Bench:
                         f" server CPU per request{self.floor_text(run.server_us_per_request)}, {cpu_text(run.cpu)},"
                         f" retried: {run.failed or 'none'}",
         )}, errors, noun="calls")
+
+    def webhooks(self, setup: Setup) -> dict[str, list]:
+        """Joins and leaves per second with webhooks off and on, and deliveries per second (bench/webhooks.py)."""
+        log(f"== {setup.name}: webhooks")
+        self.quiet()
+        run = asyncio.run(webhooks.measure(lambda env: self.server(setup, env), self.plan.webhook_connections,
+                                           self.plan.webhook_seconds))
+        log(f"  joins+leaves/s: {run.off.per_second:,.0f} off, {run.on.per_second:,.0f} on"
+            f" (webhooks cost {run.cost:.0%}); every event delivered within 1 s of the load's end: {run.kept_up};"
+            f" {run.per_second:,.0f} deliveries/s draining a backlog of {run.backlog:,}")
+        return {"webhooks": [run]}
 
     def floor(self) -> scenarios.Floor:
         """The bare WSGI app on the service's worker settings: what the stack costs per request."""

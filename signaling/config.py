@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import os
@@ -39,6 +40,9 @@ class Settings:
     # Streaming receive (protocol 1.2, signaling/stream.py)
     stream_heartbeat: float = 15.0  # longest silence on an open stream
     stream_max: float = 300.0  # longest life of one stream (each spread down by up to 10 %)
+    # Webhooks (protocol 1.2, signaling/webhooks.py): both set, every membership change is POSTed, signed.
+    webhook_url: str | None = None
+    webhook_secret: tuple[str, ...] = ()  # whsec_<base64>, comma-separated: each signs (rotation)
     # Beyond the protocol's table: operator knobs, documented in docs/configuration.md.
     redis_max_connections: int = 32
     # Managed and highly available Redis (docs/deploying.md): TLS trust, and writes confirmed by replicas.
@@ -47,6 +51,11 @@ class Settings:
     redis_wait_replicas: int = 0  # a write answers only once this many replicas have it (Redis WAIT)
     redis_wait_timeout: float = 0.5  # seconds WAIT may take before the write answers 503
     reap_interval: float = 1.0
+    # Webhook delivery (docs/webhooks.md): seconds per attempt, the waits between attempts (the last one
+    # repeats), and how long after an event it is tried before it is given up.
+    webhook_timeout: float = 10.0
+    webhook_retry_schedule: tuple[str, ...] = ("5", "30", "120", "600", "1800", "3600")
+    webhook_retry_for: float = 86400.0
     # Seconds a request may take to arrive whole, headers and body (signaling/worker.py); past it: 408.
     request_read_timeout: float = 10.0
     # Abuse limits, kept in the backend so they hold across instances; 0 turns one off.
@@ -92,6 +101,11 @@ class Settings:
             raise ConfigError(
                 f"STREAM_HEARTBEAT={self.stream_heartbeat:g} must be below STREAM_MAX={self.stream_max:g}, "
                 "or a stream would say nothing from its first line to its end, and proxies close quiet streams"
+            )
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError(
+                f"WEBHOOK_URL={_shown(self.webhook_url)} needs WEBHOOK_SECRET (whsec_<base64>): "
+                "receivers verify every event's signature with it"
             )
         if self.turn_urls and not self.turn_secret:
             raise ConfigError(
@@ -159,6 +173,22 @@ class Check(NamedTuple):
     accepts: str
 
 
+def _is_positive_number(value: str) -> bool:
+    try:
+        return 0 < float(value) < float("inf")
+    except ValueError:
+        return False
+
+
+def _is_webhook_secret(value: str) -> bool:
+    """`whsec_` and the base64 of at least 16 bytes: what Standard Webhooks libraries take."""
+    key = value.removeprefix("whsec_")
+    try:
+        return key != value and len(base64.b64decode(key, validate=True)) >= 16
+    except ValueError:
+        return False
+
+
 def _each(ok: Callable[[str], bool]) -> Callable[[tuple[str, ...]], bool]:
     return lambda values: all(ok(value) for value in values)
 
@@ -203,6 +233,7 @@ REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+
 REDIS_TLS_VERIFY = ("full", "none")
 #: sentinels (host:port, comma-separated), then the service they watch, then the database
 _SENTINEL_URL = re.compile(r"rediss?\+sentinel://([^@/]*@)?[^@/:,]+:[0-9]{1,5}(,[^@/:,]+:[0-9]{1,5})*/[^/]+(/[0-9]+)?/?")
+_HTTP_URL = re.compile(r"https?://[^/?#\s]+(/\S*)?")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 #: One row per setting: what it accepts. A value that does not parse gets the same message.
@@ -222,6 +253,13 @@ CHECKS: dict[str, Check] = {
     "TURN_TTL": Check(lambda v: v > 0, "a whole number of seconds > 0"),
     "ALLOWED_ORIGINS": Check(_each(lambda v: v == "*" or _ORIGIN.fullmatch(v)),
                              "* or comma-separated origins like https://app.example (no path, no trailing /)"),
+    "WEBHOOK_URL": Check(_HTTP_URL.fullmatch, "an http:// or https:// URL"),
+    "WEBHOOK_SECRET": Check(_each(_is_webhook_secret),
+                            "comma-separated whsec_<base64 of at least 16 bytes>, as Standard Webhooks has them"),
+    "WEBHOOK_TIMEOUT": Check(lambda v: v > 0, "seconds > 0"),
+    "WEBHOOK_RETRY_SCHEDULE": Check(lambda v: bool(v) and all(map(_is_positive_number, v)),
+                                    "comma-separated seconds > 0, the waits between attempts (the last repeats)"),
+    "WEBHOOK_RETRY_FOR": Check(lambda v: v > 0, "seconds > 0"),
     "REDIS_MAX_CONNECTIONS": Check(lambda v: v > 0, "a whole number > 0"),
     "REDIS_TLS_CA": Check(_is_ca, "a PEM certificate, inline or a readable file's path"),
     "REDIS_TLS_VERIFY": Check(lambda v: v in REDIS_TLS_VERIFY, "full (the certificate and its host name) or none"),

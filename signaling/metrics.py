@@ -32,6 +32,14 @@ POLL_WAIT = Histogram(
     buckets=(0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30),
 )
 PEERS_TIMED_OUT = Counter("signaling_peers_timed_out", "Peers removed for silence")
+# Webhooks (signaling/webhooks.py). The backlog is the whole store's, read by every worker: the max of theirs.
+WEBHOOKS_DELIVERED = Counter("signaling_webhooks_delivered", "Webhook events delivered (answered 2xx)")
+WEBHOOKS_RETRIED = Counter("signaling_webhooks_retried", "Webhook attempts that failed and will be tried again")
+WEBHOOKS_GIVEN_UP = Counter("signaling_webhooks_given_up", "Webhook events given up (WEBHOOK_RETRY_FOR passed)")
+WEBHOOK_QUEUE = Gauge("signaling_webhook_queue_depth", "Webhook events recorded and not yet delivered or given up",
+                      multiprocess_mode="max")
+WEBHOOK_OLDEST = Gauge("signaling_webhook_oldest_seconds", "Age of the oldest undelivered webhook event (0: none)",
+                       multiprocess_mode="max")
 
 
 def exposition() -> tuple[bytes, str]:

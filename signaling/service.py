@@ -1,4 +1,4 @@
-"""The parts one process runs, without Flask: settings, backend, held polls, reaper, the ticket check."""
+"""The parts one process runs, without Flask: settings, backend, held polls, reaper, the ticket check, webhooks."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from .config import Settings
 from .hub import Hub
 from .presence import KeepAlive, Reaper
 from .tickets import Verifier
+from .webhooks import Webhooks
 
 
 @dataclasses.dataclass
 class Service:
     """What every view works with; `create_app` makes one per app (`Service.of(app)`): settings, backend,
-    held polls and streams, the reaper, the keep-alive of streaming peers, and the join ticket check."""
+    held polls and streams, the reaper, the keep-alive of streaming peers, the join ticket check, webhooks."""
 
     settings: Settings
     backend: Backend
@@ -22,6 +23,7 @@ class Service:
     reaper: Reaper
     keep_alive: KeepAlive
     tickets: Verifier | None  # None: tickets are off, anyone may join
+    webhooks: Webhooks | None  # None: webhooks are off (no WEBHOOK_URL)
 
     @classmethod
     def start(cls, settings: Settings) -> Service:
@@ -35,7 +37,10 @@ class Service:
         # A stream is its peer's heartbeat: renewed in one backend call a tick, well within PEER_TTL.
         keep_alive = KeepAlive(backend, min(settings.stream_heartbeat, settings.peer_ttl / 3))
         keep_alive.start()
-        return cls(settings, backend, hub, reaper, keep_alive, tickets)
+        webhooks = Webhooks(backend, settings) if settings.webhook_url else None
+        if webhooks:
+            webhooks.start()
+        return cls(settings, backend, hub, reaper, keep_alive, tickets, webhooks)
 
     @staticmethod
     def of(app) -> Service:
@@ -46,6 +51,8 @@ class Service:
         self.hub.close()
         self.reaper.stop()
         self.keep_alive.stop()
+        if self.webhooks:
+            self.webhooks.stop()
         self.backend.close()
 
 

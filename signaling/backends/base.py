@@ -24,6 +24,14 @@ is not reading it, and stops being live at once, as if silent for `peer_ttl`
 it joins again). So one mailbox holds at most `mailbox_bytes` of envelopes
 and `UNREAD_EVENTS` events.
 
+With webhooks on (`settings.webhook_url`), every change of a room's
+membership also records an event in the room's outbox, in the same atomic
+step as the change (`record_event`'s types: room.started, peer.joined,
+peer.left, room.ended), before the call returns. A room's outbox is delivered
+oldest first, one event at a time: `claim_events` leases a due room's first
+event to one attempt (a lease that expires, so a crashed instance's rooms are
+taken over), `settle_event` ends it (docs/webhooks.md).
+
 A store that cannot be reached, or is full (Redis at `maxmemory`), raises
 `BackendUnavailable`; a step that stores envelopes or members then stored
 nothing.
@@ -36,6 +44,7 @@ IP per minute and places leased per IP (`admit`), sends per peer per second
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from abc import ABC, abstractmethod
 
 from .. import errors
@@ -68,6 +77,37 @@ class Listener:
     room: str
     peer: str
     token_hash: str  # `tokens.hash_token` of the token the stream opened with
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A webhook event, the first of its room's outbox, leased to one delivery attempt."""
+
+    room: str
+    id: str  # webhook-id: the same on every attempt
+    type: str  # room.started, peer.joined, peer.left, room.ended
+    ts: float  # when it happened (unix s)
+    data: str  # JSON text
+    attempts: int  # failed attempts before this one
+    lease: str  # names this claim: settling it needs the lease still held
+
+    @classmethod
+    def parse(cls, room: str, record: str, attempts: int, lease: str) -> Event:
+        """An event from its record as stored: "<id> <type> <ts> <data JSON>" (ids and types hold no space)."""
+        event_id, kind, ts, data = record.split(" ", 3)
+        return cls(room, event_id, kind, float(ts), data, attempts, lease)
+
+
+def event_ids() -> str:
+    """A fresh base for the ids of the events one atomic step records: "msg_<random>", each event adding ".<n>"."""
+    return "msg_" + secrets.token_hex(10)
+
+
+def event_data(room: str, peer: str | None = None, **more: str) -> str:
+    """An event's data as JSON text, as the Lua side writes it (room.lua): ids and reasons need no escaping."""
+    fields = [f'"room":"{room}"'] + ([f'"peer_id":"{peer}"'] if peer is not None else [])
+    fields += [f'"{name}":{value}' for name, value in more.items()]  # values are JSON text already
+    return "{" + ",".join(fields) + "}"
 
 
 class Backend(ABC):
@@ -198,6 +238,31 @@ class Backend(ABC):
         Safe to run on every instance at once: each expired peer is removed,
         and its `peer-left` (timeout) sent, exactly once.
         """
+
+    @abstractmethod
+    def claim_events(self, now: float, lease_until: float, limit: int) -> list[Event]:
+        """Lease the first event of up to `limit` rooms whose outbox is due at `now`, until `lease_until`.
+
+        A room is due when its first event was recorded, or its retry time
+        came, and no live lease holds it: a room leased to an attempt that
+        never settled (its instance died) is due again once `lease_until`
+        passes, so some instance takes it over. Only one event of a room is
+        ever out: the next waits until this one is settled.
+        """
+
+    @abstractmethod
+    def settle_event(self, event: Event, now: float, retry_at: float | None, lease_until: float) -> Event | None:
+        """End `event`'s attempt: delivered or given up (`retry_at` None), or to be tried again at `retry_at`.
+
+        Done: the event leaves the outbox and the room's next event, if any,
+        is returned leased until `lease_until`, so one attempt follows the
+        other without a look. Does nothing (returns None) when the lease was
+        lost: another instance took the room over, and will deliver it.
+        """
+
+    @abstractmethod
+    def event_backlog(self, now: float) -> tuple[int, float | None]:
+        """Events recorded and not yet delivered or given up, and when the oldest of them happened (None: none)."""
 
     @abstractmethod
     def ping(self) -> None:

@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import hashlib
 import hmac
+import json
 import math
 import struct
 import threading
@@ -13,7 +14,7 @@ import threading
 from .. import errors
 from ..protocol import IDEMPOTENCY_KEYS_PER_PEER, IDEMPOTENCY_TTL, Outgoing, envelope_tail, with_seq
 from ..tokens import hash_token, same_hash
-from .base import UNREAD_EVENTS, Backend, Broadcast, Joined
+from .base import UNREAD_EVENTS, Backend, Broadcast, Event, Joined, event_data, event_ids
 
 
 @dataclasses.dataclass(eq=False)
@@ -137,6 +138,13 @@ class MemoryBackend(Backend):
         self._windows: dict[tuple, tuple[int, float]] = {}  # rate key -> (count, window end)
         self._leases: dict[str, dict[tuple[str, str], float]] = {}  # ip -> (room, peer) -> expiry
         self._used_tickets: dict[tuple[str, str], float] = {}  # (room, jti) -> until when it is kept
+        # webhook events (base.py): each room's outbox, oldest first, as Event records; when its first is due
+        # (a lease's end while leased); the lease and failed attempts of its first
+        self._webhooks = bool(self.settings.webhook_url)
+        self._outbox: dict[str, collections.deque[str]] = {}
+        self._event_due: dict[str, float] = {}
+        self._event_claim: dict[str, tuple[str, int]] = {}
+        self._event_ids, self._events_recorded = event_ids(), 0
 
     # -- helpers; callers hold the lock
 
@@ -185,13 +193,24 @@ class MemoryBackend(Backend):
             if other_id != about and self._live(other, now):
                 self._push(room, other_id, other, self._texts(other, (tail,)), is_event=True)
 
+    def _record(self, room: str, kind: str, data: str, now: float) -> None:
+        """Put a webhook event in the room's outbox, in the step that makes the change (webhooks on only)."""
+        if not self._webhooks:
+            return
+        self._events_recorded += 1
+        record = f"{self._event_ids}.{self._events_recorded} {kind} {round(now, 3)!r} {data}"
+        self._outbox.setdefault(room, collections.deque()).append(record)
+        self._event_due.setdefault(room, now)  # a room already waiting (a retry, a lease) keeps its time
+
     def _remove(self, room: str, peer_id: str, reason: str, now: float) -> None:
         members = self._rooms[room]
         gone = members.pop(peer_id)
         self._receipts.forget((room, peer_id, gone.since))
         self._announce(room, peer_id, "peer-left", {"reason": reason}, now)
+        self._record(room, "peer.left", event_data(room, peer_id, reason=f'"{reason}"'), now)
         if not members:
             del self._rooms[room]
+            self._record(room, "room.ended", event_data(room), now)
         self.hub.wake(room, peer_id)  # a poll it still holds ends with not_joined
 
     def _reap_room(self, room: str, now: float) -> list[str]:
@@ -269,10 +288,14 @@ class MemoryBackend(Backend):
             if len(members) >= self.settings.room_capacity:
                 raise errors.RoomFull.about(room=room, settings=self.settings)
             others = list(members)
-            self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(join.new_token), now, now, leased_to)
+            if not members:
+                self._record(room, "room.started", event_data(room), now)
+            joined = self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(join.new_token), now, now, leased_to)
             if join.jti is not None:
                 self._used_tickets[(room, join.jti)] = join.jti_until
             self._announce(room, peer, "peer-joined", None, now)
+            meta = getattr(joined, "meta", None)  # peer metadata (protocol 1.2) where the peer carries it
+            self._record(room, "peer.joined", event_data(room, peer, meta=json.dumps(meta, separators=(",", ":"))), now)
             return Joined(created=True, peers=others, cursor=0)
 
     def acknowledge_and_read(self, fetch, now, hold=None, read_after=None):
@@ -379,6 +402,47 @@ class MemoryBackend(Backend):
                 if not self._leases[ip]:
                     del self._leases[ip]
             return removed
+
+    def claim_events(self, now, lease_until, limit):
+        with self._lock:
+            claimed = []
+            for room, due in self._event_due.items():
+                if len(claimed) >= limit:
+                    break
+                if due <= now:
+                    claimed.append(self._lease_first(room, lease_until))
+            return claimed
+
+    def _lease_first(self, room: str, lease_until: float) -> Event:
+        lease, attempts = event_ids(), self._event_claim.get(room, ("", 0))[1]
+        self._event_claim[room] = (lease, attempts)
+        self._event_due[room] = lease_until
+        return Event.parse(room, self._outbox[room][0], attempts, lease)
+
+    def settle_event(self, event, now, retry_at, lease_until):
+        room = event.room
+        with self._lock:
+            lease, attempts = self._event_claim.get(room, ("", 0))
+            if lease != event.lease:
+                return None
+            if retry_at is not None:
+                self._event_claim[room] = ("", attempts + 1)
+                self._event_due[room] = retry_at
+                return None
+            outbox = self._outbox[room]
+            outbox.popleft()
+            self._event_claim[room] = ("", 0)
+            if outbox:
+                return self._lease_first(room, lease_until)
+            del self._outbox[room], self._event_due[room], self._event_claim[room]
+            return None
+
+    def event_backlog(self, now):
+        with self._lock:
+            depth = sum(map(len, self._outbox.values()))
+            oldest = min((Event.parse(room, events[0], 0, "").ts for room, events in self._outbox.items()),
+                         default=None)
+            return depth, oldest
 
     def ping(self):
         return None

@@ -12,6 +12,9 @@ from signaling.config import CHECKS, ConfigError, Settings
 
 from ..support.servers import ROOT, Certificates
 
+#: a Standard Webhooks secret: whsec_ and the base64 of 24 bytes
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
 #: (environment, the variable the message must name, words of what it accepts)
 BAD = {
     "port-word": ({"PORT": "http"}, "PORT", "1-65535"),
@@ -70,6 +73,15 @@ BAD = {
     "worker-connections": ({"WORKER_CONNECTIONS": "lots"}, "WORKER_CONNECTIONS", ">= 1"),
     "graceful-timeout": ({"GRACEFUL_TIMEOUT": "-1"}, "GRACEFUL_TIMEOUT", ">= 0"),
     "log-level": ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug, info"),
+    "webhook-url-scheme": ({"WEBHOOK_URL": "ftp://x.example/hooks", "WEBHOOK_SECRET": SECRET}, "WEBHOOK_URL", "http://"),
+    "webhook-url-without-secret": ({"WEBHOOK_URL": "https://x.example/hooks"}, "WEBHOOK_URL", "WEBHOOK_SECRET"),
+    "webhook-secret-prefix": ({"WEBHOOK_SECRET": "c2VjcmV0c2VjcmV0c2VjcmV0"}, "WEBHOOK_SECRET", "whsec_"),
+    "webhook-secret-short": ({"WEBHOOK_SECRET": f"{SECRET},whsec_c2hvcnQ="}, "WEBHOOK_SECRET", "16 bytes"),
+    "webhook-secret-not-base64": ({"WEBHOOK_SECRET": "whsec_not base64!"}, "WEBHOOK_SECRET", "base64"),
+    "webhook-timeout": ({"WEBHOOK_TIMEOUT": "0"}, "WEBHOOK_TIMEOUT", "> 0"),
+    "webhook-retry-schedule": ({"WEBHOOK_RETRY_SCHEDULE": "5,soon"}, "WEBHOOK_RETRY_SCHEDULE", "seconds > 0"),
+    "webhook-retry-schedule-zero": ({"WEBHOOK_RETRY_SCHEDULE": "0"}, "WEBHOOK_RETRY_SCHEDULE", "seconds > 0"),
+    "webhook-retry-for": ({"WEBHOOK_RETRY_FOR": "1d"}, "WEBHOOK_RETRY_FOR", "seconds > 0"),
 }
 
 
@@ -106,6 +118,8 @@ GOOD = {
     "host": {"HOST": "::", "LOG_LEVEL": "DEBUG"},
     "host-name": {"HOST": "localhost"},
     "streams": {"STREAM_HEARTBEAT": "0.5", "STREAM_MAX": "60", "MAILBOX_BYTES": "65536"},
+    "webhooks": {"WEBHOOK_URL": "https://app.example/hooks?from=signaling", "WEBHOOK_SECRET": f"{SECRET}, {SECRET}",
+                 "WEBHOOK_TIMEOUT": "2.5", "WEBHOOK_RETRY_SCHEDULE": "0.5,1,60", "WEBHOOK_RETRY_FOR": "3600"},
 }
 
 

@@ -17,6 +17,20 @@ for a few lanes, and one round trip carries everything waiting
 (`autopipeline.py`), so a burst of woken polls costs a few pipelines, not a
 queue for the connection pool.
 
+Webhook outboxes on a cluster. An event is recorded in its room's outbox and
+the room put in its slot's index by the script that makes the change
+(keys.py), so nothing can be lost between two steps. On one Redis that index
+is one key, which `claim_events` reads each tick. On a cluster a script may
+only touch its room's slot, so there is an index per slot (16,384 keys); a
+global index written after the script would lose the events of an instance
+that dies in between. So each instance looks first at the rooms it recorded
+events for or settled itself (`_hinted`, in memory: the hot path costs no
+round trip), and sweeps every slot's index each `SWEEP_INTERVAL` (three
+commands a slot, pipelined per node: about a second of one core, once a
+minute), which is how the rooms of an instance that died, or another's
+retries, are found: at most that much later. The backlog's gauges are the
+last sweep's.
+
 Scripts, not Redis Functions. Functions (Redis 7) would be loaded once by
 name instead of by sha, but on Redis Cluster they must be loaded on every
 primary, and again on each node that joins, fails over to a replica that
@@ -38,7 +52,7 @@ import redis
 from ... import errors
 from ...protocol import IDEMPOTENCY_TTL
 from ...tokens import hash_token
-from ..base import Backend, Broadcast, Joined
+from ..base import Backend, Broadcast, Event, Joined, event_ids
 from . import keys, scripts, wakeups
 from .autopipeline import Autopipeline
 from .connection import TIMEOUT, UNREACHABLE, connect, is_cluster, is_noscript, reachable
@@ -51,6 +65,9 @@ LANES = 4
 
 #: a script's refusal {'err', code, retry_ms, seq} names one of these
 _ERRORS = errors.by_code()
+
+#: seconds between two sweeps of every slot's webhook outbox index on a cluster (see above)
+SWEEP_INTERVAL = 60
 
 #: streaming peers per `keep_alive` script: Lua unpacks at most about 8,000 ARGV, two a peer
 KEEP_ALIVE_BATCH = 1000
@@ -75,6 +92,10 @@ class RedisBackend(Backend):
         self._round_trips = Autopipeline(self.client, self._lanes, TIMEOUT, self.settings.redis_wait_replicas,
                                          self.settings.redis_wait_timeout)
         self._listener = Listener(self.settings, self.instance, self.hub)
+        self._webhooks = bool(self.settings.webhook_url)
+        self._hinted: dict[str, float] = {}  # cluster: room -> when its outbox is due, as this instance knows
+        self._swept = -math.inf  # cluster: when every slot's index was last read
+        self._backlog: tuple[int, float | None] = (0, None)  # cluster: what the last sweep counted
 
     # -- plumbing
 
@@ -222,6 +243,7 @@ class RedisBackend(Backend):
                 refused=join.refusal.code if join.refusal else "", jti=join.jti or "",
                 jti_until=math.ceil(join.jti_until * 1000) if join.jti else 0,
                 ip=join.client_ip if join.client_ip and self._leases() else "",
+                on=self._room_keys(join.room), hook=self._hook(join.room, now),
             )
         except (errors.TicketRequired, errors.BadTicket):
             # the script names the code; which check failed, the view's refusal says, or the jti was used
@@ -285,6 +307,7 @@ class RedisBackend(Backend):
         _, client_ip = self._run(
             self.scripts["leave"], room, about=dict(peer=peer),
             peer=peer, given=_hashed(token), now=repr(now), ts=_ts(now), ttl=repr(self.settings.peer_ttl),
+            on=self._room_keys(room), hook=self._hook(room, now),
         )
         if client_ip:
             self.release(client_ip, room, peer)
@@ -295,7 +318,8 @@ class RedisBackend(Backend):
         if not due:
             return []
         ts, ttl = _ts(now), repr(self.settings.peer_ttl)
-        replies, _ = self._pipeline([self.scripts["reap"].command([keys.members(room)], now=repr(now), ts=ts, ttl=ttl)
+        replies, _ = self._pipeline([self.scripts["reap"].command(self._room_keys(room), now=repr(now), ts=ts, ttl=ttl,
+                                                                  hook=self._hook(room, now))
                                      for room in due])
         removed, empty, next_look = [], [], {}
         for room, (_, look, gone) in zip(due, replies, strict=True):
@@ -329,6 +353,91 @@ class RedisBackend(Backend):
         joined = {room: now for room, found in zip(rooms, pipe.execute(), strict=True) if found}
         if joined:
             self.client.zadd(keys.REAP, joined, nx=True)
+
+    # -- webhook outboxes
+
+    def _room_keys(self, room: str) -> list[str]:
+        """KEYS of a script that may record webhook events: the members key and the room's outbox index."""
+        return [keys.members(room), keys.hooks_index(room, self.sharded)]
+
+    def _hook(self, room: str, now: float) -> str:
+        """The ids for the events a script records ('' when webhooks are off); on a cluster, a hint to look."""
+        if not self._webhooks:
+            return ""
+        if self.sharded:
+            self._hinted.setdefault(room, now)
+        return event_ids()
+
+    def claim_events(self, now, lease_until, limit):
+        rooms = self._due_rooms(now, limit)
+        if not rooms:
+            return []
+        lease = event_ids()
+        replies, _ = self._pipeline([
+            self.scripts["claim_event"].command(self._room_keys(room), now=repr(now), lease=lease,
+                                                lease_until=repr(lease_until))
+            for room in rooms
+        ])
+        claimed = []
+        for room, (_, record, *attempts) in zip(rooms, replies, strict=True):
+            if record:  # else not due after all: leased by another instance, or waiting for a retry
+                claimed.append(Event.parse(room, record, attempts[0], lease))
+        return claimed
+
+    def _due_rooms(self, now: float, limit: int) -> list[str]:
+        """Rooms whose outbox may be due: the index's (one Redis), or the hinted and swept ones (a cluster)."""
+        if not self.sharded:
+            with reachable():
+                return self.client.zrangebyscore(keys.HOOKS, "-inf", now, start=0, num=limit)
+        if now - self._swept >= SWEEP_INTERVAL:
+            self._sweep(now)
+        due = [room for room, when in self._hinted.items() if when <= now][:limit]
+        for room in due:
+            del self._hinted[room]  # claimed below, or not due after all: its settling hints it again
+        return due
+
+    def _sweep(self, now: float) -> None:
+        """Read every slot's outbox index, a pipeline per node: the rooms due (hinted) and the backlog's figures."""
+        by_node: dict[str, list[str]] = {}
+        with reachable():
+            for index in keys.hooks_indexes(sharded=True):
+                by_node.setdefault(self.client.get_node_from_key(index).name, []).append(index)
+            replies = []
+            for name, indexes in by_node.items():
+                pipe = self.client.get_node(node_name=name).redis_connection.pipeline(transaction=False)
+                for index in indexes:
+                    pipe.zrange(index, 0, -1, withscores=True)
+                    pipe.get(f"{index}:count")
+                    pipe.zrange(f"{index}:oldest", 0, 0, withscores=True)
+                replies += pipe.execute()
+        depth, oldest = 0, None
+        for i in range(0, len(replies), 3):
+            rooms, count, first = replies[i:i + 3]
+            for room, due in rooms:
+                self._hinted[room] = min(due, self._hinted.get(room, due))
+            depth += int(count or 0)
+            if first and (oldest is None or first[0][1] < oldest):
+                oldest = first[0][1]
+        self._swept, self._backlog = now, (depth, oldest)
+
+    def settle_event(self, event, now, retry_at, lease_until):
+        ((_, record, *rest),), _ = self._pipeline([self.scripts["settle_event"].command(
+            self._room_keys(event.room), lease=event.lease, retry_at="" if retry_at is None else repr(retry_at),
+            lease_until=repr(lease_until),
+        )])
+        if self.sharded and retry_at is not None:
+            self._hinted[event.room] = retry_at
+        if not record:
+            return None
+        return Event.parse(event.room, record, rest[0], event.lease)
+
+    def event_backlog(self, now):
+        if self.sharded:
+            return self._backlog
+        with reachable():
+            count, oldest = self.client.pipeline(transaction=False).get(f"{keys.HOOKS}:count").zrange(
+                f"{keys.HOOKS}:oldest", 0, 0, withscores=True).execute()
+        return int(count or 0), oldest[0][1] if oldest else None
 
     def ping(self):
         with reachable():

@@ -14,6 +14,11 @@ and receipts.lua), in the same slot:
                                         -> when they expire; its newest IDEMPOTENCY_KEYS_PER_PEER are kept
     sig:{room}:jti:<jti>          string  the peer a single-use join ticket admitted, until its exp (+ leeway)
     sig:{room}:rate:<id>          string  sends in the current second
+    sig:{room}:hooks              list    the room's webhook outbox, oldest first: "<id> <type> <ts> <data JSON>"
+    sig:{room}:hook               hash    lease (of the attempt out with the first event), attempts (failed so far)
+
+The outbox outlives the room's other keys (it has no expiry: an ended room's
+events are delivered for up to WEBHOOK_RETRY_FOR); it goes when emptied.
 
 Abuse limits per client IP use the IP as hash tag:
 
@@ -25,13 +30,61 @@ leaves nothing behind for long. One global key, `sig:reap` (zset room ->
 when to look for expired peers next), lets any instance find rooms to reap
 without scanning; scripts never touch it, so no script crosses slots.
 
+Webhook outboxes are found through an index of the rooms that have one, written
+by the same script that records an event, so it cannot miss one:
+
+    <index>                       zset    room -> when its first event is due (a lease's end while leased)
+    <index>:oldest                zset    room -> when its first event happened
+    <index>:count                 string  events in the outboxes it indexes
+
+A script may only touch its room's slot, so on one Redis the index is
+`sig:hooks`, and on Redis Cluster there is one per slot, `sig:hooks:{<tag>}`,
+`<tag>` a short string of that slot (`hooks_index`): every instance sweeps
+them all now and then, and in between looks at the rooms it recorded or
+settled itself (redis/backend.py, "Webhook outboxes on a cluster").
+
 Each instance also has a wake-up channel, `sig:wake:{<instance>}` (wakeups.py).
 """
 
 from __future__ import annotations
 
+import functools
+
+from redis.crc import key_slot
+
 #: zset room -> when to look for its expired peers next (unix s): the one key outside any room's slot
 REAP = "sig:reap"
+
+
+#: the webhook outbox index on one Redis (see above)
+HOOKS = "sig:hooks"
+CLUSTER_SLOTS = 16384
+
+
+@functools.cache
+def slot_tags() -> tuple[str, ...]:
+    """A hash tag for each Redis Cluster slot, the shortest hex number in it (half a second, once a process)."""
+    tags: list[str | None] = [None] * CLUSTER_SLOTS
+    missing, n = CLUSTER_SLOTS, 0
+    while missing:
+        tag = format(n, "x")
+        slot = key_slot(tag.encode())
+        if tags[slot] is None:
+            tags[slot], missing = tag, missing - 1
+        n += 1
+    return tuple(tags)
+
+
+def hooks_index(room: str, sharded: bool) -> str:
+    """The webhook outbox index of the room's slot (see above)."""
+    if not sharded:
+        return HOOKS
+    return f"{HOOKS}:{{{slot_tags()[key_slot(room.encode())]}}}"
+
+
+def hooks_indexes(sharded: bool) -> list[str]:
+    """Every webhook outbox index: the one of one Redis, or one a slot on a cluster."""
+    return [f"{HOOKS}:{{{tag}}}" for tag in slot_tags()] if sharded else [HOOKS]
 
 
 def members(room: str) -> str:

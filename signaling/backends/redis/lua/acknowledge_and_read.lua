@@ -1,7 +1,7 @@
 -- A poll's or stream's look at its mailbox: acknowledge (drop) the envelopes up to `after`, record the poll
 -- or stream that holds the mailbox (superseding an older one on another instance), return what is left past
 -- `read_after`.
--- include   wakeups.lua room.lua
+-- include   wakeups.lua webhooks.lua room.lua
 -- KEYS[1]   members     sig:{room}:members
 -- ARGV[1]   peer        the polling peer
 -- ARGV[2]   given       its token's hash

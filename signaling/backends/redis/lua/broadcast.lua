@@ -1,5 +1,5 @@
 -- Store a broadcast's envelopes for every other live member with room for all of them.
--- include   wakeups.lua room.lua receipts.lua
+-- include   wakeups.lua webhooks.lua room.lua receipts.lua
 -- KEYS[1]   members          sig:{room}:members
 -- ARGV[1]   sender           the sending peer
 -- ARGV[2]   given            its token's hash

@@ -1,7 +1,7 @@
 -- Peers of one room with an open stream are heard from now: a batch of heartbeats, without tokens.
 -- Only this life of each peer: one that left, timed out, or joined again under its id (another token)
 -- is left alone, to its own requests.
--- include   wakeups.lua room.lua
+-- include   wakeups.lua webhooks.lua room.lua
 -- KEYS[1]   members     sig:{room}:members
 -- ARGV[1]   now         unix s
 -- ARGV[2]   ttl         PEER_TTL (s)

@@ -1,13 +1,16 @@
 -- Remove a peer and its mailbox; the others get peer-left (left). Not a member: nothing happens.
--- include   wakeups.lua room.lua
+-- include   wakeups.lua webhooks.lua room.lua
 -- KEYS[1]   members     sig:{room}:members
+-- KEYS[2]   hooks       the room's webhook outbox index (keys.hooks_index)
 -- ARGV[1]   peer        the leaving peer
 -- ARGV[2]   given       its token's hash
 -- ARGV[3]   now         unix s
 -- ARGV[4]   ts          now as envelopes carry it (their "ts")
 -- ARGV[5]   ttl         PEER_TTL (s)
+-- ARGV[6]   hook        the ids of the webhook events it records ('' when webhooks are off: webhooks.lua)
 -- returns   {'ok', the IP whose place it held ('' for none, or not a member)} | refuse('unauthorized')
-local peer, given, now, ts, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local peer, given, now, ts, ttl, hook = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6]
+record_events_as(hook, ts)
 
 local err = authenticate(peer, given, now, ttl)
 if err == 'unauthorized' then return refuse(err) end

@@ -1,5 +1,5 @@
 -- The live members, for a member.
--- include   wakeups.lua room.lua
+-- include   wakeups.lua webhooks.lua room.lua
 -- KEYS[1]   members     sig:{room}:members
 -- ARGV[1]   peer        the asking peer
 -- ARGV[2]   given       its token's hash

@@ -1,5 +1,5 @@
 -- Store a send's envelopes in one mailbox, all of them or none, and wake its poll once.
--- include   wakeups.lua room.lua receipts.lua
+-- include   wakeups.lua webhooks.lua room.lua receipts.lua
 -- KEYS[1]   members          sig:{room}:members
 -- ARGV[1]   sender           the sending peer
 -- ARGV[2]   given            its token's hash

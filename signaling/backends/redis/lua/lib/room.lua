@@ -1,6 +1,6 @@
 -- Shared by every room script, ahead of its own body. It binds KEYS[1], always the room's members key,
 -- and derives the room's other keys from it (the same slot, by the hash tag: the layout is keys.py's);
--- it reads no ARGV. Needs wakeups.lua.
+-- it reads no ARGV. Needs wakeups.lua and webhooks.lua (its remove_peer records peer.left and room.ended).
 local members = KEYS[1]
 local prefix = string.sub(members, 1, -8)
 local room = string.match(prefix, '{(.-)}')
@@ -159,7 +159,8 @@ local function drop_receipts(id)
   redis.call('DEL', index)
 end
 
--- remove a peer, its mailbox and its receipts; the live others get peer-left with `reason` (JSON text)
+-- remove a peer, its mailbox and its receipts; the live others get peer-left with `reason` (an id-like
+-- word), the webhooks peer.left, and room.ended when it was the last member
 local function remove_peer(id, reason, now, ts, ttl)
   wake(id)  -- a poll it still holds looks again and learns it is gone
   drop_receipts(id)  -- before its hash goes: the receipts' keys name its join time
@@ -167,6 +168,8 @@ local function remove_peer(id, reason, now, ts, ttl)
   redis.call('DEL', peer_key(id), mbox_key(id))
   local tail = event_tail(id, 'peer-left', '{"reason":"' .. reason .. '"}', ts)
   for _, m in ipairs(live_members(now, ttl)) do push(m, {tail}, true, ttl) end
+  record_event('peer.left', event_data(id, 'reason', '"' .. reason .. '"'))
+  if redis.call('ZCARD', members) == 0 then record_event('room.ended', event_data()) end
 end
 
 local function reap_room(now, ts, ttl)
