@@ -38,6 +38,8 @@ class Settings:
     # Streaming receive (protocol 1.2, signaling/stream.py)
     stream_heartbeat: float = 15.0  # longest silence on an open stream
     stream_max: float = 300.0  # longest life of one stream (each spread down by up to 10 %)
+    # The server API (protocol 1.2, signaling/server_api.py): any of these keys is accepted (rotation); none: off.
+    server_api_keys: tuple[str, ...] = ()
     # Beyond the protocol's table: operator knobs, documented in docs/configuration.md.
     redis_max_connections: int = 32
     reap_interval: float = 1.0
@@ -156,6 +158,8 @@ _STUN_URL = re.compile(f"stun:{_ICE_HOST}")
 _TURN_URL = re.compile(f"turns?:{_ICE_HOST}(\\?transport=(udp|tcp))?")
 #: an Origin header as browsers send it: scheme://host[:port], no path, no trailing slash
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
+#: a server API key: sent as `Authorization: Bearer <key>`, so printable ASCII without spaces; long enough to guess
+_SERVER_KEY = re.compile(r"[!-~]{32,}")
 REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -176,6 +180,8 @@ CHECKS: dict[str, Check] = {
     "TURN_TTL": Check(lambda v: v > 0, "a whole number of seconds > 0"),
     "ALLOWED_ORIGINS": Check(_each(lambda v: v == "*" or _ORIGIN.fullmatch(v)),
                              "* or comma-separated origins like https://app.example (no path, no trailing /)"),
+    "SERVER_API_KEYS": Check(_each(_SERVER_KEY.fullmatch),
+                             "comma-separated keys of at least 32 printable ASCII characters each, no spaces"),
     "REDIS_MAX_CONNECTIONS": Check(lambda v: v > 0, "a whole number > 0"),
     "STREAM_HEARTBEAT": Check(lambda v: v > 0, "seconds > 0, below STREAM_MAX"),
     "STREAM_MAX": Check(lambda v: v > 0, "seconds > 0"),

@@ -6,7 +6,7 @@ others are Flask views (api.py). `count` counts each answer by its status.
 
 from __future__ import annotations
 
-from . import api, messages, metrics
+from . import api, messages, metrics, server_api
 from .http import Route
 
 ROOM_PEER = "/rooms/{room}/peers/{peer}"
@@ -22,6 +22,11 @@ ROUTES = (
     Route("DELETE", ROOM_PEER, api.leave),
     Route("POST", ROOM_PEER + "/leave", api.leave_beacon),
     Route("GET", ROOM_PEER + "/ice-servers", api.refresh_ice_servers),
+    Route("GET", "/server/rooms/{room}", server_api.room),
+    Route("POST", "/server/rooms/{room}/peers/{peer}/messages", server_api.send),
+    Route("POST", "/server/rooms/{room}/messages", server_api.broadcast),
+    Route("DELETE", "/server/rooms/{room}/peers/{peer}", server_api.remove),
+    Route("DELETE", "/server/rooms/{room}", server_api.close),
     Route("GET", "/healthz", api.healthz),
     Route("GET", "/openapi.json", api.openapi),
     Route("GET", "/metrics", api.prometheus_metrics),

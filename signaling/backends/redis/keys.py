@@ -7,13 +7,17 @@ and receipts.lua), in the same slot:
 
     sig:{room}:members            zset  peer id -> last heartbeat (unix s)
     sig:{room}:peer:<id>          hash  token (sha256), since (join time), seq, acked, events, bytes, holder,
-                                        ip (whose place it holds), renewed (when it last asked for a renewal)
+                                        ip (whose place it holds), renewed (when it last asked for a renewal),
+                                        meta (its meta, compact JSON; absent without)
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
     sig:{room}:idem:<from>@<since>:<to>@<since>:<key>   string  a receipt, JSON {"digest", "answer"}, 10 minutes
     sig:{room}:idem:<from>@<since>  zset  a sender's receipts ("<to>@<since>:<key>", "*:<key>" for a broadcast)
                                         -> when they expire; its newest IDEMPOTENCY_KEYS_PER_PEER are kept
     sig:{room}:jti:<jti>          string  the peer a single-use join ticket admitted, until its exp (+ leeway)
     sig:{room}:rate:<id>          string  sends in the current second
+    sig:{room}:removed:<id>       hash  token (the removed peer's hash), reason: the server API removed it;
+                                        its token is answered 403 removed for PEER_TTL
+    sig:{room}:ban:<id>           string  the id is banned from the room until the key expires
 
 Abuse limits per client IP use the IP as hash tag:
 
