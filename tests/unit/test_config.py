@@ -57,6 +57,10 @@ BAD = {
     "worker-connections": ({"WORKER_CONNECTIONS": "lots"}, "WORKER_CONNECTIONS", ">= 1"),
     "graceful-timeout": ({"GRACEFUL_TIMEOUT": "-1"}, "GRACEFUL_TIMEOUT", ">= 0"),
     "log-level": ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "debug, info"),
+    "server-key-short": ({"SERVER_API_KEYS": "k" * 31}, "SERVER_API_KEYS", "at least 32"),
+    "server-key-one-short": ({"SERVER_API_KEYS": "k" * 32 + ",short"}, "SERVER_API_KEYS", "at least 32"),
+    "server-key-space": ({"SERVER_API_KEYS": "a key with spaces in it, which no header carries"}, "SERVER_API_KEYS",
+                         "no spaces"),
 }
 
 
@@ -90,6 +94,7 @@ GOOD = {
     "host": {"HOST": "::", "LOG_LEVEL": "DEBUG"},
     "host-name": {"HOST": "localhost"},
     "streams": {"STREAM_HEARTBEAT": "0.5", "STREAM_MAX": "60", "MAILBOX_BYTES": "65536"},
+    "server-keys": {"SERVER_API_KEYS": "k" * 32 + ", " + "~!#$%&'*+-.^_`|0123456789abcdefghij"},
 }
 
 
