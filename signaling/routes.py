@@ -1,7 +1,7 @@
 """Every endpoint of the API, one row each: the one routing table (tests/test_openapi.py reads it too).
 
 `plain` rows are answered by `http.Front` before Flask (messages.py); the
-others are Flask views (api.py). `count` counts each answer by its status.
+others are Flask views (api.py; server_api.py for the server API). `count` counts each answer by its status.
 """
 
 from __future__ import annotations
