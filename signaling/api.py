@@ -34,19 +34,24 @@ def join(service: Service, request: Request, room: str) -> Response:
     if requested is not None:
         protocol.check_id(requested, "peer_id")
     ticket, refusal = _ticket(service, body, room, requested)
+    # with tickets on, meta comes from the ticket only (signed: nobody claims another's name); the body's is ignored
+    meta = (ticket and ticket.meta) if service.tickets else _body_meta(body)
     peer = requested or (ticket and ticket.sub) or protocol.new_peer_id()
     token, new_token, now = request.token(), tokens.new_token(peer), time.time()
     joined = service.backend.join(protocol.Join(
         room, peer, new_token, token, now, client_ip=request.client_ip(),
-        jti=ticket and ticket.jti, jti_until=ticket.usable_until if ticket else 0.0, refusal=refusal,
+        jti=ticket and ticket.jti, jti_until=ticket.usable_until if ticket else 0.0, refusal=refusal, meta=meta,
     ))
     settings = service.settings
+    others = sorted(joined.others, key=lambda member: member.peer_id)
     return json_response(
         {
             "room": room,
             "peer_id": peer,
             "token": new_token if joined.created else token,
-            "peers": sorted(joined.peers),
+            "peers": [member.peer_id for member in others],
+            "members": [member_shown(member) for member in others],
+            "meta": _meta(joined.meta),
             "cursor": joined.cursor,
             "poll_wait": _seconds(settings.poll_wait),
             "peer_ttl": _seconds(settings.peer_ttl),
@@ -55,6 +60,24 @@ def join(service: Service, request: Request, room: str) -> Response:
         201 if joined.created else 200,
         Location=f"/rooms/{room}/peers/{peer}",
     )
+
+
+def _body_meta(body: dict) -> str | None:
+    """The join body's `meta` as kept (`protocol.meta_text`), or None; `BadMeta` for one that is no small object."""
+    return None if body.get("meta") is None else protocol.meta_text(body["meta"])
+
+
+def _meta(text: str | None):
+    """A kept meta (JSON text) as a value of an answer."""
+    return None if text is None else json.loads(text)
+
+
+def member_shown(member, joined_at: bool = False) -> dict:
+    """A member as member lists show it: peer_id and meta (and joined_at for the application)."""
+    shown = {"peer_id": member.peer_id, "meta": _meta(member.meta)}
+    if joined_at:
+        shown["joined_at"] = member.joined_at
+    return shown
 
 
 def _ticket(service: Service, body: dict, room: str, peer: str | None):
@@ -74,8 +97,9 @@ def _ticket(service: Service, body: dict, room: str, peer: str | None):
 def members(service: Service, request: Request, room: str) -> Response:
     protocol.check_id(room, "room")
     peer, token = tokens.caller(request.token())
-    peers = service.backend.members(room, peer, token, time.time())
-    return json_response({"room": room, "peers": sorted(peers)})
+    listed = sorted(service.backend.members(room, peer, token, time.time()), key=lambda member: member.peer_id)
+    return json_response({"room": room, "peers": [member.peer_id for member in listed],
+                          "members": [member_shown(member) for member in listed]})
 
 
 def _leave(service: Service, request: Request, room: str, peer: str, token: str | None) -> Response:

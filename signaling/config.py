@@ -43,6 +43,8 @@ class Settings:
     # Webhooks (protocol 1.2, signaling/webhooks.py): both set, every membership change is POSTed, signed.
     webhook_url: str | None = None
     webhook_secret: tuple[str, ...] = ()  # whsec_<base64>, comma-separated: each signs (rotation)
+    # The server API (protocol 1.2, signaling/server_api.py): any of these keys is accepted (rotation); none: off.
+    server_api_keys: tuple[str, ...] = ()
     # Beyond the protocol's table: operator knobs, documented in docs/configuration.md.
     redis_max_connections: int = 32
     # Managed and highly available Redis (docs/deploying.md): TLS trust, and writes confirmed by replicas.
@@ -229,6 +231,8 @@ _STUN_URL = re.compile(f"stun:{_ICE_HOST}")
 _TURN_URL = re.compile(f"turns?:{_ICE_HOST}(\\?transport=(udp|tcp))?")
 #: an Origin header as browsers send it: scheme://host[:port], no path, no trailing slash
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
+#: a server API key: sent as `Authorization: Bearer <key>`, so printable ASCII without spaces; long enough to guess
+_SERVER_KEY = re.compile(r"[!-~]{32,}")
 REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster", "unix")
 REDIS_TLS_VERIFY = ("full", "none")
 #: sentinels (host:port, comma-separated), then the service they watch, then the database
@@ -260,6 +264,8 @@ CHECKS: dict[str, Check] = {
     "WEBHOOK_RETRY_SCHEDULE": Check(lambda v: bool(v) and all(map(_is_positive_number, v)),
                                     "comma-separated seconds > 0, the waits between attempts (the last repeats)"),
     "WEBHOOK_RETRY_FOR": Check(lambda v: v > 0, "seconds > 0"),
+    "SERVER_API_KEYS": Check(_each(_SERVER_KEY.fullmatch),
+                             "comma-separated keys of at least 32 printable ASCII characters each, no spaces"),
     "REDIS_MAX_CONNECTIONS": Check(lambda v: v > 0, "a whole number > 0"),
     "REDIS_TLS_CA": Check(_is_ca, "a PEM certificate, inline or a readable file's path"),
     "REDIS_TLS_VERIFY": Check(lambda v: v in REDIS_TLS_VERIFY, "full (the certificate and its host name) or none"),

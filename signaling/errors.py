@@ -83,6 +83,12 @@ class BadIdempotencyKey(BadRequest):
     code = "bad_idempotency_key"
 
 
+class BadMeta(BadRequest):
+    """A peer's `meta` that is not a JSON object of at most `protocol.MAX_META_BYTES` (1.2)."""
+
+    code = "bad_meta"
+
+
 class Unauthorized(SignalingError):
     status, code, default_message = 401, "unauthorized", "missing or wrong token"
     template = "missing or wrong token for peer '{peer}'"
@@ -140,6 +146,20 @@ class MethodNotAllowed(SignalingError):
 
 class Forbidden(SignalingError):
     status, code, default_message = 403, "forbidden", "this client may not make this request"
+
+
+class Removed(Forbidden):
+    """The token of a peer the application removed (server API), for PEER_TTL after: its client stops."""
+
+    code, default_message = "removed", "this peer was removed from its room by the application"
+    template = "peer '{peer}' was removed from room '{room}': {reason}"
+
+
+class Banned(Forbidden):
+    """A join with a peer id the application banned from the room (server API), until the ban ends."""
+
+    code, default_message = "banned", "this peer id is banned from this room"
+    template = "peer id '{peer}' is banned from room '{room}' for now"
 
 
 class RequestTimeout(SignalingError):

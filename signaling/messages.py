@@ -36,12 +36,16 @@ def poll(service: Service, request: Request, room: str, peer: str) -> tuple[int,
     return 200, protocol.poll_body(messages, cursor)
 
 
-def read_outgoing(service: Service, request: Request, room: str, to: str | None) -> protocol.Outgoing:
-    """The `Outgoing` of a send or broadcast request, its envelopes encoded here, once."""
+def read_outgoing(service: Service, request: Request, room: str, to: str | None,
+                  sender: str | None = None) -> protocol.Outgoing:
+    """The `Outgoing` of a send or broadcast request, its envelopes encoded here, once.
+
+    The sender is the peer its token names, or `sender` (the server API's `protocol.SERVER_SENDER`) without a token.
+    """
     protocol.check_id(room, "room")
     if to is not None:
         protocol.check_id(to, "peer")
-    sender, token = tokens.caller(request.token())
+    sender, token = (sender, None) if sender is not None else tokens.caller(request.token())
     key = protocol.check_idempotency_key(request.header("Idempotency-Key"))
     settings = service.settings
     out = protocol.Outgoing.read(request.body(), room, sender, token, to, key, time.time())
@@ -64,14 +68,14 @@ def read_outgoing(service: Service, request: Request, room: str, to: str | None)
     return out
 
 
-def send(service: Service, request: Request, room: str, to: str) -> tuple[int, str]:
-    out = read_outgoing(service, request, room, to)
+def send(service: Service, request: Request, room: str, to: str, sender: str | None = None) -> tuple[int, str]:
+    out = read_outgoing(service, request, room, to, sender)
     seqs = service.backend.send(out)
     time.sleep(0)  # under gevent: a poll or stream of this process that the send woke writes before this answer
     return 202, protocol.dumps({"seqs": seqs} if out.batch else {"seq": seqs[0]})
 
 
-def broadcast(service: Service, request: Request, room: str) -> tuple[int, str]:
-    result = service.backend.broadcast(read_outgoing(service, request, room, None))
+def broadcast(service: Service, request: Request, room: str, sender: str | None = None) -> tuple[int, str]:
+    result = service.backend.broadcast(read_outgoing(service, request, room, None, sender))
     return 202, protocol.dumps({"delivered_to": sorted(result.delivered_to),
                                 "mailbox_full": sorted(result.mailbox_full)})

@@ -23,6 +23,10 @@ IDEMPOTENCY_TTL = 600
 #: receipts one sender (one life of a peer) keeps: its newest; a client retries a request long before it made 1,000 more
 IDEMPOTENCY_KEYS_PER_PEER = 1000
 MAX_IDEMPOTENCY_KEY = 64
+#: the largest peer meta, in bytes as compact UTF-8 JSON (1.2)
+MAX_META_BYTES = 2048
+#: the `from` of what the application sends through the server API: no peer id can be it ('@' is no id character)
+SERVER_SENDER = "@server"
 
 
 def check_id(value: Any, what: str) -> str:
@@ -30,6 +34,24 @@ def check_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise errors.BadId(f"{what} must be 1-64 characters of A-Z a-z 0-9 _ -, got {value!r:.80}")
     return value
+
+
+def meta_text(meta: Any) -> str:
+    """A peer's meta as it is kept and sent on: compact UTF-8 JSON text; `BadMeta` unless a small object.
+
+    Kept as text, so every backend stores it and writes it into events and answers as it is.
+    """
+    if not isinstance(meta, dict):
+        raise errors.BadMeta(f"'meta' must be a JSON object, got {type(meta).__name__}")
+    try:
+        text = json.dumps(meta, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        raise errors.BadMeta("'meta' must be JSON: no NaN or Infinity, nested at most a few hundred deep") from None
+    text = text if text.isascii() else _LONE_SURROGATE.sub(_escaped, text)
+    size = len(text.encode())
+    if size > MAX_META_BYTES:
+        raise errors.BadMeta(f"'meta' takes {size} bytes as compact JSON, more than {MAX_META_BYTES}")
+    return text
 
 
 def dumps(body: Any) -> str:
@@ -139,6 +161,7 @@ class Join:
     jti: str | None = None  # the single-use id of the ticket that passed, if it has one
     jti_until: float = 0.0  # until when that jti is kept (Unix s): the ticket's exp plus the leeway
     refusal: errors.SignalingError | None = None  # what a fresh join gets: its ticket was missing or bad
+    meta: str | None = None  # a fresh peer's meta (`meta_text`), from its ticket or body; a resume keeps its own
 
 
 @dataclasses.dataclass(frozen=True)

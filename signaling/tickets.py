@@ -7,7 +7,7 @@ So neither `none` nor an HS256 ticket "signed" with the public key's text
 ever passes. `JOIN_SECRET` may list several secrets, comma-separated, so a
 new one can be rolled out before the old one is dropped.
 
-    python -m signaling.tickets --room demo --peer alice [--ttl 60] [--once]
+    python -m signaling.tickets --room demo --peer alice [--ttl 60] [--once] [--meta '{"name": "Alice"}']
 
 prints a ticket signed with the first `JOIN_SECRET`, for curl and for trying
 the demo by hand.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import secrets
 import sys
 import time
@@ -27,7 +28,7 @@ import jwt
 
 from . import errors
 from .config import ConfigError, Settings
-from .protocol import ID_PATTERN
+from .protocol import ID_PATTERN, meta_text
 from .ticket_keys import load_public_key
 
 #: seconds that the service's and the application's clocks may differ
@@ -46,6 +47,7 @@ class Ticket:
 
     sub: str | None  # the peer id the ticket is for, if it names one
     jti: str | None  # set: the ticket admits one join only
+    meta: str | None  # its `meta` claim as compact JSON text (protocol 1.2): the peer's meta, which only it sets
     usable_until: float  # exp plus the leeway: until then the ticket passes, so its used jti is kept as long
 
 
@@ -84,11 +86,17 @@ class Verifier:
             raise errors.BadTicket.failed("malformed", f"its 'jti' claim is not a string of 1-{MAX_JTI} characters")
         if not isinstance(claims["exp"], (int, float)) or isinstance(claims["exp"], bool) or claims["exp"] > MAX_EXP:
             raise errors.BadTicket.failed("malformed", "its 'exp' claim is not a time in Unix seconds")
+        meta = claims.get("meta")
+        if meta is not None:
+            try:
+                meta = meta_text(meta)
+            except errors.BadMeta as exc:
+                raise errors.BadTicket.failed("meta", exc.message) from None
         if ticket_room != room:
             raise errors.BadTicket.failed("another room", f"it is for room {ticket_room!r:.80}, not {room!r}")
         if sub is not None and peer_id is not None and sub != peer_id:
             raise errors.BadTicket.failed("another peer id", f"it is for {sub!r}, not {peer_id!r}")
-        return Ticket(sub=sub, jti=jti, usable_until=float(claims["exp"]) + LEEWAY)
+        return Ticket(sub=sub, jti=jti, meta=meta, usable_until=float(claims["exp"]) + LEEWAY)
 
     def _decode(self, raw: str) -> dict:
         """Verify the signature with the key for the header's algorithm (any listed secret), then the times."""
@@ -116,14 +124,16 @@ class Verifier:
 
 
 def mint(secret: str, room: str, peer: str | None = None, ttl: float = 60, once: bool = False,
-         now: float | None = None) -> str:
-    """A ticket for `room` (and `peer`), good for `ttl` seconds; `once` adds a random jti."""
+         now: float | None = None, meta: dict | None = None) -> str:
+    """A ticket for `room` (and `peer`), good for `ttl` seconds; `once` adds a random jti; `meta`, the peer's."""
     now = time.time() if now is None else now
     claims: dict[str, Any] = {"room": room, "iat": int(now), "exp": int(now + ttl)}
     if peer is not None:
         claims["sub"] = peer
     if once:
         claims["jti"] = secrets.token_urlsafe(16)
+    if meta is not None:
+        claims["meta"] = meta
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -136,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peer", help="the peer id it is for (its 'sub'); without it the join picks one")
     parser.add_argument("--ttl", type=float, default=60, help="seconds it stays good (default 60)")
     parser.add_argument("--once", action="store_true", help="single use: add a random 'jti'")
+    parser.add_argument("--meta", help='the peer\'s meta, a JSON object such as \'{"name": "Alice"}\'')
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -146,7 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for value, what in ((args.room, "--room"), (args.peer, "--peer")):
         if value is not None and not ID_PATTERN.fullmatch(value):
             parser.exit(2, f"error: {what} must be 1-64 characters of A-Z a-z 0-9 _ -\n")
-    print(mint(settings.join_secret[0], args.room, args.peer, args.ttl, args.once))
+    meta = None
+    if args.meta is not None:
+        try:
+            meta = json.loads(args.meta)
+            meta_text(meta)
+        except (ValueError, errors.BadMeta) as exc:
+            parser.exit(2, f"error: --meta must be a JSON object of at most 2048 bytes: {exc}\n")
+    print(mint(settings.join_secret[0], args.room, args.peer, args.ttl, args.once, meta=meta))
     return 0
 
 

@@ -1,6 +1,6 @@
 // The demo at `/`: a mesh call with one RTCPeerConnection per other member,
 // negotiated with the "perfect negotiation" pattern over signaling.js.
-import { join } from "./signaling.js";
+import { FINAL_CODES, join } from "./signaling.js";
 
 const ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const LOG_LIMIT = 300;
@@ -64,6 +64,26 @@ function takeIdentity(room, ticket) {
   return kept;
 }
 
+/**
+ * This person's display name (protocol 1.2 meta): asked once, then kept in localStorage; a join ticket's
+ * `meta` names the peer instead (the server ignores the page's).
+ */
+function displayName() {
+  let name = localStorage.getItem("signaling-demo-name");
+  if (!name) {
+    name = (prompt("Your name, as the others in the room will see it:") || "").trim().slice(0, 40) ||
+      `Guest ${randomName(4)}`;
+    localStorage.setItem("signaling-demo-name", name);
+  }
+  return name;
+}
+
+/** The name to show for a member: its meta's `name`, else its id. */
+function nameOf(id) {
+  const meta = id === session?.peerId ? session.meta : session?.members.get(id);
+  return typeof meta?.name === "string" && meta.name ? meta.name : id;
+}
+
 async function start() {
   const { room, ticket } = fromHash();
   addEventListener("hashchange", () => location.reload());
@@ -75,7 +95,7 @@ async function start() {
   setupMediaButton();
 
   const baseUrl = new URL(".", location.href).href;
-  const saved = takeIdentity(room, ticket);
+  const saved = { ...takeIdentity(room, ticket), meta: { name: displayName() } };
   try {
     session = await join(baseUrl, room, saved);
   } catch (error) {
@@ -83,18 +103,26 @@ async function start() {
       return showFatal(ticketProblem(error, room) ?? `Could not join room "${room}": ${error.message}`);
     }
     // Our old id lives on elsewhere (another tab holds it): take a new one.
-    session = await join(baseUrl, room, { ticket: saved.ticket }).catch((retry) =>
+    session = await join(baseUrl, room, { ticket: saved.ticket, meta: saved.meta }).catch((retry) =>
       showFatal(ticketProblem(retry, room) ?? `Could not join: ${retry.message}`));
     if (!session) return;
   }
 
-  $("#my-id").textContent = session.peerId;
+  $("#my-id").textContent = nameOf(session.peerId);
+  $("#my-id").dataset.peer = session.peerId;
   $("#my-id").title = session.peerId;
   renderMember(session.peerId, true);
   session.addEventListener("state", ({ detail }) => showSessionState(detail));
+  // The application removed us (or banned our id): final, no rejoin; a reload must not try the old token.
+  session.addEventListener("removed", ({ detail }) => {
+    sessionStorage.removeItem(`signaling-demo:${room}`);
+    for (const id of [...peers.keys()]) removePeer(id);
+    showFatal(detail.code === "banned" ? `You may not join this room for now: ${detail.message}`
+      : `You were removed from this room: ${detail.message}`);
+  });
   session.addEventListener("error", ({ detail }) => {
     logEntry("sys", "", "error", detail.error.message);
-    if (detail.fatal) {
+    if (detail.fatal && !FINAL_CODES.has(detail.error.code)) { // a removal said so already
       showFatal(ticketProblem(detail.error, room) ?? `Disconnected from the signaling service: ${detail.error.message}`);
     }
   });
@@ -105,6 +133,7 @@ async function start() {
   session.addEventListener("peer-left", ({ detail }) => {
     logEntry("in", detail.peerId, "peer-left", detail.reason);
     removePeer(detail.peerId);
+    if (detail.reason === "removed") addChatLine("", `${detail.peerId} was removed from the room`);
   });
   session.addEventListener("message", ({ detail }) => onEnvelope(detail));
   session.addEventListener("receive-mode", ({ detail }) => logReceiveMode(detail));
@@ -312,7 +341,7 @@ function addChatLine(from, text) {
   line.dataset.from = from;
   const who = document.createElement("span");
   who.className = "who";
-  who.textContent = from === session.peerId ? "You" : from;
+  who.textContent = from === session.peerId ? "You" : from ? nameOf(from) : "";
   who.style.color = colorFor(from);
   const body = document.createElement("span");
   body.className = "text";
@@ -331,8 +360,8 @@ function renderMember(id, isMe) {
   li.title = id;
   li.classList.toggle("me", isMe);
   li.querySelector(".avatar").style.background = colorFor(id);
-  li.querySelector(".avatar").textContent = id.slice(0, 1).toUpperCase();
-  li.querySelector(".name").textContent = isMe ? `${id} (you)` : id;
+  li.querySelector(".avatar").textContent = nameOf(id).slice(0, 1).toUpperCase();
+  li.querySelector(".name").textContent = isMe ? `${nameOf(id)} (you)` : nameOf(id);
   $("#members").append(li);
   return li;
 }
@@ -341,7 +370,7 @@ function renderTile(id) {
   const tile = $("#tile-template").content.firstElementChild.cloneNode(true);
   tile.dataset.peer = id;
   tile.querySelector("video").dataset.peer = id;
-  tile.querySelector("figcaption").textContent = id;
+  tile.querySelector("figcaption").textContent = nameOf(id);
   tile.style.setProperty("--accent", colorFor(id));
   $("#videos").append(tile);
   return tile;

@@ -11,9 +11,13 @@
  *
  * A session is an EventTarget; every event is a CustomEvent whose `detail` is:
  *   - `message`      the envelope `{seq, from, type, data, ts}` of a peer's send or broadcast
- *   - `peer-joined`  `{peerId}`
- *   - `peer-left`    `{peerId, reason}`: "left" or "timeout" from the server, "rejoined" when
- *                    this session had to join afresh (its peers are then announced again)
+ *   - `peer-joined`  `{peerId, meta}`: `meta` is the peer's meta object (protocol 1.2), or null
+ *   - `peer-left`    `{peerId, reason}`: "left", "timeout", "removed" or "room_closed" from the
+ *                    server, "rejoined" when this session had to join afresh (its peers are then
+ *                    announced again)
+ *   - `removed`      `{code, message}`: the application removed this peer ("removed", the message
+ *                    giving its reason) or banned its id ("banned"); final: the session is closed
+ *                    (a fatal `error` follows) and never joins again by itself
  *   - `state`        `{state, delay?}`: "connected", "reconnecting" (waiting `delay` ms after
  *                    a failure), "rejoining", "suspended" (page hidden in the back-forward
  *                    cache), "closed"
@@ -36,7 +40,11 @@
  * than making a new one (201).
  * `session.peers` is a live Set of the other members' ids, updated before the
  * `peer-joined` and `peer-left` events fire; the members present at the join
- * are in it when `join` resolves. `session.iceServers` is the join's
+ * are in it when `join` resolves. `session.members` is a Map of the same ids to
+ * each one's meta (null without), kept with it; `session.meta` is this
+ * peer's own. Meta (protocol 1.2) is a JSON object of at most 2,048 bytes
+ * such as `{name: "Alice"}`, given as `join(url, room, {meta})`; with tickets
+ * on, the server takes it from the ticket instead. `session.iceServers` is the join's
  * `ice_servers`, ready for `new RTCPeerConnection({iceServers})`.
  *
  * Receiving (protocol 1.2): the session holds one streamed response open
@@ -110,6 +118,8 @@ const RECEIVE_MODES = new Set(["auto", "stream", "poll"]);
  * is half spent is refused whole, and goes through once the next second starts.
  */
 const WAIT_AND_RETRY = new Set(["mailbox_full", "send_rate_limited"]);
+/** Refusals that end a session for good (protocol 1.2): the application removed this peer or banned its id. */
+export const FINAL_CODES = new Set(["removed", "banned"]);
 
 /** The most envelopes one batch request may carry (PROTOCOL.md 1.1). */
 const BATCH_ITEMS = 100;
@@ -153,6 +163,10 @@ class Session extends EventTarget {
     this._ticket = options.ticket ?? null;
     this._getTicket = options.getTicket ?? null;
     this.peers = new Set();
+    /** The other members' meta by peer id (null for one without), kept with `peers` (protocol 1.2). */
+    this.members = new Map();
+    /** This peer's own meta, as the server keeps it. */
+    this.meta = options.meta ?? null;
     this.iceServers = [];
     this.state = "connecting";
     this._fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
@@ -233,6 +247,7 @@ class Session extends EventTarget {
     const headers = { "Content-Type": "application/json" };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     const body = this.peerId ? { peer_id: this.peerId } : {};
+    if (this.meta) body.meta = this.meta;
     const ticket = await this._ticketForJoin();
     if (ticket) body.ticket = ticket;
     let response;
@@ -258,7 +273,9 @@ class Session extends EventTarget {
     if (fresh) this._lastSeq = 0;
     else if (this._resumeAfter > this._cursor) this._cursor = this._lastSeq = this._resumeAfter;
     this._resumeAfter = 0;
-    this._setPeers(joined.peers ?? [], fresh);
+    this.meta = joined.meta ?? null;
+    const metas = new Map((joined.members ?? []).map((member) => [member.peer_id, member.meta ?? null]));
+    this._setPeers(joined.peers ?? [], fresh, metas);
     this.resumed = !fresh;
   }
 
@@ -275,19 +292,22 @@ class Session extends EventTarget {
     }
   }
 
-  /** Makes `peers` equal `ids`; after a fresh rejoin every old peer is announced again. */
-  _setPeers(ids, fresh) {
+  /** Makes `peers` equal `ids` (and `members` their `metas`); after a fresh rejoin every old peer is announced again. */
+  _setPeers(ids, fresh, metas) {
     const next = new Set(ids);
     for (const id of [...this.peers]) {
       if (fresh || !next.has(id)) {
         this.peers.delete(id);
+        this.members.delete(id);
         this._emit("peer-left", { peerId: id, reason: "rejoined" });
       }
     }
     for (const id of next) {
+      const meta = metas.get(id) ?? null;
+      this.members.set(id, meta);
       if (!this.peers.has(id)) {
         this.peers.add(id);
-        this._emit("peer-joined", { peerId: id });
+        this._emit("peer-joined", { peerId: id, meta });
       }
     }
   }
@@ -474,10 +494,13 @@ class Session extends EventTarget {
       if (envelope.seq <= this._lastSeq) continue;
       this._lastSeq = envelope.seq;
       if (envelope.type === "peer-joined") {
+        const meta = envelope.data?.meta ?? null;
         this.peers.add(envelope.from);
-        this._emit("peer-joined", { peerId: envelope.from });
+        this.members.set(envelope.from, meta);
+        this._emit("peer-joined", { peerId: envelope.from, meta });
       } else if (envelope.type === "peer-left") {
         this.peers.delete(envelope.from);
+        this.members.delete(envelope.from);
         this._emit("peer-left", { peerId: envelope.from, reason: envelope.data?.reason ?? "left" });
       } else {
         this._emit("message", envelope);
@@ -570,6 +593,7 @@ class Session extends EventTarget {
   }
 
   _fail(error) {
+    if (FINAL_CODES.has(error.code)) this._emit("removed", { code: error.code, message: error.message });
     this._emit("error", { error, fatal: true });
     this._close();
   }

@@ -58,10 +58,20 @@ UNREAD_EVENTS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
+class Member:
+    """A live member as member lists show it (1.2)."""
+
+    peer_id: str
+    meta: str | None  # its meta as compact JSON text (`protocol.meta_text`); None: it has none
+    joined_at: float  # unix s
+
+
+@dataclasses.dataclass(frozen=True)
 class Joined:
     created: bool  # False when the join resumed a live peer with its own token
-    peers: list[str]  # the other members
+    others: list[Member]  # the other members
     cursor: int  # the last acknowledged seq
+    meta: str | None  # the joined peer's own meta: a resume's is what its first join gave
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +166,12 @@ class Backend(ABC):
         `join.client_ip` is the address `admit` leased the place to: the
         peer's heartbeats keep that lease (a resume from another address moves
         it there).
+
+        Server API (1.2): a join that is not a resume raises `Banned` while the
+        id is banned from the room (before any ticket check), and `Removed`
+        when it presents the token of a peer removed within `peer_ttl`. A
+        fresh peer keeps `join.meta` for its life; its `peer-joined` carries
+        `{"meta": ...}` (null without).
         """
 
     @abstractmethod
@@ -214,15 +230,43 @@ class Backend(ABC):
         are counted, not its requests; a batch that finds the second untouched
         is let through whole) and `IdempotencyKeyReused`. A repeated key with
         the same digest returns the first seqs and stores nothing.
+
+        `out.sender` `protocol.SERVER_SENDER`: the application sends (the
+        server API, whose key the view checked): no token, no heartbeat, no
+        send rate; every other rule holds.
         """
 
     @abstractmethod
     def broadcast(self, out: Outgoing) -> Broadcast:
-        """Store every envelope of `out` for each other live member whose mailbox has room for all of them."""
+        """Store every envelope of `out` for each other live member whose mailbox has room for all of them.
+
+        As `send`, from the application too.
+        """
 
     @abstractmethod
-    def members(self, room: str, peer: str, token: str | None, now: float) -> list[str]:
-        """Every live member id, the caller's included."""
+    def members(self, room: str, peer: str | None, token: str | None, now: float) -> list[Member]:
+        """Every live member, the caller's included, in join order.
+
+        `peer` None: the application asks (the server API, whose key the view
+        checked): no caller, no heartbeat, and an empty room is no error.
+        """
+
+    @abstractmethod
+    def remove(self, room: str, peer: str, reason: str, ban: float, now: float) -> bool:
+        """The application removes `peer` (server API): whether it was a live member.
+
+        As a leave (its mailbox gone, its place given back, its held poll or
+        stream woken to find it gone), but the others' `peer-left` says
+        `removed`, and for `peer_ttl` every call with its token raises
+        `Removed` with `reason`. `ban` > 0: for that many seconds a join with
+        this id in this room raises `Banned`, member or not. One atomic step:
+        a join or resume of this id comes wholly before it (and is removed) or
+        wholly after (and is refused).
+        """
+
+    @abstractmethod
+    def close_room(self, room: str, now: float) -> list[str]:
+        """Remove every member as `remove` does, with reason `room_closed`; return their ids."""
 
     @abstractmethod
     def leave(self, room: str, peer: str, token: str | None, now: float) -> None:

@@ -12,9 +12,9 @@ import struct
 import threading
 
 from .. import errors
-from ..protocol import IDEMPOTENCY_KEYS_PER_PEER, IDEMPOTENCY_TTL, Outgoing, envelope_tail, with_seq
+from ..protocol import IDEMPOTENCY_KEYS_PER_PEER, IDEMPOTENCY_TTL, SERVER_SENDER, Outgoing, envelope_tail, with_seq
 from ..tokens import hash_token, same_hash
-from .base import UNREAD_EVENTS, Backend, Broadcast, Event, Joined, event_data, event_ids
+from .base import UNREAD_EVENTS, Backend, Broadcast, Event, Joined, Member, event_data, event_ids
 
 
 @dataclasses.dataclass(eq=False)
@@ -23,6 +23,7 @@ class _Peer:
     last_seen: float
     since: float  # when it joined: receipts of an earlier peer with its id do not apply
     ip: str = ""  # the client IP whose place it holds ("" for none)
+    meta: str | None = None  # its meta as compact JSON text, fixed for its life
     seq: int = 0  # the last seq given out
     acked: int = 0
     events: int = 0  # server events among the stored envelopes
@@ -145,6 +146,9 @@ class MemoryBackend(Backend):
         self._event_due: dict[str, float] = {}
         self._event_claim: dict[str, tuple[str, int]] = {}
         self._event_ids, self._events_recorded = event_ids(), 0
+        self._bans: dict[tuple[str, str], float] = {}  # (room, peer id) -> when the ban ends
+        # (room, peer id) -> (the removed peer's token hash, the reason, until when its token hears it)
+        self._removed: dict[tuple[str, str], tuple[str, str, float]] = {}
 
     # -- helpers; callers hold the lock
 
@@ -154,11 +158,19 @@ class MemoryBackend(Backend):
     def _authenticate(self, room: str, peer_id: str, token: str | None, now: float) -> _Peer:
         peer = self._rooms.get(room, {}).get(peer_id)
         if not self._live(peer, now):
+            self._check_removed(room, peer_id, token, now)
             raise errors.NotJoined.about(room=room, peer=peer_id)
         if not same_hash(peer.token_hash, token):
+            self._check_removed(room, peer_id, token, now)
             raise errors.Unauthorized.about(peer=peer_id)
         self._heartbeat(room, peer_id, peer, now)
         return peer
+
+    def _check_removed(self, room: str, peer_id: str, token: str | None, now: float) -> None:
+        """Raise `Removed` when `token` is that of a peer the application removed within PEER_TTL."""
+        removed = self._removed.get((room, peer_id))
+        if removed is not None and removed[2] > now and same_hash(removed[0], token):
+            raise errors.Removed.about(room=room, peer=peer_id, reason=removed[1])
 
     def _heartbeat(self, room: str, peer_id: str, peer: _Peer, now: float) -> None:
         """The peer is live from now, and keeps its place leased to its IP as long."""
@@ -212,6 +224,13 @@ class MemoryBackend(Backend):
             del self._rooms[room]
             self._record(room, "room.ended", event_data(room), now)
         self.hub.wake(room, peer_id)  # a poll it still holds ends with not_joined
+
+    def _remove_by_server(self, room: str, peer_id: str, reason: str, why: str, now: float) -> None:
+        """The application removes a live member: a leave with `reason`, and its token answers `why` for PEER_TTL."""
+        gone = self._rooms[room][peer_id]
+        self._removed[(room, peer_id)] = (gone.token_hash, why, now + self.settings.peer_ttl)
+        self._remove(room, peer_id, reason, now)
+        self._leases.get(gone.ip, {}).pop((room, peer_id), None)
 
     def _reap_room(self, room: str, now: float) -> list[str]:
         expired = [pid for pid, p in self._rooms.get(room, {}).items() if not self._live(p, now)]
@@ -271,6 +290,9 @@ class MemoryBackend(Backend):
         with self._lock:
             existing = self._rooms.get(room, {}).get(peer)
             if not (self._live(existing, now) and same_hash(existing.token_hash, token)):  # not a resume
+                if self._bans.get((room, peer), 0) > now:
+                    raise errors.Banned.about(room=room, peer=peer)
+                self._check_removed(room, peer, token, now)
                 if join.refusal is not None:
                     raise join.refusal
                 if join.jti is not None and self._used_tickets.get((room, join.jti), 0) > now:
@@ -283,20 +305,26 @@ class MemoryBackend(Backend):
                     raise errors.PeerIdTaken.about(room=room, peer=peer)
                 existing.ip = leased_to or existing.ip  # resumed from another address: its place now
                 self._heartbeat(room, peer, existing, now)
-                others = [pid for pid in members if pid != peer]
-                return Joined(created=False, peers=others, cursor=existing.acked)
+                others = self._listed(room, now, but=peer)
+                return Joined(created=False, others=others, cursor=existing.acked, meta=existing.meta)
             if len(members) >= self.settings.room_capacity:
                 raise errors.RoomFull.about(room=room, settings=self.settings)
-            others = list(members)
+            others = self._listed(room, now)
             if not members:
                 self._record(room, "room.started", event_data(room), now)
-            joined = self._rooms.setdefault(room, {})[peer] = _Peer(hash_token(join.new_token), now, now, leased_to)
+            fresh = _Peer(hash_token(join.new_token), now, now, leased_to, meta=join.meta)
+            self._rooms.setdefault(room, {})[peer] = fresh
             if join.jti is not None:
                 self._used_tickets[(room, join.jti)] = join.jti_until
-            self._announce(room, peer, "peer-joined", None, now)
-            meta = getattr(joined, "meta", None)  # peer metadata (protocol 1.2) where the peer carries it
-            self._record(room, "peer.joined", event_data(room, peer, meta=json.dumps(meta, separators=(",", ":"))), now)
-            return Joined(created=True, peers=others, cursor=0)
+            data = None if join.meta is None else {"meta": json.loads(join.meta)}
+            self._announce(room, peer, "peer-joined", data, now)
+            self._record(room, "peer.joined", event_data(room, peer, meta=join.meta or "null"), now)
+            return Joined(created=True, others=others, cursor=0, meta=join.meta)
+
+    def _listed(self, room: str, now: float, but: str | None = None) -> list[Member]:
+        """The room's live members (but one), in join order."""
+        return [Member(pid, p.meta, p.since) for pid, p in self._rooms.get(room, {}).items()
+                if pid != but and self._live(p, now)]
 
     def acknowledge_and_read(self, fetch, now, hold=None, read_after=None):
         after, limit = fetch.after, fetch.limit
@@ -329,16 +357,26 @@ class MemoryBackend(Backend):
         if wait is not None:
             raise errors.SendRateLimited.about(peer=out.sender, settings=self.settings, retry_after=wait)
 
+    def _sender(self, out: Outgoing) -> float:
+        """Authenticate a send's sender and count its rate: its join time, which its receipts are bound to.
+
+        The application (the server API) is no member: nothing to check, no rate, and its receipts' time 0.
+        """
+        if out.sender == SERVER_SENDER:
+            return 0.0
+        me = self._authenticate(out.room, out.sender, out.token, out.now)
+        self._check_send_rate(out)
+        return me.since
+
     def send(self, out):
         room, to = out.room, out.to
         with self._lock:
-            me = self._authenticate(room, out.sender, out.token, out.now)
-            self._check_send_rate(out)
-            recipient = self._rooms[room].get(to)
+            since = self._sender(out)
+            recipient = self._rooms.get(room, {}).get(to)
             if not self._live(recipient, out.now):
                 raise errors.PeerNotFound.about(room=room, to=to)
             if out.idempotency_key is not None:
-                key = self._receipts.key(room, out.sender, me.since, to, recipient.since, out.idempotency_key)
+                key = self._receipts.key(room, out.sender, since, to, recipient.since, out.idempotency_key)
                 seqs = self._receipts.answer(key, out.digest, out.now)
                 if seqs is not None:
                     return seqs
@@ -347,21 +385,20 @@ class MemoryBackend(Backend):
                 raise errors.MailboxFull.about(to=to, settings=self.settings)
             seqs = self._push(room, to, recipient, texts, is_event=False)
             if out.idempotency_key is not None:
-                self._receipts.keep((room, out.sender, me.since), key, out.digest, seqs, out.now)
+                self._receipts.keep((room, out.sender, since), key, out.digest, seqs, out.now)
             return seqs
 
     def broadcast(self, out):
         room, now = out.room, out.now
         with self._lock:
-            me = self._authenticate(room, out.sender, out.token, now)
-            self._check_send_rate(out)
+            since = self._sender(out)
             if out.idempotency_key is not None:
-                key = self._receipts.key(room, out.sender, me.since, "*", 0, out.idempotency_key)
+                key = self._receipts.key(room, out.sender, since, "*", 0, out.idempotency_key)
                 result = self._receipts.answer(key, out.digest, now)
                 if result is not None:
                     return result
             delivered, full = [], []
-            for peer_id, p in self._rooms[room].items():
+            for peer_id, p in self._rooms.get(room, {}).items():
                 if peer_id == out.sender or not self._live(p, now):
                     continue
                 texts = self._texts(p, out.tails)
@@ -372,13 +409,31 @@ class MemoryBackend(Backend):
                     full.append(peer_id)
             result = Broadcast(delivered, full)
             if out.idempotency_key is not None and delivered:
-                self._receipts.keep((room, out.sender, me.since), key, out.digest, result, now)
+                self._receipts.keep((room, out.sender, since), key, out.digest, result, now)
             return result
 
     def members(self, room, peer, token, now):
         with self._lock:
-            self._authenticate(room, peer, token, now)
-            return [pid for pid, p in self._rooms[room].items() if self._live(p, now)]
+            if peer is not None:
+                self._authenticate(room, peer, token, now)
+            return self._listed(room, now)
+
+    def remove(self, room, peer, reason, ban, now):
+        with self._lock:
+            if ban > 0:
+                self._bans[(room, peer)] = now + ban
+            if not self._live(self._rooms.get(room, {}).get(peer), now):
+                return False
+            self._remove_by_server(room, peer, "removed", reason, now)
+            return True
+
+    def close_room(self, room, now):
+        with self._lock:
+            self._reap_room(room, now)
+            gone = list(self._rooms.get(room, {}))
+            for peer in gone:
+                self._remove_by_server(room, peer, "room_closed", "room_closed", now)
+            return gone
 
     def leave(self, room, peer, token, now):
         with self._lock:
@@ -395,8 +450,11 @@ class MemoryBackend(Backend):
             self._receipts.expire(now)
             for key in [k for k, (_, ends) in self._windows.items() if ends <= now]:
                 del self._windows[key]
-            for key in [k for k, until in self._used_tickets.items() if until <= now]:
-                del self._used_tickets[key]
+            for kept in (self._used_tickets, self._bans):
+                for key in [k for k, until in kept.items() if until <= now]:
+                    del kept[key]
+            for key in [k for k, (_, _, until) in self._removed.items() if until <= now]:
+                del self._removed[key]
             for ip in list(self._leases):
                 self._leases[ip] = {p: end for p, end in self._leases[ip].items() if end > now}
                 if not self._leases[ip]:

@@ -26,6 +26,14 @@ carries one Idempotency-Key for all its retries, so the recipient gets it once.
 Leaving the `async with` block, or `await session.leave()`, finishes the sends
 already made and leaves the room.
 
+Protocol 1.2: `join(..., meta={"name": ...})` gives this peer its meta (with
+tickets on, the ticket's `meta` claim does); `session.meta` is its own and
+`session.members` maps each other member's id to its meta (None without),
+kept up to date as `peer-joined` (its `data["meta"]`) and `peer-left` arrive.
+When the application removes this peer or bans its id (server API), the
+session ends for good, never rejoining: iterating it raises SignalingError
+with `code` "removed" or "banned" (`FINAL_CODES`), whose message gives the reason.
+
 This module must not import Flask, gevent or redis: a peer installs httpx alone.
 """
 
@@ -49,12 +57,15 @@ import httpx
 
 from .event_stream import Event, EventStreamParser
 
-__all__ = ["RECEIVE_MODES", "SignalingError", "Session", "StreamTiming", "join", "rtc_ice_servers"]
+__all__ = ["FINAL_CODES", "RECEIVE_MODES", "SignalingError", "Session", "StreamTiming", "join", "rtc_ice_servers"]
 
 log = logging.getLogger(__name__)
 
 #: Most envelopes in one batch send (PROTOCOL.md 1.1, "Batch send").
 MAX_BATCH = 100
+
+#: Refusals that end a session for good (1.2): the application removed this peer, or banned its id from the room.
+FINAL_CODES = ("removed", "banned")
 
 #: How a session may receive: stream and fall back to polls, or only one of the two.
 RECEIVE_MODES = ("auto", "stream", "poll")
@@ -108,8 +119,12 @@ async def join(base_url: str, room: str, *, peer_id: str | None = None, token: s
                ticket: str | None = None, get_ticket: TicketSource | None = None,
                http: httpx.AsyncClient | None = None, backoff: tuple[float, float] = (0.5, 10.0),
                send_retries: int = 5, receive: str = "auto", stream_timing: StreamTiming = StreamTiming(),
-               on_receive_mode: Callable[[str, str], None] | None = None) -> Session:
+               on_receive_mode: Callable[[str, str], None] | None = None, meta: dict | None = None) -> Session:
     """Join `room` and start receiving; the Session returned is also an async context manager.
+
+    `meta` is this peer's meta (a JSON object of at most 2,048 bytes, such as
+    `{"name": "Bot"}`), which the others see; with tickets on, the server
+    takes it from the ticket instead.
 
     `peer_id` names this peer (else the server picks one); `token` is an earlier
     session's, to resume it. With join tickets on, pass the application's
@@ -123,14 +138,14 @@ async def join(base_url: str, room: str, *, peer_id: str | None = None, token: s
     `session.receive_mode` changes.
 
     Raises SignalingError when the join is refused (409 peer_id_taken, 401
-    ticket_required, ...); a 429 or 5xx is waited out and tried again, up to
-    `send_retries` times.
+    ticket_required, 403 banned, 400 bad_meta, ...); a 429 or 5xx is waited
+    out and tried again, up to `send_retries` times.
     """
     if receive not in RECEIVE_MODES:
         raise ValueError(f"receive must be one of {', '.join(RECEIVE_MODES)}, not {receive!r}")
     session = Session(base_url, room, peer_id=peer_id, token=token, ticket=ticket, get_ticket=get_ticket,
                       http=http, backoff=backoff, send_retries=send_retries, receive=receive,
-                      stream_timing=stream_timing, on_receive_mode=on_receive_mode)
+                      stream_timing=stream_timing, on_receive_mode=on_receive_mode, meta=meta)
     fresh = token is None  # with a token, a resume, which needs no ticket
     try:
         for attempt in range(send_retries + 1):
@@ -171,13 +186,17 @@ class Session:
                  get_ticket: TicketSource | None, http: httpx.AsyncClient | None,
                  backoff: tuple[float, float], send_retries: int, receive: str = "auto",
                  stream_timing: StreamTiming = StreamTiming(),
-                 on_receive_mode: Callable[[str, str], None] | None = None):
+                 on_receive_mode: Callable[[str, str], None] | None = None, meta: dict | None = None):
         self.base_url = base_url.rstrip("/")
         self.room = room
         self.peer_id = peer_id
         self.token = token
         #: The other members, kept up to date by the receive loop as peer-joined and peer-left arrive.
         self.peers: set[str] = set()
+        #: The other members' meta by peer id (None for one without), kept up to date with `peers` (1.2).
+        self.members: dict[str, Any] = {}
+        #: This peer's own meta, as the server keeps it (None without).
+        self.meta: Any = meta
         #: The join's `ice_servers`, as RTCConfiguration.iceServers (see rtc_ice_servers for aiortc).
         self.ice_servers: list[dict] = []
         #: True when the join resumed a live member (200), False when it made a new one (201).
@@ -243,6 +262,10 @@ class Session:
         if self._poller:
             self._poller.cancel()
         await asyncio.gather(*self._senders.values(), return_exceptions=True)
+        if self.error is not None and self.error.code in FINAL_CODES:  # removed: nothing left to leave
+            self._close()
+            await self._close_http()
+            return
         try:
             response = await self._http.delete(self._url(f"/rooms/{_q(self.room)}/peers/{_q(self.peer_id)}"),
                                                headers=self._auth())
@@ -278,6 +301,8 @@ class Session:
     async def _join(self, fresh: bool) -> None:
         """POST the join: a resume when this session has a live token, else a fresh join with a ticket."""
         body: dict[str, Any] = {} if self.peer_id is None else {"peer_id": self.peer_id}
+        if self.meta is not None:
+            body["meta"] = self.meta
         ticket = await self._fresh_ticket() if fresh else self._ticket
         if ticket is not None:
             body["ticket"] = ticket
@@ -294,6 +319,10 @@ class Session:
         if created:
             self._last_seq = 0  # a new mailbox numbers from 1 again
         self.resumed = not created
+        self.meta = joined.get("meta")
+        listed = joined.get("members")  # 1.2; a 1.1 server lists ids only
+        self.members = ({m["peer_id"]: m.get("meta") for m in listed} if isinstance(listed, list)
+                        else dict.fromkeys(joined.get("peers") or []))
         self._set_peers(joined.get("peers") or [], announce=self._poller is not None, fresh=created)
 
     async def _fresh_ticket(self) -> str | None:
@@ -469,8 +498,11 @@ class Session:
             self._last_seq = envelope["seq"]
             if envelope["type"] == "peer-joined":
                 self.peers.add(envelope["from"])
+                data = envelope.get("data")
+                self.members[envelope["from"]] = data.get("meta") if isinstance(data, dict) else None
             elif envelope["type"] == "peer-left":
                 self.peers.discard(envelope["from"])
+                self.members.pop(envelope["from"], None)
             self._inbox.put_nowait(envelope)
         self._cursor = cursor if isinstance(cursor, int) else self._last_seq
 
@@ -483,7 +515,7 @@ class Session:
                 self.state = "connected"
                 return 0
             except SignalingError as error:
-                if not error.retriable:  # 401 ticket_required or bad_ticket, 409 peer_id_taken, ...
+                if not error.retriable:  # 401 ticket_required or bad_ticket, 409 peer_id_taken, 403 banned, ...
                     raise
                 failures = await self._retry_later(error, failures)
         return failures

@@ -84,7 +84,7 @@ class Demo:
 
     @property
     def peer_id(self) -> str:
-        return self.page.locator("#my-id").inner_text()
+        return self.page.locator("#my-id").get_attribute("data-peer")
 
     def member(self, peer_id: str):
         return self.page.locator(f'#members li[data-peer="{peer_id}"]')

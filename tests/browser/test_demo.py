@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from signaling.tickets import mint
+from tests.support.helpers import Api
 
 pytestmark = pytest.mark.browser
 
@@ -179,3 +180,33 @@ def test_with_tickets_on_the_page_says_it_needs_one_and_joins_with_one_from_its_
     bob.page.reload()
     bob.expect_session("closed")
     expect(bob.page.locator("#banner")).to_contain_text("bad ticket: already used")
+
+
+SERVER_KEY = "the-browser-tests-server-key-32-chars-01"
+
+
+def named(server_url: str, name: str) -> dict:
+    """Context options of a tab whose person gave the demo `name` on an earlier visit (kept in localStorage)."""
+    return {"storage_state": {"cookies": [], "origins": [
+        {"origin": server_url, "localStorage": [{"name": "signaling-demo-name", "value": name}]}]}}
+
+
+def test_the_demo_shows_names_and_a_removal_ends_the_page(start_server, open_demo, room):
+    server = start_server(env={"SERVER_API_KEYS": SERVER_KEY})
+    alice = open_demo(server.url, room, **named(server.url, "Alice Liddell"))
+    bob = open_demo(server.url, room, **named(server.url, "Bob"))
+    alice.expect_linked(bob)
+    expect(alice.page.locator("#my-id")).to_have_text("Alice Liddell")
+    expect(alice.member(bob.peer_id).locator(".name")).to_have_text("Bob")
+    expect(bob.member(alice.peer_id).locator(".name")).to_have_text("Alice Liddell")
+    alice.say("Hi Bob")
+    expect(bob.page.locator(f'#chat-log .chat-line[data-from="{alice.peer_id}"] .who')).to_have_text("Alice Liddell")
+
+    api = Api.over_http(server.url)
+    removed = api.request("DELETE", f"/server/rooms/{room}/peers/{bob.peer_id}", {"reason": "too loud"},
+                          token=SERVER_KEY)
+    assert removed.body == {"removed": True}
+    expect(bob.page.locator("#banner")).to_contain_text("You were removed from this room", timeout=10000)
+    expect(bob.page.locator("#banner")).to_contain_text("too loud")
+    bob.expect_session("closed")
+    expect(alice.member(bob.peer_id)).to_have_count(0, timeout=10000)

@@ -340,7 +340,8 @@ def test_members(api):
     alice = api.peer("r1", "alice")
     api.peer("r1", "bob")
     api.peer("r2", "carol")
-    assert alice.members().body == {"room": "r1", "peers": ["alice", "bob"]}
+    assert alice.members().body == {"room": "r1", "peers": ["alice", "bob"],
+                                     "members": [{"peer_id": "alice", "meta": None}, {"peer_id": "bob", "meta": None}]}
     assert api.request("GET", "/rooms/r1/peers").code == "unauthorized"
 
 

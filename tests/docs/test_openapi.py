@@ -107,9 +107,11 @@ def test_the_token_is_a_bearer_token_on_every_peer_call():
     assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
     needs_token = {"listMembers", "poll", "send", "broadcast", "iceServers"}
     token_or_not = {"join", "leave", "leaveBeacon"}  # a resume carries it; leaving when not a member needs none
+    server = {"serverRoom", "serverSend", "serverBroadcast", "removePeer", "closeRoom"}  # a server key, never a token
     for _, _, op in operations():
         expected = ([{"bearer": []}] if op["operationId"] in needs_token
-                    else [{}, {"bearer": []}] if op["operationId"] in token_or_not else [])
+                    else [{}, {"bearer": []}] if op["operationId"] in token_or_not
+                    else [{"serverKey": []}] if op["operationId"] in server else [])
         assert op["security"] == expected, op["operationId"]
 
 

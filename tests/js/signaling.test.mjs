@@ -296,7 +296,7 @@ describe("poll loop", () => {
 
     await service.waitFor(POLL, 2);
     assert.deepEqual(seen, [
-      ["peer-joined", { peerId: "carol" }],
+      ["peer-joined", { peerId: "carol", meta: null }],
       ["peer-left", { peerId: "bob", reason: "timeout" }],
     ]);
     assert.deepEqual([...session.peers], ["carol"]);
@@ -381,8 +381,8 @@ describe("poll loop", () => {
     assert.deepEqual(seen, [
       ["message", envelope(5)],
       ["peer-left", { peerId: "bob", reason: "rejoined" }],
-      ["peer-joined", { peerId: "bob" }],
-      ["peer-joined", { peerId: "carol" }],
+      ["peer-joined", { peerId: "bob", meta: null }],
+      ["peer-joined", { peerId: "carol", meta: null }],
       ["message", envelope(1)],
     ]);
     assert.equal(session.token, "tok-2");
@@ -657,6 +657,54 @@ describe("join tickets", () => {
     assert.deepEqual(seen.map(([, d]) => [d.error.code, d.fatal]), [["ticket_unavailable", false]]);
     assert.equal(session.state, "connected");
   });
+});
+
+describe("peer metadata and removal (protocol 1.2)", () => {
+  test("meta goes in the join body; members and peer-joined carry the others' meta", async () => {
+    service.on(JOIN, json(201, joined({ meta: { name: "Alice" }, members: [{ peer_id: "bob", meta: { name: "Bob" } }] })));
+    service.on(POLL, messages([envelope(1, "peer-joined", "carol", { meta: { name: "Carol" } }),
+      envelope(2, "peer-joined", "dave", null), envelope(3, "peer-left", "bob", { reason: "removed" })]));
+    const session = await start({ meta: { name: "Alice" }, receive: "poll" });
+    const seen = record(session, "peer-joined", "peer-left");
+    assert.deepEqual(service.to(JOIN)[0].body, { peer_id: "alice", meta: { name: "Alice" } });
+    assert.deepEqual(session.meta, { name: "Alice" });
+    assert.deepEqual([...session.members], [["bob", { name: "Bob" }]]);
+
+    await service.waitFor(POLL, 2);
+    assert.deepEqual(seen, [["peer-joined", { peerId: "carol", meta: { name: "Carol" } }],
+      ["peer-joined", { peerId: "dave", meta: null }], ["peer-left", { peerId: "bob", reason: "removed" }]]);
+    assert.deepEqual([...session.members], [["carol", { name: "Carol" }], ["dave", null]]);
+  });
+
+  test("a 1.1 server's answer without members still lists the peers, with null meta", async () => {
+    service.on(JOIN, json(201, joined()));
+    const session = await start();
+    assert.deepEqual([...session.members], [["bob", null]]);
+    assert.equal(session.meta, null);
+  });
+
+  for (const [status, code, route] of [[403, "removed", POLL], [403, "banned", JOIN]]) {
+    test(`${code} is final: a removed event and a fatal error, no rejoin, no leave request`, async () => {
+      service.on(JOIN, json(201, joined()));
+      if (route === JOIN) {
+        service.on(POLL, failure(404, "not_joined"));
+        service.on(JOIN, json(status, { error: { code, message: "peer id 'alice' is banned from room 'r1' for now" } }));
+      } else {
+        service.on(POLL, json(status, { error: { code, message: "peer 'alice' was removed from room 'r1': spam" } }));
+      }
+      const session = await start({ receive: "poll" });
+      const seen = record(session, "removed", "error");
+      await until(() => session.state === "closed");
+      await pause(20);
+      assert.equal(seen[0][0], "removed");
+      assert.equal(seen[0][1].code, code);
+      assert.match(seen[0][1].message, code === "removed" ? /spam/ : /banned/);
+      assert.deepEqual(seen.slice(1).map(([t, d]) => [t, d.error.code, d.fatal]), [["error", code, true]]);
+      assert.equal(service.to(JOIN).length, route === JOIN ? 2 : 1);
+      await session.leave();
+      assert.equal(service.to("DELETE /rooms/r1/peers/alice").length, 0);
+    });
+  }
 });
 
 describe("leave", () => {

@@ -972,3 +972,40 @@ def test_the_terminal_client_polls_when_asked(live_server):
         assert alice.err.get(timeout=20) == "# receiving by polling: as asked\n"
     finally:
         assert alice.quit() == 0
+
+
+SERVER_KEY = "a-server-api-key-of-at-least-32-chars-01"
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_meta_is_seen_and_a_removal_ends_the_session_for_good(start_server, request, store):
+    env = {"SERVER_API_KEYS": SERVER_KEY, "STREAM_HEARTBEAT": "0.5"}
+    if store == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+    server = start_server(env=env)
+    r = room()
+    api = Api.over_http(server.url)
+
+    async def scenario():
+        alice = await join(server.url, r, peer_id="alice", meta={"name": "Alice"}, **FAST)
+        assert alice.meta == {"name": "Alice"} and alice.members == {}
+        bob = await join(server.url, r, peer_id="bob", meta={"name": "Bob"}, **FAST)
+        assert bob.members == {"alice": {"name": "Alice"}}
+        joined = await until(alice, "peer-joined")
+        assert joined["data"] == {"meta": {"name": "Bob"}} and alice.members == {"bob": {"name": "Bob"}}
+        await asyncio.to_thread(api.request, "DELETE", f"/server/rooms/{r}/peers/bob", {"reason": "be nice"},
+                                token=SERVER_KEY)
+        with pytest.raises(SignalingError) as removed:
+            async with asyncio.timeout(10):
+                async for _ in bob:
+                    pass
+        assert (removed.value.status, removed.value.code) == (403, "removed") and "be nice" in str(removed.value)
+        assert bob.state == "closed"
+        await bob.leave()  # nothing to leave: no request
+        left = await until(alice, "peer-left")
+        assert left["data"] == {"reason": "removed"} and alice.members == {}
+        await alice.leave()
+
+    run(scenario())
+    assert log_lines(server, "POST", f"/rooms/{r}/peers", at_least=2) == [201, 201]  # bob never joined again
+    assert log_lines(server, "DELETE", f"/rooms/{r}/peers/bob", at_least=0) == []

@@ -82,6 +82,10 @@ BAD = {
     "webhook-retry-schedule": ({"WEBHOOK_RETRY_SCHEDULE": "5,soon"}, "WEBHOOK_RETRY_SCHEDULE", "seconds > 0"),
     "webhook-retry-schedule-zero": ({"WEBHOOK_RETRY_SCHEDULE": "0"}, "WEBHOOK_RETRY_SCHEDULE", "seconds > 0"),
     "webhook-retry-for": ({"WEBHOOK_RETRY_FOR": "1d"}, "WEBHOOK_RETRY_FOR", "seconds > 0"),
+    "server-key-short": ({"SERVER_API_KEYS": "k" * 31}, "SERVER_API_KEYS", "at least 32"),
+    "server-key-one-short": ({"SERVER_API_KEYS": "k" * 32 + ",short"}, "SERVER_API_KEYS", "at least 32"),
+    "server-key-space": ({"SERVER_API_KEYS": "a key with spaces in it, which no header carries"}, "SERVER_API_KEYS",
+                         "no spaces"),
 }
 
 
@@ -120,6 +124,7 @@ GOOD = {
     "streams": {"STREAM_HEARTBEAT": "0.5", "STREAM_MAX": "60", "MAILBOX_BYTES": "65536"},
     "webhooks": {"WEBHOOK_URL": "https://app.example/hooks?from=signaling", "WEBHOOK_SECRET": f"{SECRET}, {SECRET}",
                  "WEBHOOK_TIMEOUT": "2.5", "WEBHOOK_RETRY_SCHEDULE": "0.5,1,60", "WEBHOOK_RETRY_FOR": "3600"},
+    "server-keys": {"SERVER_API_KEYS": "k" * 32 + ", " + "~!#$%&'*+-.^_`|0123456789abcdefghij"},
 }
 
 

@@ -52,7 +52,7 @@ import redis
 from ... import errors
 from ...protocol import IDEMPOTENCY_TTL
 from ...tokens import hash_token
-from ..base import Backend, Broadcast, Event, Joined, event_ids
+from ..base import Backend, Broadcast, Event, Joined, Member, event_ids
 from . import keys, scripts, wakeups
 from .autopipeline import Autopipeline
 from .connection import TIMEOUT, UNREACHABLE, connect, is_cluster, is_noscript, reachable
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 #: round trips in flight at once per process (each on a connection of its own), carrying every request's commands
 LANES = 4
 
-#: a script's refusal {'err', code, retry_ms, seq} names one of these
+#: a script's refusal {'err', code, retry_ms, seq, reason} names one of these
 _ERRORS = errors.by_code()
 
 #: seconds between two sweeps of every slot's webhook outbox index on a cluster (see above)
@@ -173,14 +173,15 @@ class RedisBackend(Backend):
              **args) -> list:
         """Run one script on the room's keys (or the keys it is `on`) with these ARGV: its reply, or its refusal raised.
 
-        A refusal is {'err', code, retry_ms, seq}: the error class of `code`,
-        its message filled from `about` and the room, `retry_ms` its Retry-After.
+        A refusal is {'err', code, retry_ms, seq, reason}: the error class of
+        `code`, its message filled from `about`, the room and the reason,
+        `retry_ms` its Retry-After.
         """
         (reply,), renewals = self._pipeline([script.command(on or [keys.members(room)], **args)])
         self._renew(renewals)  # the caller authenticated, even if the script then refused what it asked
         if reply[0] == "err":
-            _, code, retry_ms, seq = reply
-            raise _ERRORS[code].about(room=room, settings=self.settings, seq=seq, **(about or {}),
+            _, code, retry_ms, seq, reason = reply
+            raise _ERRORS[code].about(room=room, settings=self.settings, seq=seq, reason=reason, **(about or {}),
                                       retry_after=retry_ms / 1000 if retry_ms is not None else None)
         return reply
 
@@ -236,19 +237,19 @@ class RedisBackend(Backend):
     def add_or_resume(self, join):
         settings, now = self.settings, join.now
         try:
-            _, created, cursor, others = self._run(
+            _, created, cursor, others, meta = self._run(
                 self.scripts["join"], join.room, about=dict(peer=join.peer),
                 peer=join.peer, new_hash=hash_token(join.new_token), given=_hashed(join.token), since=repr(now),
                 ts=_ts(now), ttl=repr(settings.peer_ttl), capacity=settings.room_capacity,
                 refused=join.refusal.code if join.refusal else "", jti=join.jti or "",
                 jti_until=math.ceil(join.jti_until * 1000) if join.jti else 0,
-                ip=join.client_ip if join.client_ip and self._leases() else "",
+                ip=join.client_ip if join.client_ip and self._leases() else "", meta=join.meta or "",
                 on=self._room_keys(join.room), hook=self._hook(join.room, now),
             )
         except (errors.TicketRequired, errors.BadTicket):
             # the script names the code; which check failed, the view's refusal says, or the jti was used
             raise (join.refusal or errors.BadTicket.used()) from None
-        return Joined(created=bool(created), peers=others, cursor=cursor)
+        return Joined(created=bool(created), others=_members(others), cursor=cursor, meta=meta)
 
     def acknowledge_and_read(self, fetch, now, hold=None, read_after=None):
         _, cursor, items = self._run(
@@ -297,11 +298,29 @@ class RedisBackend(Backend):
         return Broadcast(delivered, full)
 
     def members(self, room, peer, token, now):
-        _, ids = self._run(
+        _, listed = self._run(
             self.scripts["members"], room, about=dict(peer=peer),
-            peer=peer, given=_hashed(token), now=repr(now), ttl=repr(self.settings.peer_ttl),
+            peer=peer or "", given=_hashed(token), now=repr(now), ttl=repr(self.settings.peer_ttl),
         )
-        return ids
+        return _members(listed)
+
+    def remove(self, room, peer, reason, ban, now):
+        _, was_member, client_ip = self._run(
+            self.scripts["remove"], room, about=dict(peer=peer),
+            peer=peer, reason=reason, ban_ms=math.ceil(ban * 1000), now=repr(now), ts=_ts(now),
+            ttl=repr(self.settings.peer_ttl), on=self._room_keys(room), hook=self._hook(room, now),
+        )
+        if client_ip:
+            self.release(client_ip, room, peer)
+        return bool(was_member)
+
+    def close_room(self, room, now):
+        _, gone, ips = self._run(self.scripts["close_room"], room, now=repr(now), ts=_ts(now),
+                                 ttl=repr(self.settings.peer_ttl), on=self._room_keys(room), hook=self._hook(room, now))
+        for peer, client_ip in zip(gone, ips, strict=True):
+            if client_ip:
+                self.release(client_ip, room, peer)
+        return gone
 
     def leave(self, room, peer, token, now):
         _, client_ip = self._run(
@@ -455,6 +474,11 @@ class RedisBackend(Backend):
             self.client.close()
         else:  # Redis.close() leaves a pool it was given alone
             self.client.connection_pool.disconnect()
+
+
+def _members(listed: list) -> list[Member]:
+    """Members as the scripts list them (room.lua's `listed`): [id, meta or None, join time as text] each."""
+    return [Member(peer, meta, float(since)) for peer, meta, since in listed]
 
 
 def _hashed(token: str | None) -> str:

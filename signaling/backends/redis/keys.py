@@ -7,7 +7,8 @@ and receipts.lua), in the same slot:
 
     sig:{room}:members            zset  peer id -> last heartbeat (unix s)
     sig:{room}:peer:<id>          hash  token (sha256), since (join time), seq, acked, events, bytes, holder,
-                                        ip (whose place it holds), renewed (when it last asked for a renewal)
+                                        ip (whose place it holds), renewed (when it last asked for a renewal),
+                                        meta (its meta, compact JSON; absent without)
     sig:{room}:mbox:<id>          list  "M"|"E" + envelope JSON, oldest first
     sig:{room}:idem:<from>@<since>:<to>@<since>:<key>   string  a receipt, JSON {"digest", "answer"}, 10 minutes
     sig:{room}:idem:<from>@<since>  zset  a sender's receipts ("<to>@<since>:<key>", "*:<key>" for a broadcast)
@@ -16,6 +17,9 @@ and receipts.lua), in the same slot:
     sig:{room}:rate:<id>          string  sends in the current second
     sig:{room}:hooks              list    the room's webhook outbox, oldest first: "<id> <type> <ts> <data JSON>"
     sig:{room}:hook               hash    lease (of the attempt out with the first event), attempts (failed so far)
+    sig:{room}:removed:<id>       hash    token (the removed peer's hash), reason: the server API removed it;
+                                          its token is answered 403 removed for PEER_TTL
+    sig:{room}:ban:<id>           string  the id is banned from the room until the key expires
 
 The outbox outlives the room's other keys (it has no expiry: an ended room's
 events are delivered for up to WEBHOOK_RETRY_FOR); it goes when emptied.

@@ -20,6 +20,7 @@ What Redis runs is the file behind a head that Script writes:
     local SHARDED = false                  (true on Redis Cluster: wakeups.lua)
     local UNREAD_EVENTS = 1000             (base.UNREAD_EVENTS)
     local IDEMPOTENCY_KEYS_PER_PEER = 1000 (protocol.IDEMPOTENCY_KEYS_PER_PEER: receipts.lua)
+    local SERVER_SENDER = "@server"        (protocol.SERVER_SENDER: room.lua's check_sender)
     local WAKES, RENEW = {}, {}            (filled by wakeups.lua and room.lua's `touch`)
     local ME = table.remove(ARGV)          (the calling instance: `command` passes it last; wakeups.lua)
     <each included file>
@@ -40,7 +41,7 @@ import importlib.resources
 import operator
 import re
 
-from ...protocol import IDEMPOTENCY_KEYS_PER_PEER
+from ...protocol import IDEMPOTENCY_KEYS_PER_PEER, SERVER_SENDER
 from ..base import UNREAD_EVENTS
 
 _LUA = importlib.resources.files(__package__) / "lua"
@@ -68,6 +69,7 @@ class Script:
         head = ("local SHARDED = " + ("true" if sharded else "false"),
                 f"local UNREAD_EVENTS = {UNREAD_EVENTS}",
                 f"local IDEMPOTENCY_KEYS_PER_PEER = {IDEMPOTENCY_KEYS_PER_PEER}",
+                f'local SERVER_SENDER = "{SERVER_SENDER}"',
                 "local WAKES, RENEW = {}, {}",
                 "local ME = table.remove(ARGV)")
         parts = [("(head)", "\n".join(head))]

@@ -17,8 +17,8 @@ local peer, given = ARGV[1], ARGV[2]
 local now, ttl, after, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local holder, read_after = ARGV[7], tonumber(ARGV[8])
 
-local err = authenticate(peer, given, now, ttl)
-if err then return refuse(err) end
+local refused = refused_caller(peer, given, now, ttl)
+if refused then return refused end
 touch(peer, now, ttl)
 local pk, mb = peer_key(peer), mbox_key(peer)
 local v = redis.call('HMGET', pk, 'seq', 'acked', 'holder')

@@ -6,9 +6,14 @@ local prefix = string.sub(members, 1, -8)
 local room = string.match(prefix, '{(.-)}')
 local function peer_key(id) return prefix .. 'peer:' .. id end
 local function mbox_key(id) return prefix .. 'mbox:' .. id end
+local function removed_key(id) return prefix .. 'removed:' .. id end
+local function ban_key(id) return prefix .. 'ban:' .. id end
 
--- the one shape of a refusal: {'err', code, milliseconds to wait (a limit), the last seq given out (bad_cursor)}
-local function refuse(code, retry_ms, seq) return {'err', code, retry_ms or false, seq or false} end
+-- the one shape of a refusal: {'err', code, milliseconds to wait (a limit), the last seq given out (bad_cursor),
+-- the application's reason (removed)}
+local function refuse(code, retry_ms, seq, reason)
+  return {'err', code, retry_ms or false, seq or false, reason or false}
+end
 
 -- constant-time comparison of two token hashes
 local function same(a, b)
@@ -23,10 +28,26 @@ local function is_live(id, now, ttl)
   return seen ~= false and tonumber(seen) > now - ttl
 end
 
--- the code of the refusal for a caller that is not this live peer with its token, or nil
+-- the code of the refusal for a caller that is not this live peer with its token, or nil; for the token
+-- of a peer the application removed within PEER_TTL, 'removed' and the reason it gave (remove_by_server)
 local function authenticate(id, token_hash, now, ttl)
-  if not is_live(id, now, ttl) then return 'not_joined' end
-  if not same(redis.call('HGET', peer_key(id), 'token'), token_hash) then return 'unauthorized' end
+  local err = nil
+  if not is_live(id, now, ttl) then
+    err = 'not_joined'
+  elseif not same(redis.call('HGET', peer_key(id), 'token'), token_hash) then
+    err = 'unauthorized'
+  else
+    return nil
+  end
+  local removed = redis.call('HMGET', removed_key(id), 'token', 'reason')
+  if same(removed[1], token_hash) then return 'removed', removed[2] end
+  return err
+end
+
+-- authenticate, as the refusal a script answers (or nil)
+local function refused_caller(id, token_hash, now, ttl)
+  local err, reason = authenticate(id, token_hash, now, ttl)
+  if err then return refuse(err, nil, nil, reason) end
   return nil
 end
 
@@ -120,9 +141,14 @@ end
 
 -- what a send and a broadcast do first: authenticate the sender, refuse whole when Redis is full, the
 -- heartbeat, then count its `hits` envelopes against SENDS_PER_PEER_PER_SECOND; the refusal, or nil
+-- The application (the server API, SERVER_SENDER) is no member: nothing to authenticate, no heartbeat, no rate.
 local function check_sender(sender, given, now, ttl, per_second, hits)
-  local err = authenticate(sender, given, now, ttl)
-  if err then return refuse(err) end
+  if sender == SERVER_SENDER then
+    refuse_when_full()
+    return nil
+  end
+  local refused = refused_caller(sender, given, now, ttl)
+  if refused then return refused end
   refuse_when_full()
   touch(sender, now, ttl)
   local wait = over_rate(sender, per_second, hits)
@@ -140,6 +166,16 @@ end
 
 local function live_members(now, ttl)
   return redis.call('ZRANGEBYSCORE', members, '(' .. tostring(now - ttl), '+inf')
+end
+
+-- members as member lists show them: {id, meta (JSON text) or false, join time (unix s, as text)} each
+local function listed(ids)
+  local out = {}
+  for i, id in ipairs(ids) do
+    local v = redis.call('HMGET', peer_key(id), 'meta', 'since')
+    out[i] = {id, v[1] or false, v[2] or '0'}
+  end
+  return out
 end
 
 -- a peer's id and join time: one life of the peer, which its receipts (receipts.lua) are bound to
@@ -170,6 +206,18 @@ local function remove_peer(id, reason, now, ts, ttl)
   for _, m in ipairs(live_members(now, ttl)) do push(m, {tail}, true, ttl) end
   record_event('peer.left', event_data(id, 'reason', '"' .. reason .. '"'))
   if redis.call('ZCARD', members) == 0 then record_event('room.ended', event_data()) end
+end
+
+-- The application removes a live member (server API): a leave whose peer-left says `reason` ('removed',
+-- 'room_closed'); for PEER_TTL its token is refused 'removed' with `why` (authenticate). Returns the IP
+-- whose place it held ('' for none), for the backend to give back.
+local function remove_by_server(id, reason, why, now, ts, ttl)
+  local v = redis.call('HMGET', peer_key(id), 'token', 'ip')
+  local marker = removed_key(id)
+  redis.call('HSET', marker, 'token', v[1] or '', 'reason', why)
+  redis.call('PEXPIRE', marker, math.floor(ttl * 1000))
+  remove_peer(id, reason, now, ts, ttl)
+  return v[2] or ''
 end
 
 local function reap_room(now, ts, ttl)
