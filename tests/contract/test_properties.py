@@ -655,7 +655,7 @@ def mint(admission):
 
 
 def test_mailboxes_match_the_model(app_factory, flush, mint, backend_name):
-    fake_time = types.SimpleNamespace(time=None, monotonic=signaling.api.time.monotonic)
+    fake_time = types.SimpleNamespace(time=None, monotonic=signaling.api.time.monotonic, sleep=signaling.api.time.sleep)
     machine = type("Mailboxes", (Mailboxes,), {"make_app": staticmethod(app_factory), "flush": staticmethod(flush),
                                                "fake_time": fake_time, "mint": staticmethod(mint) if mint else None,
                                                "memory": backend_name == "memory"})
