@@ -36,11 +36,13 @@ IP per minute and places leased per IP (`admit`), sends per peer per second
 from __future__ import annotations
 
 import dataclasses
+import logging
 from abc import ABC, abstractmethod
 
 from .. import errors
 from ..config import Settings
 from ..hub import Hub
+from ..logs import Episode
 from ..protocol import Fetch, Join, Outgoing
 
 #: unacknowledged server events after which a member is taken for gone (see above): far more than a member
@@ -78,6 +80,8 @@ class Backend(ABC):
     def __init__(self, settings: Settings, hub: Hub):
         self.settings = settings
         self.hub = hub  # told when a mailbox changes or a held poll is superseded
+        # the store out of reach, as this process's background loops see it: one line when it starts, one when it ends
+        self.outage = Episode(logging.getLogger("signaling.backends"), "backend unavailable")
 
     def join(self, join: Join) -> Joined:
         """Admit the join (`admit`, the per-IP limits), then `add_or_resume` it; a refused join gives its lease back.

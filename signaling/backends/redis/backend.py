@@ -72,7 +72,7 @@ class RedisBackend(Backend):
         self._loading = threading.Lock()
         self._script_loads = 0  # how many times the scripts were loaded: a NOSCRIPT seen before a load needs none
         self._round_trips = Autopipeline(self.client, self._lanes, TIMEOUT)
-        self._listener = Listener(self.settings, self.instance, self.hub)
+        self._listener = Listener(self.settings, self.instance, self.hub, self.outage)
 
     # -- plumbing
 
