@@ -32,6 +32,10 @@ POLL_WAIT = Histogram(
     buckets=(0.005, 0.025, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30),
 )
 PEERS_TIMED_OUT = Counter("signaling_peers_timed_out", "Peers removed for silence")
+OPEN_CONNECTIONS = Gauge("signaling_open_connections", "Client connections open right now (each one open file)",
+                         multiprocess_mode="livesum")
+CONNECTIONS_SHED = Counter("signaling_connections_shed",
+                           "Connections answered 503 server_busy at once: the worker had no open file left")
 
 
 def exposition() -> tuple[bytes, str]:
