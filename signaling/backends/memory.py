@@ -192,7 +192,10 @@ class MemoryBackend(Backend):
         self._announce(room, peer_id, "peer-left", {"reason": reason}, now)
         if not members:
             del self._rooms[room]
-        self.hub.wake(room, peer_id)  # a poll it still holds ends with not_joined
+        if reason == "left":
+            self.hub.end_held(room, peer_id)  # its own leave ends its poll as a newer poll would: 200, what it has
+        else:
+            self.hub.wake(room, peer_id)  # removed: a poll it still holds looks again and ends with not_joined
 
     def _reap_room(self, room: str, now: float) -> list[str]:
         expired = [pid for pid, p in self._rooms.get(room, {}).items() if not self._live(p, now)]
