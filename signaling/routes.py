@@ -23,7 +23,9 @@ ROUTES = (
     Route("POST", ROOM_PEER + "/leave", api.leave_beacon),
     Route("GET", ROOM_PEER + "/ice-servers", api.refresh_ice_servers),
     Route("GET", "/healthz", api.healthz),
+    Route("GET", "/livez", api.livez),
+    Route("GET", "/readyz", api.readyz),
     Route("GET", "/openapi.json", api.openapi),
-    Route("GET", "/metrics", api.prometheus_metrics),
+    Route("GET", "/metrics", api.prometheus_metrics, cors=False),
     Route("GET", "/", api.demo),
 )

@@ -219,6 +219,7 @@ class SignalingWorker(GeventWorker):
         clock = RequestClock(client, self.settings.request_read_timeout, self.cfg.keepalive)
         self.connections.add(clock)
         metrics.OPEN_CONNECTIONS.inc()
+        metrics.note_memory(metrics.MEMORY_EVERY)
         if not self.alive:  # accepted in the moment before the stopping worker closes its listener
             clock.stop()
         try:

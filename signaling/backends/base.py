@@ -48,6 +48,8 @@ from ..protocol import Fetch, Join, Outgoing
 #: unacknowledged server events after which a member is taken for gone (see above): far more than a member
 #: that polls ever holds (a room's every member joining and leaving ten times over between two of its polls)
 UNREAD_EVENTS = 1000
+#: the most rooms whose members a census counts; past it, peers are estimated from that many rooms picked at random
+CENSUS_ROOMS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +208,10 @@ class Backend(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise `BackendUnavailable` unless the store answers."""
+
+    @abstractmethod
+    def census(self) -> tuple[int, int]:
+        """(rooms, peers) in the store, for /metrics: at a bounded cost (past CENSUS_ROOMS rooms, peers estimated)."""
 
     def start(self) -> None:
         """Begin background work (wake-up listener); called once per process."""

@@ -385,3 +385,7 @@ class MemoryBackend(Backend):
 
     def ping(self):
         return None
+
+    def census(self):
+        with self._lock:
+            return len(self._rooms), sum(map(len, self._rooms.values()))

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 import redis
 from redis.connection import Connection
+
+from ... import metrics
 
 #: most commands in one round trip
 BATCH = 512
@@ -131,8 +134,10 @@ class Autopipeline:
 
     def _send(self, batch: list[_Call], lane: Connection | None) -> None:
         commands = [command for call in batch for command in call.commands]
+        started = time.perf_counter()
         try:
             replies = self._on_cluster(commands) if lane is None else _on_connection(lane, commands)
+            metrics.REDIS_ROUND_TRIPS.observe(time.perf_counter() - started)
             at = 0
             for call in batch:
                 call.replies = replies[at:at + len(call.commands)]

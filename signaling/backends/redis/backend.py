@@ -38,7 +38,7 @@ import redis
 from ... import errors
 from ...protocol import IDEMPOTENCY_TTL
 from ...tokens import hash_token
-from ..base import Backend, Broadcast, Joined
+from ..base import CENSUS_ROOMS, Backend, Broadcast, Joined
 from . import keys, scripts, wakeups
 from .autopipeline import Autopipeline
 from .connection import TIMEOUT, UNREACHABLE, connect, is_cluster, is_noscript, reachable
@@ -301,6 +301,18 @@ class RedisBackend(Backend):
     def ping(self):
         with reachable():
             self.client.ping()
+
+    def census(self):
+        """Rooms: `sig:reap`'s size. Peers: its rooms' members, counted in up to CENSUS_ROOMS of them picked at
+        random (all of them when there are no more), scaled up to every room."""
+        with reachable():
+            rooms = self.client.zcard(keys.REAP)
+            sample = self.client.zrandmember(keys.REAP, CENSUS_ROOMS) if rooms else []
+            pipe = self.client.pipeline(transaction=False)
+            for room in sample:
+                pipe.zcard(keys.members(room))
+            counted = sum(pipe.execute()) if sample else 0
+        return rooms, round(counted * rooms / len(sample)) if sample else 0
 
     # -- wake-ups
 
