@@ -47,7 +47,8 @@ loglevel = _settings.log_level.lower()
 
 
 def on_starting(server):
-    """Once, before binding: refuse an address that cannot be listened on; raise the open-file limit."""
+    """Once, before binding: refuse an address that cannot be listened on (`python -m signaling` asked already,
+    before gunicorn's first line; this covers gunicorn started by hand); raise the open-file limit."""
     startup.check_listen(_settings)
     warning = startup.raise_open_files(_settings)
     if warning:
