@@ -22,9 +22,9 @@ $(VENV)/.dev: $(BIN)/gunicorn requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	@touch $@
 
+# The service itself says where it listens, once its settings passed (a password in REDIS_URL hidden).
 run: $(BIN)/gunicorn  ## start the service on $PORT (memory backend unless REDIS_URL is set)
-	@echo "signaling: http://$(if $(filter 127.0.0.1,$(HOST)),localhost,$(HOST)):$(PORT)/  backend: $(if $(REDIS_URL),redis ($(REDIS_URL)),memory)"
-	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m signaling
+	@HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m signaling
 
 test: $(VENV)/.dev  ## run every test: contract on both backends, live server, browser, client
 	@.ci/system-packages

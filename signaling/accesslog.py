@@ -4,26 +4,35 @@ gunicorn formats its access line from a dict of every request header,
 response header and environ entry, built for each request: 6 % of a busy
 worker's CPU. This logger writes the one line we use, with the same fields:
 
-    127.0.0.1 "GET /rooms/r1/peers/bob/messages" 200 97 3ms <4711> request_id=6f1c...
+    127.0.0.1 "GET /rooms/r1/peers/bob/messages" 200 97 3ms request_id=6f1c...
+
+after the prefix every line has (logs.LINE): `2025-11-23T12:00:00.123+00:00 [4711] [INFO] gunicorn.access: `.
 
 Never a query string or a header that might hold a token: method, path,
-status, bytes sent, milliseconds, worker pid, request id. What a client
+status, bytes sent, milliseconds, request id (the worker's pid and the time
+come with every line: `setup` gives gunicorn's own lines the app's format,
+logs.LINE). What a client
 chose (the path, a forwarded address) is escaped (logs.printable): a request
 is one line, whatever its path holds.
 """
 
 from __future__ import annotations
 
-import os
 import traceback
 
 from gunicorn.glogging import Logger
 
-from .logs import printable
+from .logs import Formatter, printable
 
 
 class AccessLogger(Logger):
     """Set `logger_class` to this; `accesslog` still says where lines go (unset: none)."""
+
+    def setup(self, cfg):
+        """gunicorn's handlers, as it sets them, in the one format of every line (logs.LINE)."""
+        super().setup(cfg)
+        for handler in (*self.error_log.handlers, *self.access_log.handlers):
+            handler.setFormatter(Formatter())
 
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
@@ -33,11 +42,11 @@ class AccessLogger(Logger):
             if name.lower() == "x-request-id":
                 request_id = value
         try:
+            # escaped here, and handed over as a finished line: the formatter escapes only a record's arguments
             self.access_log.info(
-                '%s "%s %s" %s %s %dms <%d> request_id=%s',
-                printable(environ.get("REMOTE_ADDR", "-")), printable(environ["REQUEST_METHOD"]),
-                printable(environ.get("PATH_INFO", "")), resp.status_code, resp.sent,
-                request_time.total_seconds() * 1000, os.getpid(), printable(request_id),
+                f'{printable(environ.get("REMOTE_ADDR", "-"))} "{printable(environ["REQUEST_METHOD"])} '
+                f'{printable(environ.get("PATH_INFO", ""))}" {resp.status_code} {resp.sent} '
+                f'{int(request_time.total_seconds() * 1000)}ms request_id={printable(request_id)}'
             )
         except Exception:
             self.error(traceback.format_exc())

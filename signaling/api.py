@@ -7,6 +7,8 @@ Each view is `view(service, request, path values)` and answers a Flask
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import time
 import urllib.parse
@@ -151,8 +153,23 @@ def refresh_ice_servers(service: Service, request: Request, room: str, peer: str
 
 
 def healthz(service: Service, request: Request) -> Response:
+    """The protocol's check: up, and the backend answers (503 backend_unavailable when it does not)."""
     service.backend.ping()
     return json_response({"status": "ok", "backend": service.backend.name, "held_polls": len(service.hub)})
+
+
+def livez(service: Service, request: Request) -> Response:
+    """Liveness: this worker answers requests. Asks nothing of the backend, so a Redis outage, which every
+    instance shares, does not fail every instance at once (docs/observability.md says which check to use where)."""
+    return json_response({"status": "ok"})
+
+
+def readyz(service: Service, request: Request) -> Response:
+    """Readiness: this instance can serve now: it is not stopping, and its backend answers."""
+    if service.hub.closing:
+        raise errors.ServerBusy("this instance is stopping; another one serves")
+    service.backend.ping()
+    return json_response({"status": "ready", "backend": service.backend.name, "held_polls": len(service.hub)})
 
 
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
@@ -166,8 +183,33 @@ def openapi(service: Service, request: Request) -> Response:
 
 
 def prometheus_metrics(service: Service, request: Request) -> Response:
-    body, content_type = metrics.exposition()
+    """Prometheus text, for a caller with METRICS_TOKEN, or (without one set) a local one (`_may_scrape`)."""
+    _may_scrape(service, request)
+    body, content_type = metrics.exposition(service.backend.census)
     return Response(body, content_type=content_type)
+
+
+def _may_scrape(service: Service, request: Request) -> None:
+    """METRICS_TOKEN set: its bearer token, from anywhere. Unset: a connection from this host that no proxy
+    forwarded (a loopback address, no X-Forwarded-For or Forwarded header); anyone else is refused."""
+    expected = service.settings.metrics_token
+    if expected:
+        given = request.token() or ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise errors.Unauthorized("/metrics needs METRICS_TOKEN as a bearer token")
+        return
+    environ = request.environ
+    address = environ.get("werkzeug.proxy_fix.orig", environ).get("REMOTE_ADDR", "")
+    forwarded = "HTTP_X_FORWARDED_FOR" in environ or "HTTP_FORWARDED" in environ
+    if forwarded or not _is_loopback(address):
+        raise errors.Forbidden("/metrics answers this host only; set METRICS_TOKEN to scrape it from elsewhere")
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def demo(service: Service, request: Request) -> Response:

@@ -8,9 +8,10 @@ import ipaddress
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,8 @@ class Settings:
     worker_connections: int = 10000
     graceful_timeout: int = 10
     log_level: str = "info"
+    # Observability (docs/observability.md): /metrics answers a request bearing this token; unset, only a local one.
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -92,7 +95,8 @@ class Settings:
         for name, check in CHECKS.items():
             value = getattr(self, name.lower())
             if value is not None and not check.ok(value):
-                raise ConfigError(f"{name}={_shown(value)} ({check.accepts})")
+                shown = _shown(redacted(value) if name == "REDIS_URL" else value)
+                raise ConfigError(f"{name}={shown} ({check.accepts})")
         self._validate_tickets()
         if self.poll_wait >= self.peer_ttl:
             raise ConfigError(
@@ -165,7 +169,28 @@ def settings_or_exit() -> Settings:
     try:
         return Settings.from_env()
     except ConfigError as exc:
-        sys.exit(f"signaling: bad configuration: {exc}")
+        refuse(str(exc))
+
+
+def refuse(message: str) -> NoReturn:
+    """End the start with one line on stderr, exit status 2: a setting that cannot work (startup.py's too)."""
+    sys.stderr.write(f"signaling: bad configuration: {message}\n")
+    sys.stderr.flush()
+    sys.exit(2)
+
+
+def redacted(url: str | None) -> str | None:
+    """A URL with its password (and a user name standing alone, as Redis ACLs take it) written `***`.
+
+    Every place that prints REDIS_URL prints this: the start line, a refused setting, the logs.
+    """
+    if not url or "@" not in url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    hidden = f"{user}:***" if colon else "***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{hidden}@{hostinfo}"))
 
 
 class Check(NamedTuple):
@@ -239,6 +264,9 @@ REDIS_TLS_VERIFY = ("full", "none")
 _SENTINEL_URL = re.compile(r"rediss?\+sentinel://([^@/]*@)?[^@/:,]+:[0-9]{1,5}(,[^@/:,]+:[0-9]{1,5})*/[^/]+(/[0-9]+)?/?")
 _HTTP_URL = re.compile(r"https?://[^/?#\s]+(/\S*)?")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: the smallest MAX_MESSAGE_BYTES: a join's body with the longest peer id and a ticket (an RS256 ticket from a
+#: 2048-bit key is about 600 bytes) fits, with room; below it a join may be refused 413 however it is made
+MIN_BODY_BYTES = 1024
 
 #: One row per setting: what it accepts. A value that does not parse gets the same message.
 CHECKS: dict[str, Check] = {
@@ -247,7 +275,8 @@ CHECKS: dict[str, Check] = {
                        + "; Sentinel's as redis+sentinel://host:port[,host:port]/service_name[/db]"),
     "POLL_WAIT": Check(lambda v: v >= 0, "seconds >= 0, below PEER_TTL"),
     "PEER_TTL": Check(lambda v: v > 0, "seconds > 0"),
-    "MAX_MESSAGE_BYTES": Check(lambda v: v > 0, "a whole number of bytes > 0"),
+    "MAX_MESSAGE_BYTES": Check(lambda v: v >= MIN_BODY_BYTES,
+                               f"a whole number of bytes >= {MIN_BODY_BYTES}: a join with a ticket must fit"),
     "MAILBOX_LIMIT": Check(lambda v: v > 0, "a whole number > 0"),
     "MAILBOX_BYTES": Check(lambda v: 1024 <= v <= 2**30, "a whole number of bytes from 1024 to 1073741824 (1 GiB)"),
     "ROOM_CAPACITY": Check(lambda v: v > 0, "a whole number > 0"),
@@ -285,6 +314,8 @@ CHECKS: dict[str, Check] = {
     "WORKER_CONNECTIONS": Check(lambda v: v >= 1, "a whole number of connections per worker >= 1"),
     "GRACEFUL_TIMEOUT": Check(lambda v: v >= 0, "a whole number of seconds >= 0"),
     "LOG_LEVEL": Check(lambda v: v.lower() in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS)),
+    "METRICS_TOKEN": Check(lambda v: len(v) >= 16 and v.isascii() and v.isprintable() and " " not in v,
+                           "at least 16 printable ASCII characters, no space (a bearer token)"),
 }
 
 

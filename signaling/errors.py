@@ -248,6 +248,14 @@ class BackendUnavailable(SignalingError):
     retry_after = 1
 
 
+class ServerBusy(SignalingError):
+    """503 from the worker itself: it has no open file left for another connection (worker.SheddingServer)."""
+
+    status, code = 503, "server_busy"
+    default_message = "this instance has no room for another connection; try again shortly"
+    retry_after = 1
+
+
 def by_code() -> dict[str, type[SignalingError]]:
     """Every error class by its code: the Redis scripts answer with codes, and the OpenAPI test lists them."""
     found: dict[str, type[SignalingError]] = {}

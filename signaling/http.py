@@ -39,7 +39,7 @@ from typing import NamedTuple
 from flask import Flask, Response, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import errors, protocol
+from . import errors, metrics, protocol
 from .config import Settings
 from .service import Service
 
@@ -56,7 +56,9 @@ class Route(NamedTuple):
     A view is `view(service, request, *path values)`; a plain one answers
     `(status, JSON text)` or a stream (an iterable of chunks with its own
     `headers(...)`, see stream.py), a Flask one a Flask `Response`. `count(status)`,
-    if given, counts each answer in the endpoint's metric.
+    if given, counts each answer in the endpoint's metric (every answer is also
+    counted in `signaling_requests_total`). `cors=False`: no CORS headers, no
+    page of any origin may read it (/metrics).
     """
 
     method: str
@@ -64,6 +66,12 @@ class Route(NamedTuple):
     view: Callable
     plain: bool = False
     count: Callable[[int], object] | None = None
+    cors: bool = True
+
+    @property
+    def endpoint(self) -> str:
+        """Its name in logs and metrics: `GET /rooms/{room}/peers`."""
+        return f"{self.method} {self.path}"
 
 
 # -- reading a request
@@ -319,6 +327,7 @@ class Front:
             else:
                 answer = route.view(self.service, request, match.group(1))
             if type(answer) is not tuple:  # a stream (stream.py): its checks passed, the server writes it as it comes
+                metrics.REQUESTS.labels(route.endpoint, 200).inc()
                 start_response(STATUS_LINES[200], answer.headers(self.service, environ.get("HTTP_ORIGIN"), request.id))
                 return answer
             status, body = answer
@@ -327,8 +336,12 @@ class Front:
             error = exc if isinstance(exc, errors.SignalingError) else _unexpected(method, path, request.id)
             status = error.status
             data, headers = error_answer(settings, environ.get("HTTP_ORIGIN"), request.id, error)
-        if route is not None and route.count is not None:
-            route.count(status)
+        if route is not None:
+            metrics.REQUESTS.labels(route.endpoint, status).inc()
+            if route.count is not None:
+                route.count(status)
+        else:
+            metrics.REQUESTS.labels("other", status).inc()
         start_response(STATUS_LINES[status], headers)
         return [data]
 
@@ -360,13 +373,15 @@ def install(app: Flask, service: Service, routes: Sequence[Route]) -> None:
     """
     settings = service.settings
     counted: dict[str, Callable[[int], object]] = {}
+    private: set[str] = set()  # endpoints answered without CORS headers
     for route in routes:
         if not route.plain:
-            endpoint = f"{route.method} {route.path}"
-            app.add_url_rule(re.sub(r"\{([^}]+)\}", r"<\1>", route.path), endpoint,
+            app.add_url_rule(re.sub(r"\{([^}]+)\}", r"<\1>", route.path), route.endpoint,
                              _flask_view(service, route.view), methods=[route.method])
             if route.count is not None:
-                counted[endpoint] = route.count
+                counted[route.endpoint] = route.count
+            if not route.cors:
+                private.add(route.endpoint)
     app.wsgi_app = Front(service, routes, app.wsgi_app).answer  # rule 1
 
     @app.before_request
@@ -389,11 +404,17 @@ def install(app: Flask, service: Service, routes: Sequence[Route]) -> None:
 
     @app.after_request
     def finish(response: Response) -> Response:
-        count = counted.get(request.endpoint)
+        endpoint = request.endpoint
+        if request.method != "OPTIONS":
+            metrics.REQUESTS.labels(
+                "GET /static/{filename}" if endpoint == "static" else endpoint or "other", response.status_code).inc()
+        count = counted.get(endpoint)
         if count is not None:
             count(response.status_code)
         if "request" in g:
             response.headers["X-Request-Id"] = g.request.id
+        if endpoint in private:
+            return response
         for name, value in cors_headers(settings, request.headers.get("Origin"), request.method == "OPTIONS"):
             if name == "Vary":
                 response.vary.add(value)

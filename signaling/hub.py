@@ -196,6 +196,11 @@ class Hub:
             if waiter.poll_id == poll_id:
                 waiter.end()
 
+    def end_held(self, room: str, peer: str) -> None:
+        """End every held poll and stream of that peer: it left, and they answer as superseded ones do."""
+        for waiter in tuple(self._held.get((room, peer), ())):
+            waiter.end()
+
     def _all(self) -> list[Waiter]:
         with self._lock:
             return [w for waiters in self._held.values() for w in waiters]

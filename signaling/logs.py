@@ -6,11 +6,20 @@ operator's terminal). `printable` writes each such character as a Python-style
 escape (`\\x0a`, `\\"`, `\\\\`), so one request stays one line and the original
 can be read back. The access log (accesslog.py) calls it on each field; the
 app's own log lines go through `Formatter`, which calls it on each argument.
+
+Every line of the log, gunicorn's, the access log's and the app's, has one
+format (`LINE`): a timestamp (ISO 8601, milliseconds, the UTC offset), the
+process, the level, the logger, the message; a line written for a request ends
+with its `request_id=`. And a condition that lasts (Redis away, the open-file
+limit reached) is one `Episode`: a line when it starts, one when it ends.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import threading
+import time
 
 _QUOTES = {'"': '\\"', "\\": "\\\\"}
 
@@ -32,10 +41,29 @@ def _escape(char: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+#: the one line format of every log line (gunicorn's and the access log's too: accesslog.AccessLogger.setup)
+LINE = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
 class Formatter(logging.Formatter):
-    """A log format whose message arguments are escaped: the message's own words are the code's, not a client's."""
+    """`LINE`, whose message arguments are escaped: the message's own words are the code's, not a client's.
+
+    A record that carries a `request_id` (http.RequestIdFilter's) other than `-` ends with `request_id=…`.
+    """
+
+    def __init__(self, fmt: str | None = LINE, datefmt: str | None = None, style: str = "%", **kwargs):
+        super().__init__(fmt, datefmt, style, **kwargs)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        moment = datetime.datetime.fromtimestamp(record.created).astimezone()
+        return moment.strftime(datefmt) if datefmt else moment.isoformat(timespec="milliseconds")
 
     def format(self, record: logging.LogRecord) -> str:
+        line = self._escaped_format(record)
+        request_id = getattr(record, "request_id", "-")
+        return line if request_id == "-" else f"{line} request_id={request_id}"
+
+    def _escaped_format(self, record: logging.LogRecord) -> str:
         if record.args:
             args = record.args
             escaped = (
@@ -49,3 +77,40 @@ class Formatter(logging.Formatter):
 def _escaped(value: object) -> object:
     """Text escaped; numbers and the like as they are, so `%d` and `%.1f` still format them."""
     return printable(value) if isinstance(value, str) else value
+
+
+class Episode:
+    """A condition that lasts, logged twice: when it starts (`begin`, at WARNING) and when it ends (`end`, at INFO).
+
+    However often it is seen meanwhile (a loop's tick each second, each refused
+    connection), it is one line each way; the end says how long it lasted and
+    how often it was seen.
+    """
+
+    def __init__(self, log: logging.Logger, what: str):
+        self.log, self.what = log, what
+        self._since: float | None = None
+        self._seen = 0
+        self._lock = threading.Lock()
+
+    @property
+    def ongoing(self) -> bool:
+        return self._since is not None
+
+    def begin(self, detail: object = "") -> None:
+        """Seen (again): the first time, one line."""
+        with self._lock:
+            self._seen += 1
+            if self._since is not None:
+                return
+            self._since = time.monotonic()
+        self.log.warning("%s%s", self.what, f": {detail}" if detail else "")
+
+    def end(self) -> None:
+        """Over: one line, if it was under way."""
+        with self._lock:
+            if self._since is None:
+                return
+            lasted, seen = time.monotonic() - self._since, self._seen
+            self._since, self._seen = None, 0
+        self.log.info("%s: over after %.1f s (seen %d times)", self.what, lasted, seen)

@@ -17,7 +17,8 @@ class _Loop:
     """A background thread that calls `tick(time.time())` every `interval` seconds until `stop`.
 
     A tick that fails is logged, and the next one tries again: a store that
-    is away for a while (503s meanwhile) does not end the loop.
+    is away for a while (503s meanwhile) does not end the loop, and is one
+    line when it goes and one when it is back (`Backend.outage`), not a line a tick.
     """
 
     name = "loop"
@@ -41,10 +42,12 @@ class _Loop:
         while not self._stop.wait(self.interval):
             try:
                 self.tick(time.time())
-            except errors.BackendUnavailable:
-                log.warning("%s: backend unavailable, will retry", self.name)
+            except errors.BackendUnavailable as exc:
+                self.backend.outage.begin(f"{self.name}: {exc}")
             except Exception:
                 log.exception("%s failed; will retry", self.name)
+            else:
+                self.backend.outage.end()
 
 
 class Reaper(_Loop):

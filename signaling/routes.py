@@ -28,7 +28,9 @@ ROUTES = (
     Route("DELETE", "/server/rooms/{room}/peers/{peer}", server_api.remove),
     Route("DELETE", "/server/rooms/{room}", server_api.close),
     Route("GET", "/healthz", api.healthz),
+    Route("GET", "/livez", api.livez),
+    Route("GET", "/readyz", api.readyz),
     Route("GET", "/openapi.json", api.openapi),
-    Route("GET", "/metrics", api.prometheus_metrics),
+    Route("GET", "/metrics", api.prometheus_metrics, cors=False),
     Route("GET", "/", api.demo),
 )

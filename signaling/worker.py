@@ -22,6 +22,15 @@ client that stops reading holds the answer (or stream event) under way and
 the kernel's socket buffers for a few seconds, and loses nothing: what it was
 sent is still in the mailbox, unacknowledged.
 
+Past the open-file limit (each connection is one open file) accepting fails
+with EMFILE; gevent would print a traceback for each try, and leave the
+connections waiting in the kernel's queue. `SheddingServer` answers each of
+them instead, `503 server_busy` with Retry-After, through one file kept in
+reserve, and logs one line when it starts and one when connections are
+accepted again (which happens by itself as connections close). Connections
+already open, a balancer's kept-alive health check among them, are served
+meanwhile.
+
 On SIGTERM the worker stops at once rather than after `graceful_timeout`:
 held polls and streams end (`Hub.close`), connections waiting for a request
 are closed, and one under way is answered and then closed.
@@ -30,8 +39,10 @@ are closed, and one under way is answered and then closed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import resource
 import select
 import socket
 import struct
@@ -43,22 +54,29 @@ import gevent
 from gevent import monkey
 from gevent.event import Event
 from gevent.monkey import MonkeyPatchWarning
+from gevent.server import StreamServer
 from gunicorn import util
 from gunicorn.http import errors as http_errors
 from gunicorn.http.wsgi import Response, default_environ
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from . import errors
+from . import errors, metrics
 from .config import Settings
 from .http import STATUS_LINES, error_answer, request_id
 from .hub import Hub
+from .logs import Episode
 from .service import Service
+
+log = logging.getLogger(__name__)
 
 #: Seconds a write may wait for the client to take a byte; past it the client has stopped reading
 WRITE_TIMEOUT = 5.0
 
 #: the kernel's poll(2), asked without yielding (gevent's patched one would switch greenlets)
 _POLL = monkey.get_original("select", "poll")
+#: the kernel's close(2): gevent's patched one may leave a device's file open until its loop turns
+_close_now = monkey.get_original("os", "close")
 
 #: gevent's warning when PyJWT's JWKS client, and nothing else, imported ssl before the patch
 _JWKS_CLIENT_UNPATCHED = (
@@ -77,6 +95,89 @@ _GUNICORN_ERRORS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], typ
     (http_errors.ForbiddenProxyRequest, errors.Forbidden),
     (http_errors.ParseException, errors.BadRequest),  # any other malformed request line, header or chunk
 )
+
+
+class SheddingServer(StreamServer):
+    """gevent's server, which answers connections past the open-file limit `503 server_busy` instead of a traceback.
+
+    One file is kept open in reserve: when accepting fails for want of files,
+    the reserve is closed, the waiting connection accepted on it, answered and
+    closed, and the reserve opened again. So each connection is answered at
+    once (not left to time out in the kernel's queue) and the worker never
+    spins on a queue it cannot take from.
+    """
+
+    #: the answer of a shed connection, made once (SignalingWorker.load_wsgi): no work left to do while files are out
+    ANSWER: bytes = b""
+    #: seconds without a shed connection before the episode is over: one line each way, not one per freed file
+    QUIET = 5.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reserve: int | None = _open_reserve()
+        self._last_shed = 0.0
+        self.shedding = Episode(log, "open-file limit reached: new connections answered 503 server_busy")
+
+    def do_read(self):
+        try:
+            accepted = super().do_read()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            shed = self._shed()
+            if shed is None:  # no file even for that: wait a little rather than spin on the queue
+                self.stop_accepting()
+                gevent.spawn_later(0.1, self._resume)
+            elif shed:
+                self.shedding.begin(f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]} open files")
+                self._last_shed = time.monotonic()
+            return None  # as when nothing is waiting: gevent calls again while the queue holds connections
+        if self._reserve is None:
+            self._reserve = _open_reserve()
+        if accepted is not None and self.shedding.ongoing and time.monotonic() - self._last_shed > self.QUIET:
+            self.shedding.end()
+        return accepted
+
+    def _shed(self) -> bool | None:
+        """Accept one waiting connection on the reserve's file, answer it 503 and close it.
+
+        True when one was; False when none was waiting (Linux takes a file for
+        a connection before it looks for one); None when no file was to be had.
+        """
+        if self._reserve is not None:
+            _close_now(self._reserve)
+            self._reserve = None
+        try:
+            fd, _ = self.socket._accept()
+        except BlockingIOError:
+            self._reserve = _open_reserve()
+            return False
+        except OSError:
+            return None
+        with socket.socket(fileno=fd) as client:
+            client.setblocking(False)
+            with contextlib.suppress(OSError):
+                client.recv(65536)  # what arrived of the request: left unread, the close would reset the answer
+            with contextlib.suppress(OSError):
+                client.send(self.ANSWER)  # a few hundred bytes: the socket's buffer takes them at once
+        self._reserve = _open_reserve()  # the file the connection had
+        metrics.CONNECTIONS_SHED.inc()
+        return True
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.start_accepting()
+
+
+def _open_reserve() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+# gunicorn's gevent worker makes its servers by this name: ours answers what it cannot accept
+ggevent.StreamServer = SheddingServer
 
 
 class SignalingWorker(GeventWorker):
@@ -107,6 +208,8 @@ class SignalingWorker(GeventWorker):
         super().load_wsgi()
         service = Service.of(self.wsgi)
         self.settings, self.hub = service.settings, service.hub
+        status, headers, body = _error_response(errors.ServerBusy(), self.settings, None, "-")
+        SheddingServer.ANSWER = _http_bytes(status, [(n, v) for n, v in headers if n != "X-Request-Id"], body)
 
     def handle(self, listener, client, addr):
         """Serve one connection, its reads and writes timed by a `RequestClock`."""
@@ -115,12 +218,15 @@ class SignalingWorker(GeventWorker):
             return
         clock = RequestClock(client, self.settings.request_read_timeout, self.cfg.keepalive)
         self.connections.add(clock)
+        metrics.OPEN_CONNECTIONS.inc()
+        metrics.note_memory(metrics.MEMORY_EVERY)
         if not self.alive:  # accepted in the moment before the stopping worker closes its listener
             clock.stop()
         try:
             super().handle(listener, clock, addr)
         finally:
             self.connections.discard(clock)
+            metrics.OPEN_CONNECTIONS.dec()
             if not self.alive and not self.connections:
                 self._drained.set()
 

@@ -104,10 +104,10 @@ def start_server(tmp_path):
     """
     servers = []
 
-    def start(env: dict[str, str] | None = None, workers: int = 1, limits: bool = False) -> LiveServer:
+    def start(env: dict[str, str] | None = None, workers: int = 1, limits: bool = False, preexec=None) -> LiveServer:
         if not limits:
             env = {**{name.upper(): "0" for name in NO_LIMITS}, **(env or {})}
-        server = LiveServer(tmp_path, env, workers).start()
+        server = LiveServer(tmp_path, env, workers, preexec).start()
         servers.append(server)
         return server
 

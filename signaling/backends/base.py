@@ -44,17 +44,21 @@ IP per minute and places leased per IP (`admit`), sends per peer per second
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 from abc import ABC, abstractmethod
 
 from .. import errors
 from ..config import Settings
 from ..hub import Hub
+from ..logs import Episode
 from ..protocol import Fetch, Join, Outgoing
 
 #: unacknowledged server events after which a member is taken for gone (see above): far more than a member
 #: that polls ever holds (a room's every member joining and leaving ten times over between two of its polls)
 UNREAD_EVENTS = 1000
+#: the most rooms whose members a census counts; past it, peers are estimated from that many rooms picked at random
+CENSUS_ROOMS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +132,8 @@ class Backend(ABC):
     def __init__(self, settings: Settings, hub: Hub):
         self.settings = settings
         self.hub = hub  # told when a mailbox changes or a held poll is superseded
+        # the store out of reach, as this process's background loops see it: one line when it starts, one when it ends
+        self.outage = Episode(logging.getLogger("signaling.backends"), "backend unavailable")
 
     def join(self, join: Join) -> Joined:
         """Admit the join (`admit`, the per-IP limits), then `add_or_resume` it; a refused join gives its lease back.
@@ -311,6 +317,10 @@ class Backend(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise `BackendUnavailable` unless the store answers."""
+
+    @abstractmethod
+    def census(self) -> tuple[int, int]:
+        """(rooms, peers) in the store, for /metrics: at a bounded cost (past CENSUS_ROOMS rooms, peers estimated)."""
 
     def start(self) -> None:
         """Begin background work (wake-up listener); called once per process."""

@@ -223,7 +223,10 @@ class MemoryBackend(Backend):
         if not members:
             del self._rooms[room]
             self._record(room, "room.ended", event_data(room), now)
-        self.hub.wake(room, peer_id)  # a poll it still holds ends with not_joined
+        if reason == "left":
+            self.hub.end_held(room, peer_id)  # its own leave ends its poll as a newer poll would: 200, what it has
+        else:
+            self.hub.wake(room, peer_id)  # removed: a poll it still holds looks again and ends with not_joined
 
     def _remove_by_server(self, room: str, peer_id: str, reason: str, why: str, now: float) -> None:
         """The application removes a live member: a leave with `reason`, and its token answers `why` for PEER_TTL."""
@@ -504,3 +507,7 @@ class MemoryBackend(Backend):
 
     def ping(self):
         return None
+
+    def census(self):
+        with self._lock:
+            return len(self._rooms), sum(map(len, self._rooms.values()))

@@ -361,6 +361,21 @@ def test_leave_by_delete(api):
     assert again.receive() == []  # the old mailbox is gone
 
 
+def test_a_held_poll_ends_200_when_its_peer_leaves_and_404_not_joined_when_it_is_removed(make_app):
+    """A leave is the peer's own act: its poll ends as a newer poll would end it. Removed, it must join again."""
+    api = Api.over_flask(make_app(peer_ttl=1.0, poll_wait=5, reap_interval=0.1).test_client())
+    bob, carol = api.peer("r1", "bob"), api.peer("r2", "carol")
+    held = held_poll(bob, wait=5)
+    time.sleep(0.3)
+    assert bob.leave().status == 204
+    held["thread"].join(5)
+    assert (held["reply"].status, held["reply"].body) == (200, {"messages": [], "cursor": 0})
+    assert held["took"] < 2
+    removed = held_poll(carol, wait=4)  # silent past PEER_TTL while held: the reaper removes carol
+    removed["thread"].join(8)
+    assert removed["reply"].code == "not_joined" and removed["took"] < 3.5
+
+
 def beacon_bodies(token: str) -> dict[str, tuple[str, bytes]]:
     """(Content-Type, body) as Chromium's `navigator.sendBeacon(url, data)` sends each kind of `data`."""
     boundary = "----WebKitFormBoundaryq3dMfRQ8ZLvB2xTw"

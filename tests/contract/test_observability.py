@@ -65,7 +65,8 @@ def test_metrics_are_right_with_two_workers_and_logs_hold_no_token(start_server,
 
     def worker_pids() -> set[str]:
         """The workers that answered joins (readiness probes may have reached both already)."""
-        return set(re.findall(r'"POST /rooms/big/peers" .*<(\d+)> request_id', server.log.read_text()))
+        access = r'\[(\d+)\] \[INFO\] gunicorn\.access: \S+ "POST /rooms/big/peers" '
+        return set(re.findall(access, server.log.read_text()))
 
     peers = []
     with ThreadPoolExecutor(8) as pool:  # concurrent joins until both workers have answered some

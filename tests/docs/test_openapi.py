@@ -70,6 +70,7 @@ def component_errors():
     status_of = {
         "NotFound": 404, "MethodNotAllowed": 405, "BadRequest": 400, "Forbidden": 403, "RequestTimeout": 408,
         "UriTooLong": 414, "ExpectationFailed": 417, "HeaderTooLarge": 431, "UnsupportedTransferCoding": 501,
+        "ServerBusy": 503,  # the HTTP server sheds connections past the open-file limit (worker.SheddingServer)
     }
     for _, _, op in operations():
         for status, response in op["responses"].items():

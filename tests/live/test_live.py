@@ -167,9 +167,9 @@ def test_make_run_prints_the_url_and_serves(tmp_path):
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         lines = []  # set-up (creating .venv, installing) may come first
-        while not (lines and lines[-1].startswith("signaling:")) and len(lines) < 50:
+        while not (lines and "signaling: http" in lines[-1]) and len(lines) < 50:
             lines.append(process.stdout.readline())
-        banner = lines[-1]
+        banner = lines[-1]  # a log line of the service's, said once its settings and address passed
         assert f"http://localhost:{port}/" in banner and "memory" in banner, lines
         while "Listening at:" not in lines[-1]:
             assert len(lines) < 100, lines

@@ -36,6 +36,7 @@ def requests_served(instance, what: str) -> int:
 def test_a_held_poll_passes_through_and_wakes_at_once(start_behind_nginx):
     nginx, _ = start_behind_nginx()
     api = api_through(nginx)
+    assert api.request("GET", "/metrics").status == 404  # the configuration keeps metrics off the internet
     alice, bob = api.peer("r1", "alice"), api.peer("r1", "bob")
     alice.drain()
     empty = held_poll(bob, wait=1)

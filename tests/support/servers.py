@@ -337,7 +337,8 @@ class RedisClusterServers:
 class LiveServer:
     """`gunicorn -c gunicorn.conf.py app:app` (gevent workers) on 127.0.0.1 and a free port."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, workers: int = 1):
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, workers: int = 1, preexec=None):
+        self.preexec = preexec  # run in the child before gunicorn starts (e.g. to lower a resource limit)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"gunicorn-{self.port}.log"
@@ -352,6 +353,7 @@ class LiveServer:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=self.preexec,
             )
         _wait_until(self._healthy, 20, f"gunicorn on port {self.port}", self.log)
         return self

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from signaling.config import CHECKS, ConfigError, Settings
+from signaling.config import CHECKS, ConfigError, Settings, redacted
 
-from ..support.servers import ROOT, Certificates
+from ..support.servers import ROOT, Certificates, free_port
 
 #: a Standard Webhooks secret: whsec_ and the base64 of 24 bytes
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -26,6 +27,8 @@ BAD = {
     "poll-wait-over-ttl": ({"POLL_WAIT": "90"}, "POLL_WAIT", "below PEER_TTL"),
     "peer-ttl-zero": ({"PEER_TTL": "0"}, "PEER_TTL", "> 0"),
     "max-message-bytes": ({"MAX_MESSAGE_BYTES": "64k"}, "MAX_MESSAGE_BYTES", "bytes"),
+    "max-message-bytes-below-a-join": ({"MAX_MESSAGE_BYTES": "10"}, "MAX_MESSAGE_BYTES", "a join with a ticket"),
+    "metrics-token-short": ({"METRICS_TOKEN": "secret"}, "METRICS_TOKEN", "at least 16"),
     "mailbox-limit": ({"MAILBOX_LIMIT": "-1"}, "MAILBOX_LIMIT", "> 0"),
     "mailbox-bytes-small": ({"MAILBOX_BYTES": "100"}, "MAILBOX_BYTES", "from 1024"),
     "mailbox-bytes-large": ({"MAILBOX_BYTES": "2147483648"}, "MAILBOX_BYTES", "1 GiB"),
@@ -162,10 +165,58 @@ def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def test_a_bad_setting_stops_the_start_with_one_line_and_no_traceback(env):
     (name,) = env
     run = start(env)
-    assert run.returncode != 0
+    assert run.returncode == 2
     assert run.stdout == ""
     assert run.stderr.startswith(f"signaling: bad configuration: {name}="), run.stderr
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_redis_password_is_never_printed():
+    assert redacted("redis://:hunter2@x:6379/0") == "redis://:***@x:6379/0"
+    assert redacted("rediss://app:hunter2@x:6380") == "rediss://app:***@x:6380"
+    assert redacted("redis://hunter2@x") == "redis://***@x"  # a lone user name is the password for Redis AUTH
+    assert redacted("redis://x:6379") == "redis://x:6379"
+    run = start({"REDIS_URL": "http://:hunter2@x"})
+    assert run.returncode == 2 and "hunter2" not in run.stderr and ":***@x" in run.stderr, run.stderr
+
+
+def serve_briefly(env: dict[str, str], seconds: float = 6) -> subprocess.CompletedProcess:
+    """Start the service as `make run` does, stop it after `seconds` if it is still running."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "HOST", "PORT", "WEB_CONCURRENCY")}
+    process = subprocess.Popen([*procfile_command()], cwd=ROOT, env={**environ, **env}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        out, err = process.communicate(timeout=20)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_a_port_in_use_is_refused_in_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = serve_briefly({"HOST": "127.0.0.1", "PORT": str(port)})
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(f"signaling: bad configuration: PORT={port} cannot be listened on"), run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+
+
+def test_an_unresolvable_host_is_refused_in_one_line():
+    run = serve_briefly({"HOST": "no-such-host.invalid", "PORT": str(free_port())})
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("signaling: bad configuration: HOST='no-such-host.invalid' does not resolve")
+    assert run.stderr.count("\n") == 1, run.stderr
+
+
+def test_make_run_says_nothing_of_a_url_before_refusing_a_bad_port():
+    run = subprocess.run(["make", "-o", ".venv/bin/gunicorn", "run"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PORT": "abc"}, timeout=60)
+    assert run.returncode != 0
+    assert "http://" not in run.stdout + run.stderr, run.stdout + run.stderr
+    assert "PORT='abc'" in run.stderr
 
 
 def test_gunicorn_takes_every_value_from_the_settings():

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 import redis
 from redis.connection import Connection
+
+from ... import metrics
 
 #: most commands in one round trip
 BATCH = 512
@@ -149,8 +152,10 @@ class Autopipeline:
         commands = [command for call in batch for command in call.commands]
         if self._wait is not None:
             commands.append(self._wait)
+        started = time.perf_counter()
         try:
             replies = self._on_cluster(commands) if lane is None else _on_connection(lane, commands)
+            metrics.REDIS_ROUND_TRIPS.observe(time.perf_counter() - started)
             if self._wait is not None:
                 confirmed = replies.pop()
                 if isinstance(confirmed, Exception) or confirmed < self.replicas:

@@ -52,7 +52,7 @@ import redis
 from ... import errors
 from ...protocol import IDEMPOTENCY_TTL
 from ...tokens import hash_token
-from ..base import Backend, Broadcast, Event, Joined, Member, event_ids
+from ..base import CENSUS_ROOMS, Backend, Broadcast, Event, Joined, Member, event_ids
 from . import keys, scripts, wakeups
 from .autopipeline import Autopipeline
 from .connection import TIMEOUT, UNREACHABLE, connect, is_cluster, is_noscript, reachable
@@ -91,7 +91,7 @@ class RedisBackend(Backend):
         self._rewake_pending = False  # a look of every held poll and stream is due (`_wake_all_twice`)
         self._round_trips = Autopipeline(self.client, self._lanes, TIMEOUT, self.settings.redis_wait_replicas,
                                          self.settings.redis_wait_timeout)
-        self._listener = Listener(self.settings, self.instance, self.hub)
+        self._listener = Listener(self.settings, self.instance, self.hub, self.outage)
         self._webhooks = bool(self.settings.webhook_url)
         self._hinted: dict[str, float] = {}  # cluster: room -> when its outbox is due, as this instance knows
         self._swept = -math.inf  # cluster: when every slot's index was last read
@@ -461,6 +461,18 @@ class RedisBackend(Backend):
     def ping(self):
         with reachable():
             self.client.ping()
+
+    def census(self):
+        """Rooms: `sig:reap`'s size. Peers: its rooms' members, counted in up to CENSUS_ROOMS of them picked at
+        random (all of them when there are no more), scaled up to every room."""
+        with reachable():
+            rooms = self.client.zcard(keys.REAP)
+            sample = self.client.zrandmember(keys.REAP, CENSUS_ROOMS) if rooms else []
+            pipe = self.client.pipeline(transaction=False)
+            for room in sample:
+                pipe.zcard(keys.members(room))
+            counted = sum(pipe.execute()) if sample else 0
+        return rooms, round(counted * rooms / len(sample)) if sample else 0
 
     # -- wake-ups
 

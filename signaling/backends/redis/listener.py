@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 
 from ...config import Settings
 from ...hub import Hub
+from ...logs import Episode
 from . import wakeups
 from .connection import UNREACHABLE, connect, is_cluster
 
-log = logging.getLogger(__name__)
-
 
 class Listener:
-    """Subscribes to `wakeups.channel(instance)`; reconnects with capped backoff; `stop` ends it."""
+    """Subscribes to `wakeups.channel(instance)`; reconnects with capped backoff; `stop` ends it.
 
-    def __init__(self, settings: Settings, instance: str, hub: Hub):
-        self.settings, self.instance, self.hub = settings, instance, hub
+    Losing the connection is part of the backend's `outage`: one line when it starts, one when it ends.
+    """
+
+    def __init__(self, settings: Settings, instance: str, hub: Hub, outage: Episode):
+        self.settings, self.instance, self.hub, self.outage = settings, instance, hub, outage
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="signaling-wakeups", daemon=True)
 
@@ -48,6 +49,7 @@ class Listener:
                 receive(timeout=1.0)  # the subscription is confirmed
                 # Wake-ups published while we were not listening are lost: every held poll looks again.
                 self.hub.wake_all()
+                self.outage.end()
                 backoff = 0.1
                 while not self._stopped.is_set():
                     message = receive(timeout=1.0)
@@ -57,7 +59,7 @@ class Listener:
                 if self._stopped.is_set():
                     break
                 self.hub.wake_all()  # held polls look again now: they answer 503 rather than wait it out
-                log.warning("wake-up channel lost (%s); reconnecting in %.1fs", exc, backoff)
+                self.outage.begin(f"wake-up channel lost ({exc}); reconnecting")
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:

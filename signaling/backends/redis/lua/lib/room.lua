@@ -198,7 +198,15 @@ end
 -- remove a peer, its mailbox and its receipts; the live others get peer-left with `reason` (an id-like
 -- word), the webhooks peer.left, and room.ended when it was the last member
 local function remove_peer(id, reason, now, ts, ttl)
-  wake(id)  -- a poll it still holds looks again and learns it is gone
+  -- a poll it still holds: after its own leave it ends as a newer poll would end it (200, what it has); removed,
+  -- it looks again and learns it is gone (404 not_joined)
+  local holder = redis.call('HGET', peer_key(id), 'holder')
+  if holder and reason == 'left' then
+    local instance, poll = string.match(holder, '^(%S+) (%S+)')
+    superseded(instance, room, id, poll)
+  elseif holder then
+    wake(id)
+  end
   drop_receipts(id)  -- before its hash goes: the receipts' keys name its join time
   redis.call('ZREM', members, id)
   redis.call('DEL', peer_key(id), mbox_key(id))
