@@ -4,6 +4,8 @@ Every value comes from signaling.config.Settings, which checks them all; the
 hooks below run signaling/startup.py's checks once, in the master.
 """
 
+import logging
+
 from signaling import startup
 
 # Before anything imports prometheus_client: every worker writes its metrics here, /metrics sums them.
@@ -52,6 +54,8 @@ logconfig_dict = {
     # a path or header in a message is escaped: one record, one line (signaling/logs.py)
     "formatters": {"app": {"()": "signaling.logs.Formatter"}},
 }
+# No line names a thread or a multiprocessing process: each record (one a request) skips looking them up.
+logging.logThreads = logging.logMultiprocessing = False
 # gunicorn's control socket sits at one path per user: several instances on one host would collide.
 control_socket_disable = True
 loglevel = _settings.log_level.lower()
