@@ -58,6 +58,10 @@ class Plan:
     candidate_bytes: int = 200
     webhook_connections: int = 20  # clients joining and leaving, each in a room of its own (bench/webhooks.py)
     webhook_seconds: float = 5.0
+    wait_pairs: int = 32  # senders in each round of the REDIS_WAIT_REPLICAS part
+    wait_rounds: int = 3  # rounds of each setting, alternating
+    wait_seconds: float = 10.0
+
 
     def describe(self) -> str:
         """The method, as Markdown list items."""
@@ -139,7 +143,15 @@ class Plan:
   the offer goes alone, the candidates behind it as one batch); on the offer the callee sends its answer
   and 10 candidates the same way. Set-up time: from the caller's join to the last envelope
   arriving on either side. Then both abort their held poll and leave (`DELETE`). Requests per
-  set-up counts every request of a call, join to leave."""
+  set-up counts every request of a call, join to leave.
+- The cost of `REDIS_WAIT_REPLICAS=1` (Redis, 1 worker): a replica of the bench's Redis starts
+  (the same binary, `--replicaof`, pinned to Redis's CPU; its CPU is metered as "replica") and the
+  part waits until it is in sync (`INFO replication` on both sides). Two servers run side by side,
+  one with `REDIS_WAIT_REPLICAS=0` and one with `1` (each round trip to Redis ends with `WAIT 1`),
+  and sends alone as above ({self.wait_pairs} senders, {self.wait_seconds:g} s after a {self.warmup:g} s warm-up) run
+  on each in turn, {self.wait_rounds} rounds each, the order swapping every round (0 then 1, 1 then 0, ...).
+  Each setting's sends/s, server CPU per send and send latency p50 / p99 (a send's start to its
+  answer, a 503's retries included) pool its rounds; the last row is 1 over 0."""
 
 
 FULL = Plan(
@@ -154,11 +166,11 @@ QUICK = Plan(
     pingpong_pairs=(1, 10), pingpong_seconds=1,
     throughput_pairs=(32,), throughput_seconds=1.5,
     setup_calls=(1, 10), setup_seconds=1, warmup=0.3, floor_seconds=1.5,
-    idle_clients=1_000, idle_seconds=15,
+    idle_clients=1_000, idle_seconds=15, wait_rounds=2, wait_seconds=1.5,
 )
 #: "floor" runs once, before the setups; the others once per setup ("pingpong", "throughput": every
 #: client, polling and streaming)
-PARTS = ("floor", "held", "streams", "pingpong", "throughput", "setups", "webhooks")
+PARTS = ("floor", "held", "streams", "pingpong", "throughput", "setups", "webhooks", "wait")
 
 #: room for every held poll in one worker; the per-IP abuse limits off, as every client here is 127.0.0.1
 SERVER_ENV = {
@@ -261,7 +273,8 @@ class Bench:
                  "pingpong": lambda: self.ping_pong(setup, redis, slug, result["errors"]),
                  "throughput": lambda: self.throughput(setup, redis, slug, result["errors"]),
                  "setups": lambda: self.call_setups(setup, redis, slug, result["errors"]),
-                 "webhooks": lambda: self.webhooks(setup)}
+                 "webhooks": lambda: self.webhooks(setup),
+                 "wait": lambda: self.wait(setup)}
         for part in self.args.parts:
             if part == "floor":
                 continue
@@ -381,6 +394,38 @@ class Bench:
             f" {run.per_second:,.0f} deliveries/s draining a backlog of {run.backlog:,}")
         return {"webhooks": [run]}
 
+    def wait(self, setup: Setup) -> dict[str, list]:
+        """Sends alone with REDIS_WAIT_REPLICAS=0 and =1, rounds alternating, a replica in sync (Redis, 1 worker)."""
+        if setup != Setup("redis", 1):
+            log(f"== {setup.name}: REDIS_WAIT_REPLICAS: measured on redis, 1 worker only")
+            return {}
+        plan = self.plan
+        log(f"== {setup.name}: REDIS_WAIT_REPLICAS 0 and 1, {plan.wait_pairs} senders, sends alone")
+        rounds: dict[int, list[scenarios.Sends]] = {0: [], 1: []}
+        with (self.redis.replica() as replica,
+              self.server(setup, {"REDIS_WAIT_REPLICAS": "0"}) as plain,
+              self.server(setup, {"REDIS_WAIT_REPLICAS": "1"}) as waiting):
+            log(f"  a replica in sync on port {replica.port}")
+            waits = self.redis.calls("WAIT")
+            order = [(0, plain), (1, waiting)]
+            for n in range(plan.wait_rounds):
+                for replicas, server in order:
+                    self.quiet()
+                    run = asyncio.run(scenarios.sends_only(server, self.redis, plan.wait_pairs, plan.wait_seconds,
+                                                           plan.warmup, plan.throughput_bytes, tag=f"w{replicas}-{n}"))
+                    log(f"  round {n + 1}, REDIS_WAIT_REPLICAS={replicas}: {run.per_second:,.0f} sends/s,"
+                        f" {run.server_us_per_send:,.0f} µs server CPU per send, p50 / p99"
+                        f" {run.latency_ms(0.5):.2f} / {run.latency_ms(0.99):.2f} ms, {cpu_text(run.cpu)},"
+                        f" retried: {run.failed or 'none'}")
+                    rounds[replicas].append(run)
+                order.reverse()  # whichever went second goes first: drift falls on both
+            waits = self.redis.calls("WAIT") - waits
+        if not waits:
+            raise BenchError("the REDIS_WAIT_REPLICAS=1 server sent no WAIT: nothing of its cost was measured")
+        log(f"  Redis ran WAIT {waits:,} times during the rounds (one per round trip of the REDIS_WAIT_REPLICAS=1"
+            f" server), which answered {sum(run.sends for run in rounds[1]):,} sends in its windows")
+        return {"wait": [scenarios.Wait(rounds)]}
+
     def floor(self) -> scenarios.Floor:
         """The bare WSGI app on the service's worker settings: what the stack costs per request."""
         plan = self.plan
@@ -488,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
 
     elapsed = time.monotonic() - started
     text = report.table(results, report.rows(plan.held_steps, plan.pingpong_pairs, plan.throughput_pairs,
-                                             plan.setup_calls, bench.floor_run, plan.idle_clients),
+                                             plan.setup_calls, bench.floor_run, plan.idle_clients, plan.wait_pairs),
                         bench.floor_run, errors)
     print(text)
     log(f"bench: done in {elapsed:.0f} s ({bench.waited:.0f} s of it waiting for other processes to go quiet)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -173,12 +174,46 @@ class PinnedRedis(RedisServer):
     def __init__(self, workdir: Path, cpu: int):
         super().__init__(workdir)
         self.cpu = cpu
+        self.replicas: list[PinnedRedis] = []  # running now, metered beside it
 
-    def start(self) -> PinnedRedis:
-        super().start()
+    def start(self, *options: str) -> PinnedRedis:
+        super().start(*options)
         subprocess.run(["taskset", "-a", "-c", "-p", str(self.cpu), str(self.process.pid)],
                        check=True, capture_output=True)
         return self
+
+    @contextlib.contextmanager
+    def replica(self, timeout: float = 30):
+        """A replica of this server (`--replicaof`, the same binary, pinned to the same CPU), yielded once it
+        is in sync (`in_sync`); stopped after."""
+        replica = PinnedRedis(self.workdir, self.cpu).start("--replicaof", "127.0.0.1", str(self.port))
+        self.replicas.append(replica)
+        try:
+            deadline = time.monotonic() + timeout
+            while not self.in_sync(replica):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica on port {replica.port} was not in sync within {timeout:g} s")
+                time.sleep(0.05)
+            yield replica
+        finally:
+            self.replicas.remove(replica)
+            replica.stop()
+
+    def in_sync(self, replica: PinnedRedis) -> bool:
+        """INFO replication on both sides: the replica's link is up and done syncing, and the primary
+        counts it online with every byte it has written so far."""
+        with self.client() as primary, replica.client() as other:
+            ours, theirs = primary.info("replication"), other.info("replication")
+        if theirs.get("master_link_status") != "up" or theirs.get("master_sync_in_progress"):
+            return False
+        listed = [ours.get(f"slave{i}", {}) for i in range(ours.get("connected_slaves", 0))]
+        return any(s.get("port") == replica.port and s.get("state") == "online"
+                   and s.get("offset") == ours["master_repl_offset"] for s in listed)
+
+    def calls(self, command: str) -> int:
+        """How many times this server has run `command` since it started (INFO commandstats)."""
+        with self.client() as client:
+            return client.info("commandstats").get(f"cmdstat_{command.lower()}", {}).get("calls", 0)
 
     def signaling_clients(self) -> int:
         """Connections whose client name starts with `signaling` (CLIENT LIST)."""

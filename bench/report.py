@@ -7,14 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .procs import Setup
-from .scenarios import CallSetups, Floor, HeldStep, PingPong, Sends, Throughput
+from .scenarios import CallSetups, Floor, HeldStep, PingPong, Sends, Throughput, Wait
 
 #: the setup the targets are for: one gevent worker pinned to one core, Redis backend
 TARGET_SETUP = Setup("redis", 1)
 
 #: setup -> {"held": [HeldStep], "streams": [HeldStep], "pingpong": [PingPong], "pingpong_stream": [PingPong],
 #:           "throughput": [Throughput], "batched": [Throughput], "throughput_stream": [Throughput],
-#:           "batched_stream": [Throughput], "sends": [Sends], "setups": [CallSetups], "errors": [str]}
+#:           "batched_stream": [Throughput], "sends": [Sends], "setups": [CallSetups], "wait": [Wait],
+#:           "errors": [str]}
 Results = dict[Setup, dict[str, list]]
 
 
@@ -83,6 +84,19 @@ def _cs(result: dict, calls: int) -> CallSetups | None:
     return next((c for c in result.get("setups", []) if c.calls == calls), None)
 
 
+def _wait(result: dict) -> Wait | None:
+    return next(iter(result.get("wait", [])), None)
+
+
+def wait_cost(wait: Wait) -> str | None:
+    """REDIS_WAIT_REPLICAS=1 over 0: sends/s, server CPU per send, send p50 and p99, e.g. "0.80× / 1.10× / ..."."""
+    pairs = [(wait.per_second(1), wait.per_second(0)), (wait.server_us_per_send(1), wait.server_us_per_send(0)),
+             (wait.latency_ms(1, 0.5), wait.latency_ms(0, 0.5)), (wait.latency_ms(1, 0.99), wait.latency_ms(0, 0.99))]
+    if not all(b for _, b in pairs):
+        return None
+    return " / ".join(f"{a / b:.2f}×" for a, b in pairs) + f" ({len(wait.rounds[1])} and {len(wait.rounds[0])} rounds)"
+
+
 def per_request(us: float, floor: Floor | None) -> str:
     """Server CPU per request, and as a multiple of the floor's when there is one: "345 µs (2.9× floor)"."""
     text = f"{us:,.0f} µs"
@@ -118,7 +132,7 @@ def _cpu(shares: dict[str, float]) -> str:
 
 
 def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor | None,
-         idle_clients: int = 0) -> list[Row]:
+         idle_clients: int = 0, wait_pairs: int = 0) -> list[Row]:
     out: list[Row] = []
     for n in held_steps:
         out.append(Row(
@@ -278,6 +292,20 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
             f"call set-ups, {n:,} at a time: requests per set-up (join to leave), server CPU per request",
             lambda r, n=n: (c := _cs(r, n)) and f"{c.requests_per_setup:.1f}, "
             + per_request(c.server_us_per_request, floor),
+        ))
+    if wait_pairs:
+        for replicas in (0, 1):
+            out.append(Row(
+                f"REDIS_WAIT_REPLICAS={replicas}, a replica in sync, sends alone, {wait_pairs} senders: sends/s,"
+                " server CPU per send, send p50 / p99",
+                lambda r, replicas=replicas: (w := _wait(r)) and w.rounds.get(replicas) and (
+                    f"{w.per_second(replicas):,.0f}/s, {per_request(w.server_us_per_send(replicas), floor)},"
+                    f" {w.latency_ms(replicas, 0.5):.2f} / {w.latency_ms(replicas, 0.99):.2f} ms"
+                    + _failures(w.failed(replicas))),
+            ))
+        out.append(Row(
+            "REDIS_WAIT_REPLICAS=1 over 0, same run: sends/s / server CPU per send / send p50 / send p99",
+            lambda r: (w := _wait(r)) and wait_cost(w),
         ))
     return out
 

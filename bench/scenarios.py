@@ -51,12 +51,14 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 def meter(server: PinnedServer, redis_server: PinnedRedis | None) -> CpuMeter:
-    """CPU of the server's workers, of redis-server and of this load process."""
+    """CPU of the server's workers, of redis-server (and its replicas, when it has some) and of this load process."""
     import os
 
     pids = {"server": server.worker_pids(), "load": [os.getpid()]}
     if redis_server is not None:
         pids["redis"] = [redis_server.process.pid]
+        if redis_server.replicas:
+            pids["replica"] = [replica.process.pid for replica in redis_server.replicas]
     return CpuMeter(pids)
 
 
@@ -815,6 +817,7 @@ class Sends:
     sends: int  # sends answered 202 within the window
     cpu: dict[str, float]
     failed: dict[str, int]
+    latencies_ms: list[float] = dataclasses.field(default_factory=list, repr=False)  # of those sends, each
 
     @property
     def per_second(self) -> float:
@@ -823,6 +826,10 @@ class Sends:
     @property
     def server_us_per_send(self) -> float:
         return self.cpu.get("server", 0.0) * self.seconds / self.sends * 1e6 if self.sends else 0.0
+
+    def latency_ms(self, fraction: float) -> float:
+        """A percentile of the send latencies, ms."""
+        return percentile(self.latencies_ms, fraction) if self.latencies_ms else 0.0
 
 
 async def sends_only(server: PinnedServer, redis_server: PinnedRedis | None, pairs: int, seconds: float,
@@ -837,19 +844,52 @@ async def sends_only(server: PinnedServer, redis_server: PinnedRedis | None, pai
         start = time.perf_counter()
         window_start, window_end = start + warmup, start + warmup + seconds
 
+        latencies: list[float] = []
+
         async def send(i: int) -> None:
             request = senders.peers[i].send_request("r", body)
             for _ in range(SENDS_CAP):
-                if time.perf_counter() >= window_end:
+                if (asked := time.perf_counter()) >= window_end:
                     return
                 reply = await send_until_accepted(senders.sends[i], request, failed)
                 if window_start <= reply.at < window_end:
                     sent[0] += 1
+                    latencies.append((reply.at - asked) * 1000)  # retries after a 503 included
 
         shares = await measured(server, redis_server, pairs, None, send, window_start, warmup + seconds + 60,
                                 "end of the sends-only run")
         ended = min(time.perf_counter(), window_end)
-    return Sends(pairs, max(0.0, ended - window_start), sent[0], shares, dict(failed))
+    return Sends(pairs, max(0.0, ended - window_start), sent[0], shares, dict(failed), latencies)
+
+
+# -- the cost of REDIS_WAIT_REPLICAS: sends alone with and without WAIT, in the same run
+
+
+@dataclasses.dataclass
+class Wait:
+    """Sends alone on two servers side by side on one Redis with a replica in sync, one with
+    REDIS_WAIT_REPLICAS=0 and one with 1, in rounds that alternate between them: {replicas waited for:
+    its rounds}. Each figure pools a setting's rounds."""
+
+    rounds: dict[int, list[Sends]]
+
+    def per_second(self, replicas: int) -> float:
+        runs = self.rounds.get(replicas, [])
+        seconds = sum(run.seconds for run in runs)
+        return sum(run.sends for run in runs) / seconds if seconds else 0.0
+
+    def server_us_per_send(self, replicas: int) -> float:
+        runs = self.rounds.get(replicas, [])
+        sends = sum(run.sends for run in runs)
+        return sum(run.cpu.get("server", 0.0) * run.seconds for run in runs) / sends * 1e6 if sends else 0.0
+
+    def latency_ms(self, replicas: int, fraction: float) -> float:
+        samples = [ms for run in self.rounds.get(replicas, []) for ms in run.latencies_ms]
+        return percentile(samples, fraction) if samples else 0.0
+
+    def failed(self, replicas: int) -> dict[str, int]:
+        return dict(sum((collections.Counter(run.failed) for run in self.rounds.get(replicas, [])),
+                        collections.Counter()))
 
 
 # -- the floor: what the stack alone costs per request
