@@ -147,11 +147,12 @@ class Plan:
 - The cost of `REDIS_WAIT_REPLICAS=1` (Redis, 1 worker): a replica of the bench's Redis starts
   (the same binary, `--replicaof`, pinned to Redis's CPU; its CPU is metered as "replica") and the
   part waits until it is in sync (`INFO replication` on both sides). Two servers run side by side,
-  one with `REDIS_WAIT_REPLICAS=0` and one with `1` (each round trip to Redis ends with `WAIT 1`),
-  and sends alone as above ({self.wait_pairs} senders, {self.wait_seconds:g} s after a {self.warmup:g} s warm-up) run
-  on each in turn, {self.wait_rounds} rounds each, the order swapping every round (0 then 1, 1 then 0, ...).
-  Each setting's sends/s, server CPU per send and send latency p50 / p99 (a send's start to its
-  answer, a 503's retries included) pool its rounds; the last row is 1 over 0."""
+  one with `REDIS_WAIT_REPLICAS=0` and one with `1` (each round trip to Redis ends with `WAIT 1`;
+  Redis's `INFO commandstats` must count some), and sends alone as above ({self.wait_pairs} senders,
+  {self.wait_seconds:g} s after a {self.warmup:g} s warm-up) run on each in turn, {self.wait_rounds} rounds each,
+  the order swapping every round (0 then 1, then 1 then 0, ...). Each setting's sends/s, server CPU per send
+  and send latency p50 / p99 (a send's start to its answer, a 503's retries included) pool its
+  rounds; the last row is 1 over 0."""
 
 
 FULL = Plan(

@@ -9,6 +9,8 @@ import asyncio
 import collections
 import http.client
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,8 +19,8 @@ from bench import report
 from bench.__main__ import SERVER_ENV
 from bench.client import BenchError, Chunked, Event, Outbox, Peer, SseReader, call, connect, envelope
 from bench.procs import FloorServer, Setup
-from bench.scenarios import CallSetups, Floor, HeldStep, Idle, Inbox, Sends, Throughput
-from tests.support.servers import LiveServer
+from bench.scenarios import CallSetups, Floor, HeldStep, Idle, Inbox, Sends, Throughput, Wait
+from tests.support.servers import ROOT, LiveServer
 
 pytestmark = pytest.mark.live
 
@@ -208,3 +210,29 @@ def test_the_stream_rows_are_ratios_within_the_run_and_a_delivery_less_its_send(
     assert "300 µs (1.2× floor) / 200 µs (0.8× floor)" in text  # (1 s − 2,000 × 300 µs) / 2,000
     assert "12.0 KiB (1.2× floor)" in text  # RSS per held stream, as a multiple of the held request's
     assert "0.4 % over 15 s (1,000 heartbeats read)" in text and "a quick run's count" in text
+
+
+def test_the_wait_rows_pool_each_settings_rounds_and_give_1_over_0():
+    def sends(count: int, server: float, latency_ms: float) -> Sends:
+        return Sends(pairs=32, seconds=1.0, sends=count, cpu={"server": server}, failed={},
+                     latencies_ms=[latency_ms] * count)
+
+    wait = Wait({0: [sends(1_000, 0.5, 10.0), sends(3_000, 1.0, 10.0)],  # 2,000/s, 375 µs per send
+                 1: [sends(1_000, 0.6, 20.0), sends(2_000, 1.0, 20.0)]})  # 1,500/s, 533 µs per send
+    text = report.table({Setup("redis", 1): {"wait": [wait], "errors": []}},
+                        report.rows((50,), (1,), (32,), (1,), None, wait_pairs=32))
+    assert "| 2,000/s, 375 µs, 10.00 / 10.00 ms |" in text
+    assert "| 1,500/s, 533 µs, 20.00 / 20.00 ms |" in text
+    assert "| 0.75× / 1.42× / 2.00× / 2.00× (2 and 2 rounds) |" in text
+
+
+def test_the_quick_wait_part_measures_both_settings_with_a_replica_in_sync():
+    """`python -m bench --quick --only wait`: its own process (the bench pins itself to a CPU)."""
+    bench = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "wait", "--setups", "redis-1"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert "a replica in sync on port" in bench.stderr
+    rows = [line for line in bench.stdout.splitlines() if line.startswith("| REDIS_WAIT_REPLICAS=")]
+    assert len(rows) == 3 and not any("| – |" in row for row in rows), bench.stdout[-3000:]
+    assert "Parts that failed" not in bench.stdout
+    assert "(2 and 2 rounds)" in rows[2]
