@@ -557,7 +557,8 @@ class Mailboxes(RuleBasedStateMachine):
             return self.expect(reply, 404, "not_joined")
         self.expect(reply, 200)
         live = sorted(pid for pid, p in self.model.rooms[room].items() if self.model.live(p))
-        assert reply.body == {"room": room, "peers": live}
+        # 1.2: `members` beside `peers`, each with its meta (the model's peers join without one)
+        assert reply.body == {"room": room, "peers": live, "members": [{"peer_id": pid, "meta": None} for pid in live]}
         return None
 
     @rule(how=st.sampled_from(["delete", "beacon-json", "beacon-text", "beacon-form", "wrong-token"]), data=st.data())
