@@ -1,7 +1,7 @@
 /**
  * Types of signaling.js, the browser client of the signaling service (protocol version 1, revision 1.2).
  *
- * The module exports two values, `join` and `SignalingError`; everything else here is a type. What each
+ * The module exports three values, `join`, `SignalingError` and `FINAL_CODES`; everything else here is a type. What each
  * option and event means is said once, in signaling.js and docs/clients.md; here, what shape it has.
  * `make test` compiles a consumer that uses every declaration with `tsc --strict`
  * (tests/packaging/consumer.ts), then drives the installed package against a live server.
@@ -16,9 +16,11 @@ export type ServerErrorCode =
   | "bad_id"
   | "bad_idempotency_key"
   | "bad_json"
+  | "bad_meta"
   | "bad_query"
   | "bad_request"
   | "bad_ticket"
+  | "banned"
   | "expectation_failed"
   | "forbidden"
   | "header_too_large"
@@ -32,10 +34,12 @@ export type ServerErrorCode =
   | "payload_too_large"
   | "peer_id_taken"
   | "peer_not_found"
+  | "removed"
   | "request_timeout"
   | "reserved_type"
   | "room_full"
   | "send_rate_limited"
+  | "server_busy"
   | "ticket_required"
   | "too_many_peers"
   | "too_many_rooms"
@@ -112,7 +116,12 @@ export interface JoinOptions {
   batchBytes?: number;
   receive?: ReceiveOption;
   streamTiming?: Partial<StreamTiming>;
+  /** This peer's meta (protocol 1.2), e.g. `{ name: "Alice" }`; with tickets on, the ticket's wins. */
+  meta?: Meta;
 }
+
+/** A peer's meta (protocol 1.2): a JSON object of at most 2,048 bytes, fixed for the peer's life. */
+export type Meta = { [key: string]: unknown };
 
 /** One envelope of the mailbox: a peer's send or broadcast (`message` events carry these). */
 export interface Envelope {
@@ -138,10 +147,25 @@ export interface BroadcastResult {
 
 export interface PeerJoinedDetail {
   peerId: string;
+  /** Its meta, or null without. */
+  meta: Meta | null;
 }
 
-/** `left` and `timeout` come from the server; `rejoined` when this session had to join afresh. */
-export type PeerLeftReason = "left" | "timeout" | "rejoined";
+/** `left`, `timeout`, `removed` and `room_closed` come from the server; `rejoined` when this session had to join afresh. */
+export type PeerLeftReason = "left" | "timeout" | "removed" | "room_closed" | "rejoined";
+
+/** The application removed this peer or banned its id: final, the session is closed and never joins again. */
+export interface RemovedDetail {
+  code: FinalCode;
+  /** The server's message, with the application's reason. */
+  message: string;
+}
+
+/** The codes that end a session for good. */
+export type FinalCode = "removed" | "banned";
+
+/** Refusals that end a session for good (protocol 1.2). */
+export declare const FINAL_CODES: ReadonlySet<FinalCode>;
 
 export interface PeerLeftDetail {
   peerId: string;
@@ -173,6 +197,7 @@ export interface SessionEventMap {
   state: CustomEvent<StateDetail>;
   error: CustomEvent<ErrorDetail>;
   "receive-mode": CustomEvent<ReceiveModeDetail>;
+  removed: CustomEvent<RemovedDetail>;
 }
 
 /** One member of one room, receiving from `join` on. Made by `join` only (no constructor is exported). */
@@ -188,6 +213,10 @@ export interface Session extends EventTarget {
   readonly resumed: boolean;
   /** The other members, kept current before `peer-joined` and `peer-left` fire. */
   readonly peers: ReadonlySet<string>;
+  /** The other members' meta by id (null for one without), kept with `peers`. */
+  readonly members: ReadonlyMap<string, Meta | null>;
+  /** This peer's own meta, as the server keeps it (null without). */
+  readonly meta: Meta | null;
   /** The join's `ice_servers`, for `new RTCPeerConnection({ iceServers })`. */
   readonly iceServers: RTCIceServer[];
   readonly state: SessionState;

@@ -4,6 +4,10 @@
 import {
   join,
   SignalingError,
+  FINAL_CODES,
+  type FinalCode,
+  type Meta,
+  type RemovedDetail,
   type BroadcastResult,
   type ClientErrorCode,
   type Envelope,
@@ -43,6 +47,7 @@ const options: JoinOptions = {
   batchBytes: 65536,
   receive,
   streamTiming,
+  meta: { name: "Alice", avatar: null },
 };
 // @ts-expect-error: not a way to receive
 const wrongReceive: JoinOptions = { receive: "sometimes" };
@@ -67,6 +72,8 @@ async function use(session: Session): Promise<void> {
   const state: SessionState = session.state;
   const mode: ReceiveMode | null = session.receiveMode;
   const peers: string[] = [...session.peers];
+  const names: string[] = [...session.members].map(([id, meta]) => String(meta?.name ?? id));
+  const own: Meta | null = session.meta;
   // @ts-expect-error: the members are read, never changed by hand
   session.peers.add("mallory");
   new RTCPeerConnection({ iceServers });
@@ -88,7 +95,8 @@ async function use(session: Session): Promise<void> {
   });
   session.addEventListener("peer-joined", ({ detail }) => {
     const joined: PeerJoinedDetail = detail;
-    console.log(joined.peerId);
+    const meta: Meta | null = joined.meta;
+    console.log(joined.peerId, meta?.name);
   });
   const onLeft = ({ detail }: SessionEventMap["peer-left"]) => {
     const left: PeerLeftDetail = detail;
@@ -116,10 +124,17 @@ async function use(session: Session): Promise<void> {
   });
   // @ts-expect-error: a message's detail is the envelope, which has no peerId
   session.addEventListener("message", ({ detail }) => console.log(detail.peerId));
+  session.addEventListener("removed", ({ detail }) => {
+    const removed: RemovedDetail = detail;
+    const final: FinalCode = removed.code;
+    console.log(final, removed.message, FINAL_CODES.has(final));
+  });
+  // @ts-expect-error: a removal is final, not a reason to rejoin
+  const rejoin: FinalCode = "rejoined";
   session.addEventListener("some-other-event", (event: Event) => console.log(event.type));
 
   await session.leave();
-  console.log(baseUrl, room, peerId, token, lastSeq, resumed, state, mode, peers, seq, reached);
+  console.log(baseUrl, room, peerId, token, lastSeq, resumed, state, mode, peers, seq, reached, names, own, rejoin);
 }
 
 async function main(): Promise<void> {

@@ -24,7 +24,7 @@ test("two peers exchange envelopes, by stream, and see each other come and go", 
   const aliceStreams = next(alice, "receive-mode");
   const bobJoins = next(alice, "peer-joined");
   const bob = await join(URL, "npm-room", { peerId: "bob" });
-  assert.deepEqual(await bobJoins, { peerId: "bob" });
+  assert.deepEqual(await bobJoins, { peerId: "bob", meta: null });
   assert.deepEqual([...bob.peers], ["alice"]);
   assert.deepEqual(await aliceStreams, { mode: "stream", reason: "stream-open" });
 
