@@ -8,13 +8,15 @@ from pathlib import Path
 
 from .procs import Setup
 from .scenarios import CallSetups, Floor, HeldStep, PingPong, Sends, Throughput
+from .webhooks import Webhooks
 
 #: the setup the targets are for: one gevent worker pinned to one core, Redis backend
 TARGET_SETUP = Setup("redis", 1)
 
 #: setup -> {"held": [HeldStep], "streams": [HeldStep], "pingpong": [PingPong], "pingpong_stream": [PingPong],
 #:           "throughput": [Throughput], "batched": [Throughput], "throughput_stream": [Throughput],
-#:           "batched_stream": [Throughput], "sends": [Sends], "setups": [CallSetups], "errors": [str]}
+#:           "batched_stream": [Throughput], "sends": [Sends], "setups": [CallSetups], "webhooks": [Webhooks],
+#:           "errors": [str]}
 Results = dict[Setup, dict[str, list]]
 
 
@@ -81,6 +83,10 @@ def _tp(result: dict, pairs: int, part: str = "throughput") -> Throughput | None
 
 def _cs(result: dict, calls: int) -> CallSetups | None:
     return next((c for c in result.get("setups", []) if c.calls == calls), None)
+
+
+def _wh(result: dict) -> Webhooks | None:
+    return next(iter(result.get("webhooks", [])), None)
 
 
 def per_request(us: float, floor: Floor | None) -> str:
@@ -279,6 +285,26 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
             lambda r, n=n: (c := _cs(r, n)) and f"{c.requests_per_setup:.1f}, "
             + per_request(c.server_us_per_request, floor),
         ))
+    out.append(Row(
+        "webhooks: joins+leaves/s, off / on (cost); every event delivered after the load's end within",
+        lambda r: (w := _wh(r)) and f"{w.off.per_second:,.0f} / {w.on.per_second:,.0f} ({w.cost:.0%});"
+        f" {w.caught_up:.1f} s",
+        "cost ≤ 15 %",
+        lambda r: (w := _wh(r)) and w.cost * 100,
+        lambda v: v <= 15,
+    ))
+    out.append(Row(
+        "webhooks: deliveries/s draining a backlog (its size)",
+        lambda r: (w := _wh(r)) and f"{w.per_second:,.0f} ({w.backlog:,})",
+    ))
+    out.append(Row(
+        "webhooks: queue at a steady 50 joins+leaves/s: start → end (most), events",
+        lambda r: (w := _wh(r)) and f"{w.steady.depth_start} → {w.steady.depth_end} ({w.steady.depth_most})"
+        f" over {w.steady.seconds:.0f} s at {w.steady.rate:.0f}/s",
+        "does not grow",
+        lambda r: (w := _wh(r)) and (1.0 if w.steady.held else 0.0),
+        lambda v: v == 1.0,
+    ))
     return out
 
 
