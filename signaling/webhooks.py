@@ -161,7 +161,11 @@ class Webhooks:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
+            clients, self._clients = self._clients, []
+        for client in clients:  # their kept-alive connections; a thread out closes its own when it ends
+            client.close()
 
     def _run(self) -> None:
         while not self._stop.wait(TICK):
@@ -212,10 +216,14 @@ class Webhooks:
         except Exception:  # the lease runs out and the room is delivered again: at least once
             log.exception("webhooks: settling an event of room %s failed", event.room if event else "?")
         finally:
-            self._clients.append(client)
-            if out:
-                with self._lock:
+            with self._lock:
+                if out:
                     self._out -= 1
+                if not self._stop.is_set():
+                    self._clients.append(client)
+                    client = None
+            if client is not None:
+                client.close()
 
     def attempt(self, event: Event, client: httpx.Client) -> float | None:
         """POST the event once: None when it is done (delivered, or given up), else when to try it again."""
