@@ -142,8 +142,9 @@ class Webhooks:
         self.url = settings.webhook_url
         self.secrets = settings.webhook_secret
         self.schedule = Schedule(settings)
-        # an attempt that never settles (its instance died) leaves its room to another once this passes
-        self.lease = 3 * settings.webhook_timeout + 5
+        # an attempt that never settles (its instance died) leaves its room to another once this passes: longer
+        # than an attempt can take (WEBHOOK_TIMEOUT for each of connect, send, the headers, a short body)
+        self.lease = 4 * settings.webhook_timeout + 5
         self.gone = False  # the receiver answered 410: no more deliveries from this process until restart
         self._timeout = settings.webhook_timeout
         self._tls = httpx.create_ssl_context()  # once: each client would load the CA bundle again
