@@ -146,11 +146,12 @@ class Webhooks:
         # than an attempt can take (WEBHOOK_TIMEOUT for each of connect, send, the headers, a short body)
         self.lease = 4 * settings.webhook_timeout + 5
         self.gone = False  # the receiver answered 410: no more deliveries from this process until restart
-        self._timeout = settings.webhook_timeout
-        self._tls = httpx.create_ssl_context()  # once: each client would load the CA bundle again
-        # A client (and its one kept-alive connection) per attempt out, taken and given back: httpx's pool
-        # checks every idle connection of a shared client on each request, which costs more than the POST.
-        self._clients: list[httpx.Client] = []
+        self._timeout = httpx.Timeout(settings.webhook_timeout).as_dict()
+        self._tls = httpx.create_ssl_context()  # once: each transport would load the CA bundle again
+        # An httpx transport (and its one kept-alive connection) per attempt out, taken and given back: httpx's
+        # pool checks every idle connection of a shared one on each request, which costs more than the POST.
+        # No httpx.Client around it: its cookies, redirects and auth are nothing a webhook wants.
+        self._transports: list[httpx.HTTPTransport] = []
         self.pace = Pace()
         self._out = 0  # attempts out now
         self._lock = threading.Lock()
@@ -164,9 +165,9 @@ class Webhooks:
     def stop(self) -> None:
         with self._lock:
             self._stop.set()
-            clients, self._clients = self._clients, []
-        for client in clients:  # their kept-alive connections; a thread out closes its own when it ends
-            client.close()
+            transports, self._transports = self._transports, []
+        for transport in transports:  # their kept-alive connections; a thread out closes its own when it ends
+            transport.close()
 
     def _run(self) -> None:
         while not self._stop.wait(TICK):
@@ -194,14 +195,13 @@ class Webhooks:
 
     def _deliver(self, event: Event | None) -> None:
         """Attempt the event, settle it, and go on with the room's next one while there is one."""
-        client = self._clients.pop() if self._clients else httpx.Client(
-            verify=self._tls, timeout=self._timeout, follow_redirects=False,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        transport = self._transports.pop() if self._transports else httpx.HTTPTransport(
+            verify=self._tls, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         )
         out, chained = True, 0
         try:
             while event is not None and not self._stop.is_set():
-                retry_at = self.attempt(event, client)
+                retry_at = self.attempt(event, transport)
                 now = time.time()
                 chained += 1
                 with self._lock:  # over the pace (it fell since): this thread ends
@@ -221,12 +221,12 @@ class Webhooks:
                 if out:
                     self._out -= 1
                 if not self._stop.is_set():
-                    self._clients.append(client)
-                    client = None
-            if client is not None:
-                client.close()
+                    self._transports.append(transport)
+                    transport = None
+            if transport is not None:
+                transport.close()
 
-    def attempt(self, event: Event, client: httpx.Client) -> float | None:
+    def attempt(self, event: Event, transport: httpx.HTTPTransport) -> float | None:
         """POST the event once: None when it is done (delivered, or given up), else when to try it again."""
         content, timestamp = body(event), int(time.time())
         headers = {"content-type": "application/json", "webhook-id": event.id,
@@ -234,10 +234,14 @@ class Webhooks:
                    "webhook-signature": signature(self.secrets, event.id, timestamp, content)}
         status, asked = None, None
         try:
-            with client.stream("POST", self.url, content=content, headers=headers) as response:
+            response = transport.handle_request(httpx.Request("POST", self.url, content=content, headers=headers,
+                                                              extensions={"timeout": self._timeout}))
+            try:
                 status, asked = response.status_code, response.headers.get("retry-after")
                 if _short(response):
                     response.read()
+            finally:
+                response.close()
         except httpx.HTTPError as exc:
             log.info("webhook %s (%s, room %s) failed: %s", event.id, event.type, event.room, exc or type(exc).__name__)
         now = time.time()
