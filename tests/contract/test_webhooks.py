@@ -172,3 +172,28 @@ def test_delivery_yields_to_requests_while_the_worker_is_busy(make_app, receiver
     while receiver.hanging < rooms and time.monotonic() < deadline:
         time.sleep(0.02)
     assert receiver.most_hanging == rooms
+
+
+def test_a_room_handed_back_after_its_turn_is_delivered_on_in_order(make_app, receiver):
+    """More than CHAIN events wait in one room: after CHAIN the thread hands the room back and claims the one
+    waiting longest, here the same room, at once (on a cluster too, without waiting for a sweep)."""
+    from signaling.webhooks import CHAIN
+
+    failures = {"left": 1}
+
+    def answer(event):  # the first attempt fails: every event below is recorded before its retry
+        if failures["left"]:
+            failures["left"] -= 1
+            return 503
+        return 200
+
+    receiver.answer = answer
+    api = hooked(make_app, receiver, webhook_retry_schedule=("2",))
+    api.peer("r1", "host")
+    pairs = CHAIN // 2 + 2
+    for n in range(pairs):
+        api.peer("r1", f"p{n}").leave()
+    receiver.wait_for(2 + 2 * pairs, timeout=20)
+    assert [(kind, data.get("peer_id")) for kind, data in receiver.events("r1")] == (
+        [("room.started", None), ("peer.joined", "host")]
+        + [(kind, f"p{n}") for n in range(pairs) for kind in ("peer.joined", "peer.left")])
