@@ -61,7 +61,7 @@ class Plan:
     wait_pairs: int = 32  # senders in each round of the REDIS_WAIT_REPLICAS part
     wait_rounds: int = 3  # rounds of each setting, alternating
     wait_seconds: float = 10.0
-
+    webhook_steady_seconds: float = 20.0  # at webhooks.STEADY_RATE joins and leaves per second
 
     def describe(self) -> str:
         """The method, as Markdown list items."""
@@ -167,7 +167,7 @@ QUICK = Plan(
     pingpong_pairs=(1, 10), pingpong_seconds=1,
     throughput_pairs=(32,), throughput_seconds=1.5,
     setup_calls=(1, 10), setup_seconds=1, warmup=0.3, floor_seconds=1.5,
-    idle_clients=1_000, idle_seconds=15, wait_rounds=2, wait_seconds=1.5,
+    idle_clients=1_000, idle_seconds=15, wait_rounds=2, wait_seconds=1.5, webhook_steady_seconds=8,
 )
 #: "floor" runs once, before the setups; the others once per setup ("pingpong", "throughput": every
 #: client, polling and streaming)
@@ -389,10 +389,13 @@ class Bench:
         log(f"== {setup.name}: webhooks")
         self.quiet()
         run = asyncio.run(webhooks.measure(lambda env: self.server(setup, env), self.plan.webhook_connections,
-                                           self.plan.webhook_seconds))
+                                           self.plan.webhook_seconds, self.plan.webhook_steady_seconds))
+        steady = run.steady
         log(f"  joins+leaves/s: {run.off.per_second:,.0f} off, {run.on.per_second:,.0f} on"
-            f" (webhooks cost {run.cost:.0%}); every event delivered within 1 s of the load's end: {run.kept_up};"
-            f" {run.per_second:,.0f} deliveries/s draining a backlog of {run.backlog:,}")
+            f" (webhooks cost {run.cost:.0%}); every event delivered {run.caught_up:.1f} s after the load's end;"
+            f" {run.per_second:,.0f} deliveries/s draining a backlog of {run.backlog:,}; at {steady.rate:.0f}"
+            f" joins+leaves/s for {steady.seconds:.0f} s the queue went {steady.depth_start} → {steady.depth_end}"
+            f" (at most {steady.depth_most}): {'held' if steady.held else 'GREW'}")
         return {"webhooks": [run]}
 
     def wait(self, setup: Setup) -> dict[str, list]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .procs import Setup
 from .scenarios import CallSetups, Floor, HeldStep, PingPong, Sends, Throughput, Wait
+from .webhooks import Webhooks
 
 #: the setup the targets are for: one gevent worker pinned to one core, Redis backend
 TARGET_SETUP = Setup("redis", 1)
@@ -15,6 +16,7 @@ TARGET_SETUP = Setup("redis", 1)
 #: setup -> {"held": [HeldStep], "streams": [HeldStep], "pingpong": [PingPong], "pingpong_stream": [PingPong],
 #:           "throughput": [Throughput], "batched": [Throughput], "throughput_stream": [Throughput],
 #:           "batched_stream": [Throughput], "sends": [Sends], "setups": [CallSetups], "wait": [Wait],
+#:           "webhooks": [Webhooks],
 #:           "errors": [str]}
 Results = dict[Setup, dict[str, list]]
 
@@ -95,6 +97,10 @@ def wait_cost(wait: Wait) -> str | None:
     if not all(b for _, b in pairs):
         return None
     return " / ".join(f"{a / b:.2f}×" for a, b in pairs) + f" ({len(wait.rounds[1])} and {len(wait.rounds[0])} rounds)"
+
+
+def _wh(result: dict) -> Webhooks | None:
+    return next(iter(result.get("webhooks", [])), None)
 
 
 def per_request(us: float, floor: Floor | None) -> str:
@@ -307,6 +313,26 @@ def rows(held_steps, pingpong_pairs, throughput_pairs, setup_calls, floor: Floor
             "REDIS_WAIT_REPLICAS=1 over 0, same run: sends/s / server CPU per send / send p50 / send p99",
             lambda r: (w := _wait(r)) and wait_cost(w),
         ))
+    out.append(Row(
+        "webhooks: joins+leaves/s, off / on (cost); every event delivered after the load's end within",
+        lambda r: (w := _wh(r)) and f"{w.off.per_second:,.0f} / {w.on.per_second:,.0f} ({w.cost:.0%});"
+        f" {w.caught_up:.1f} s",
+        "cost ≤ 15 %",
+        lambda r: (w := _wh(r)) and w.cost * 100,
+        lambda v: v <= 15,
+    ))
+    out.append(Row(
+        "webhooks: deliveries/s draining a backlog (its size)",
+        lambda r: (w := _wh(r)) and f"{w.per_second:,.0f} ({w.backlog:,})",
+    ))
+    out.append(Row(
+        "webhooks: queue at a steady 50 joins+leaves/s: start → end (most), events",
+        lambda r: (w := _wh(r)) and f"{w.steady.depth_start} → {w.steady.depth_end} ({w.steady.depth_most})"
+        f" over {w.steady.seconds:.0f} s at {w.steady.rate:.0f}/s",
+        "does not grow",
+        lambda r: (w := _wh(r)) and (1.0 if w.steady.held else 0.0),
+        lambda v: v == 1.0,
+    ))
     return out
 
 

@@ -1,4 +1,5 @@
-"""Webhooks' cost: joins and leaves per second with webhooks off and on (same run), and deliveries per second.
+"""Webhooks' cost: joins and leaves per second with webhooks off and on (same run), deliveries per second,
+and the queue under a steady 50 joins and leaves per second.
 
 A local receiver (asyncio, in the load process) answers each POST `204` at once, or `503` while paused;
 it counts, and does not verify (the tests verify with `standardwebhooks`).
@@ -14,6 +15,10 @@ from .client import BenchError, Conn, Peer, build, call, connect_many
 
 #: a Standard Webhooks secret for the bench's servers
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+#: joins and leaves per second of the steady run (issue 20: the queue does not grow at this rate on one worker)
+STEADY_RATE = 50
+#: rooms of the steady run, a connection each
+STEADY_ROOMS = 10
 
 
 class Receiver:
@@ -99,12 +104,74 @@ async def joins_and_leaves(port: int, connections: int, seconds: float, tag: str
 
 
 @dataclasses.dataclass
+class Steady:
+    """The queue (events recorded by the run's requests and not yet at the receiver) at a steady rate."""
+
+    rate: float  # joins and leaves per second, as sent
+    seconds: float
+    depth_start: int  # once the run's rooms are made and their events delivered
+    depth_end: int  # when the last request is answered
+    depth_most: int  # the most seen, read every 0.1 s
+
+    @property
+    def held(self) -> bool:
+        """The queue did not grow: at the end it holds at most a second's events more than at the start."""
+        return self.depth_end <= self.depth_start + self.rate
+
+
+async def steady(port: int, receiver: Receiver, rate: float, seconds: float, tag: str) -> Steady:
+    """STEADY_ROOMS connections, each joining and leaving peers of its room (beside one who stays) on a clock,
+    `rate` joins and leaves per second in all, for `seconds`. Every join and leave records one event."""
+    conns: list[Conn] = await connect_many(port, STEADY_ROOMS)
+    before = receiver.delivered
+    for i, conn in enumerate(conns):
+        peer = Peer(f"wh-{tag}-{i}", "host")
+        peer.joined(await call(conn, peer.join_request(), 30, expect=(201,)))
+    recorded = [2 * STEADY_ROOMS]  # each room: room.started and the host's peer.joined
+    await receiver.wait_for(before + recorded[0], 30)
+
+    def depth() -> int:
+        return before + recorded[0] - receiver.delivered
+
+    start, most = depth(), [0]
+    began = time.monotonic()
+
+    async def room(i: int, conn: Conn) -> None:
+        n = 0
+        while (slot := began + (2 * n * STEADY_ROOMS + i) / rate) < began + seconds:
+            peer = Peer(f"wh-{tag}-{i}", f"p{n}")
+            await asyncio.sleep(max(0.0, slot - time.monotonic()))
+            peer.joined(await call(conn, peer.join_request(), 30, expect=(201,)))
+            recorded[0] += 1
+            await asyncio.sleep(max(0.0, slot + STEADY_ROOMS / rate - time.monotonic()))
+            await call(conn, build("DELETE", f"/rooms/{peer.room}/peers/{peer.id}", peer.token), 30, expect=(204,))
+            recorded[0] += 1
+            n += 1
+
+    async def watch() -> None:
+        while True:
+            most[0] = max(most[0], depth())
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.gather(*(room(i, conn) for i, conn in enumerate(conns)))
+    finally:
+        watcher.cancel()
+        for conn in conns:
+            conn.close()
+    elapsed = time.monotonic() - began
+    return Steady((recorded[0] - 2 * STEADY_ROOMS) / elapsed, elapsed, start, depth(), max(most[0], depth()))
+
+
+@dataclasses.dataclass
 class Webhooks:
     off: JoinsLeaves  # webhooks off
     on: JoinsLeaves  # webhooks on, to the receiver, same connections and seconds
-    kept_up: bool  # every event of the "on" run was delivered within a second of its end
+    caught_up: float  # seconds from the end of the "on" run until its every event was delivered
     per_second: float  # deliveries per second draining a backlog (the receiver held, then released)
     backlog: int
+    steady: Steady  # STEADY_RATE joins and leaves per second, on the same server
 
     @property
     def cost(self) -> float:
@@ -112,8 +179,9 @@ class Webhooks:
         return 1 - self.on.per_second / self.off.per_second
 
 
-async def measure(start_server, connections: int, seconds: float) -> Webhooks:
-    """Off, then on (a server each, from `start_server(env)`, a context manager); then the drain rate."""
+async def measure(start_server, connections: int, seconds: float, steady_seconds: float) -> Webhooks:
+    """Off, then on (a server each, from `start_server(env)`, a context manager); then the drain rate; then
+    the steady rate."""
     receiver = await Receiver().start()
     try:
         with start_server({}) as server:
@@ -122,13 +190,14 @@ async def measure(start_server, connections: int, seconds: float) -> Webhooks:
             on = await joins_and_leaves(server.port, connections, seconds, "on")
             events = 2 * connections + 2 * on.pairs  # each room: room.started, the host's peer.joined; then pairs
             ended = time.monotonic()
-            kept_up = (await receiver.wait_for(events, 60)) - ended < 1
+            caught_up = (await receiver.wait_for(events, 120)) - ended
             receiver.hold()  # one attempt per room held; what is recorded meanwhile piles up
             more = await joins_and_leaves(server.port, connections, min(seconds, 3), "backlog")
-            backlog = 2 * more.pairs
+            backlog = 2 * connections + 2 * more.pairs  # its rooms are new: their starts and hosts too
             released = time.monotonic()
             receiver.release()
             drained = await receiver.wait_for(events + backlog, 120)
-            return Webhooks(off, on, kept_up, backlog / (drained - released), backlog)
+            held = await steady(server.port, receiver, STEADY_RATE, steady_seconds, "steady")
+            return Webhooks(off, on, caught_up, backlog / (drained - released), backlog, held)
     finally:
         receiver.close()

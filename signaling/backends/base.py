@@ -306,8 +306,10 @@ class Backend(ABC):
 
         Done: the event leaves the outbox and the room's next event, if any,
         is returned leased until `lease_until`, so one attempt follows the
-        other without a look. Does nothing (returns None) when the lease was
-        lost: another instance took the room over, and will deliver it.
+        other without a look (a `lease_until` of `now` hands the room back:
+        its next event is due at once, for any instance to claim). Does
+        nothing (returns None) when the lease was lost: another instance took
+        the room over, and will deliver it.
         """
 
     @abstractmethod

@@ -135,3 +135,65 @@ def test_without_webhook_url_nothing_is_recorded(make_app):
     api.peer("r1", "alice").leave()
     assert Service.of(app).webhooks is None
     assert Service.of(app).backend.event_backlog(time.time()) == (0, None)
+
+
+def test_attempts_keep_their_connection_to_the_receiver(make_app, receiver):
+    """Each attempt's thread keeps its one connection alive: a room's events go over one, not one each."""
+    api = hooked(make_app, receiver)
+    alice = api.peer("r1", "alice")
+    for n in range(10):
+        api.peer("r1", f"p{n}").leave()
+    receiver.wait_for(2 + 20)  # room.started, alice's join; each peer's join and leave
+    assert alice.leave().status == 204
+    receiver.wait_for(2 + 20 + 2)
+    assert receiver.connections <= 3, f"{receiver.connections} connections for 24 events of one room"
+
+
+def test_delivery_yields_to_requests_while_the_worker_is_busy(make_app, receiver):
+    """A worker busy with requests has at most FLOOR attempts out, whatever is waiting; idle again, it has
+    one for each waiting room."""
+    from signaling.webhooks import FLOOR, TICK
+
+    receiver.hang = lambda event: True  # every attempt stays out until release, so the count is what went out
+    api = hooked(make_app, receiver, webhook_timeout=30.0)
+    pace, load = api.service.webhooks.pace, {"busy": 1.0}
+    pace.busy = lambda: load["busy"]  # the worker's reading of its own load, as if every tick were spent busy
+    time.sleep(3 * TICK)
+    rooms = 3 * FLOOR + 4
+    for r in range(rooms):
+        api.peer(f"r{r}", "alice")
+    deadline = time.monotonic() + 10
+    while receiver.hanging < FLOOR and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(10 * TICK)  # ten more ticks to start more, had they been let
+    assert receiver.most_hanging == FLOOR
+    load["busy"] = 0.0
+    deadline = time.monotonic() + 10
+    while receiver.hanging < rooms and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert receiver.most_hanging == rooms
+
+
+def test_a_room_handed_back_after_its_turn_is_delivered_on_in_order(make_app, receiver):
+    """More than CHAIN events wait in one room: after CHAIN the thread hands the room back and claims the one
+    waiting longest, here the same room, at once (on a cluster too, without waiting for a sweep)."""
+    from signaling.webhooks import CHAIN
+
+    failures = {"left": 1}
+
+    def answer(event):  # the first attempt fails: every event below is recorded before its retry
+        if failures["left"]:
+            failures["left"] -= 1
+            return 503
+        return 200
+
+    receiver.answer = answer
+    api = hooked(make_app, receiver, webhook_retry_schedule=("2",))
+    api.peer("r1", "host")
+    pairs = CHAIN // 2 + 2
+    for n in range(pairs):
+        api.peer("r1", f"p{n}").leave()
+    receiver.wait_for(2 + 2 * pairs, timeout=20)
+    assert [(kind, data.get("peer_id")) for kind, data in receiver.events("r1")] == (
+        [("room.started", None), ("peer.joined", "host")]
+        + [(kind, f"p{n}") for n in range(pairs) for kind in ("peer.joined", "peer.left")])

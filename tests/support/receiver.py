@@ -34,7 +34,8 @@ class Delivery:
 
 class Receiver:
     """`answer(event) -> status` decides each answer (default 200); `hang(event)` True holds that request
-    until `release()`; `stop()`/`start()` refuse connections on the same port in between."""
+    until `release()`; `stop()`/`start()` refuse connections on the same port in between. HTTP/1.1: a
+    connection is kept for the next request; `connections` counts those opened."""
 
     def __init__(self, secrets: tuple[str, ...] = SECRETS):
         self.secrets = secrets
@@ -45,6 +46,7 @@ class Receiver:
         self.bad: list[str] = []  # requests that failed verification: a test asserts there are none
         self.hung_closed = threading.Event()  # a held request's connection was closed by the sender
         self.hanging = self.most_hanging = 0  # requests held now, and the most held at once
+        self.connections = 0
         self._released = threading.Event()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -57,6 +59,13 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                with receiver._lock:
+                    receiver.connections += 1
+
             def do_POST(self):
                 at = time.time()
                 raw = self.rfile.read(int(self.headers["content-length"]))
@@ -67,6 +76,7 @@ class Receiver:
                 except Exception as exc:
                     receiver.bad.append(f"{exc!r}: {headers} {raw!r}")
                     self.send_response(400)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 if receiver.hang(event):  # never answer; notice when the sender gives up and closes its end

@@ -8,7 +8,7 @@ from standardwebhooks import Webhook
 
 from signaling.backends.base import Event
 from signaling.config import Settings
-from signaling.webhooks import Schedule, body, retry_after, signature
+from signaling.webhooks import BUSY, CONCURRENCY, FLOOR, Pace, Schedule, body, retry_after, signature
 
 from ..support.receiver import SECRETS
 
@@ -43,3 +43,13 @@ def test_a_longer_retry_after_is_honoured_and_a_shorter_one_is_not():
     assert schedule.retry_at(EVENT, EVENT.ts, asked=2 * 86400) is None  # past the 24 h: given up
     assert retry_after("120", 0) == 120 and retry_after(None, 0) is None and retry_after("soon", 0) is None
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470) == 10
+
+
+def test_the_pace_drops_to_the_floor_after_a_busy_tick_and_doubles_after_each_idle_one():
+    pace = Pace()
+    assert pace.allowed == CONCURRENCY
+    assert pace.update(BUSY) == FLOOR
+    assert pace.update(1.5) == FLOOR  # a worker starved by other processes waited: busy too
+    allowed = [pace.update(BUSY / 2) for _ in range(6)]
+    assert allowed == [min(CONCURRENCY, FLOOR * 2 ** n) for n in range(1, 7)]
+    assert allowed[-1] == CONCURRENCY

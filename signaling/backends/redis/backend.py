@@ -444,8 +444,8 @@ class RedisBackend(Backend):
             self._room_keys(event.room), lease=event.lease, retry_at="" if retry_at is None else repr(retry_at),
             lease_until=repr(lease_until),
         )])
-        if self.sharded and retry_at is not None:
-            self._hinted[event.room] = retry_at
+        if self.sharded and (retry_at is not None or lease_until <= now):  # to be tried again, or handed back
+            self._hinted[event.room] = retry_at if retry_at is not None else lease_until
         if not record:
             return None
         return Event.parse(event.room, record, rest[0], event.lease)
