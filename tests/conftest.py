@@ -12,6 +12,7 @@ from signaling.config import Settings
 from signaling.service import Service
 
 from .support.helpers import Api
+from .support.receiver import Receiver
 from .support.servers import LiveServer, NginxServer, RedisClusterServers, RedisServer
 
 # Every property-based test here is reproducible (derandomized, no example database), and has no
@@ -141,3 +142,13 @@ def start_behind_nginx(start_server, redis_url, tmp_path):
     yield start
     for nginx in started:
         nginx.stop()
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on a free port, verifying every request with standardwebhooks (support/receiver.py)."""
+    receiver = Receiver().start()
+    yield receiver
+    receiver.release()
+    receiver.stop()
+    assert receiver.bad == [], "a request failed standardwebhooks' verification"

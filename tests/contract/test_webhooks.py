@@ -7,25 +7,15 @@ import re
 import time
 
 import jsonschema
-import pytest
 
 from signaling.service import Service
 
 from ..support.helpers import Api
 from ..support.openapi import DOC_URI, REGISTRY
-from ..support.receiver import SECRETS, Receiver
+from ..support.receiver import SECRETS
 
 #: the whole retry schedule scaled down; the protocol's default is the settings' (tests/unit/test_webhooks.py)
 FAST = dict(webhook_retry_schedule=("0.05",), webhook_timeout=2.0)
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver().start()
-    yield receiver
-    receiver.release()
-    receiver.stop()
-    assert receiver.bad == [], "a request failed standardwebhooks' verification"
 
 
 def hooked(make_app, receiver, **settings) -> Api:
