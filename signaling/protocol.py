@@ -86,8 +86,8 @@ def parse_json(raw: bytes) -> Any:
 
 
 def parse_object(raw: bytes, *, empty_ok: bool = False) -> dict:
-    """Parse a body that must be a JSON object (an empty body counts as {} if allowed)."""
-    if empty_ok and not raw.strip():
+    """Parse a body that must be a JSON object (an empty body counts as {} if allowed; whitespace is no JSON)."""
+    if empty_ok and not raw:
         return {}
     body = parse_json(raw)
     if not isinstance(body, dict):

@@ -19,6 +19,7 @@ POLL = "/rooms/r1/peers/bob/messages"
 CASES = [
     ("join-malformed", "POST", "/rooms/r1/peers", "{bad", {}, 400, "bad_json"),
     ("join-array", "POST", "/rooms/r1/peers", "[1]", {}, 400, "bad_json"),
+    ("join-only-whitespace", "POST", "/rooms/r1/peers", "\r\n", {}, 400, "bad_json"),  # not JSON, and not empty
     ("join-peer-id-number", "POST", "/rooms/r1/peers", '{"peer_id": 5}', {}, 400, "bad_id"),
     ("join-peer-id-space", "POST", "/rooms/r1/peers", '{"peer_id": "a b"}', {}, 400, "bad_id"),
     ("join-peer-id-65", "POST", "/rooms/r1/peers", '{"peer_id": "%s"}' % ("a" * 65), {}, 400, "bad_id"),
