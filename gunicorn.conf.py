@@ -56,6 +56,8 @@ logconfig_dict = {
 }
 # No line names a thread or a multiprocessing process: each record (one a request) skips looking them up.
 logging.logThreads = logging.logMultiprocessing = False
+# ... nor where in the code it was written (logging's documented switch: no frame walk per record).
+logging._srcfile = None
 # gunicorn's control socket sits at one path per user: several instances on one host would collide.
 control_socket_disable = True
 loglevel = _settings.log_level.lower()

@@ -327,7 +327,7 @@ class Front:
             else:
                 answer = route.view(self.service, request, match.group(1))
             if type(answer) is not tuple:  # a stream (stream.py): its checks passed, the server writes it as it comes
-                metrics.REQUESTS.labels(route.endpoint, 200).inc()
+                metrics.child(metrics.REQUESTS, route.endpoint, 200).inc()
                 start_response(STATUS_LINES[200], answer.headers(self.service, environ.get("HTTP_ORIGIN"), request.id))
                 return answer
             status, body = answer
@@ -337,11 +337,11 @@ class Front:
             status = error.status
             data, headers = error_answer(settings, environ.get("HTTP_ORIGIN"), request.id, error)
         if route is not None:
-            metrics.REQUESTS.labels(route.endpoint, status).inc()
+            metrics.child(metrics.REQUESTS, route.endpoint, status).inc()
             if route.count is not None:
                 route.count(status)
         else:
-            metrics.REQUESTS.labels("other", status).inc()
+            metrics.child(metrics.REQUESTS, "other", status).inc()
         start_response(STATUS_LINES[status], headers)
         return [data]
 
@@ -406,8 +406,8 @@ def install(app: Flask, service: Service, routes: Sequence[Route]) -> None:
     def finish(response: Response) -> Response:
         endpoint = request.endpoint
         if request.method != "OPTIONS":
-            metrics.REQUESTS.labels(
-                "GET /static/{filename}" if endpoint == "static" else endpoint or "other", response.status_code).inc()
+            name = "GET /static/{filename}" if endpoint == "static" else endpoint or "other"
+            metrics.child(metrics.REQUESTS, name, response.status_code).inc()
         count = counted.get(endpoint)
         if count is not None:
             count(response.status_code)

@@ -58,13 +58,17 @@ class Formatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
         if datefmt:
             return datetime.datetime.fromtimestamp(record.created).astimezone().strftime(datefmt)
+        return self.timestamp(record.created)
+
+    def timestamp(self, created: float) -> str:
+        """LINE's `asctime` of a time.time(): ISO 8601, milliseconds, the UTC offset."""
         # Every access line asks: the local time of each second is worked out once (a third of the line's cost).
-        second = int(record.created)
+        second = int(created)
         if self._second[0] != second:
             text = datetime.datetime.fromtimestamp(second).astimezone().isoformat(timespec="seconds")
             self._second = (second, text[:19], text[19:])
         _, date_time, offset = self._second
-        return f"{date_time}.{int((record.created - second) * 1000):03d}{offset}"
+        return f"{date_time}.{int((created - second) * 1000):03d}{offset}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = self._escaped_format(record)

@@ -13,6 +13,7 @@ scrape time too, for the scraping worker, and by each worker every `MEMORY_EVERY
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import time
@@ -26,8 +27,26 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
+
+_pid = os.getpid()
+
+
+def _process_id() -> int:
+    """This process's pid, read once a process: prometheus-client asks at every update (a system call each)."""
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # what prometheus-client read at its import: multiprocess mode
+    values.ValueClass = values.MultiProcessValue(_process_id)
 
 JOINS = Counter("signaling_joins", "Join requests, by HTTP status", ["status"])
 SENDS = Counter("signaling_sends", "Send and broadcast requests, by kind and HTTP status", ["kind", "status"])
@@ -62,6 +81,12 @@ MEMORY = Gauge("signaling_worker_resident_memory_bytes", "Resident memory of eac
                multiprocess_mode="liveall")
 CONNECTIONS_SHED = Counter("signaling_connections_shed",
                            "Connections answered 503 server_busy at once: the worker had no open file left")
+
+
+@functools.cache
+def child(metric, *labels):
+    """A labelled metric's series, looked up once: `labels()` takes a lock and checks every label each call."""
+    return metric.labels(*labels)
 
 
 #: seconds between two readings of a worker's memory outside scrapes (each request would be too often)

@@ -55,8 +55,11 @@ def meta_text(meta: Any) -> str:
 
 
 def dumps(body: Any) -> str:
-    """A response body: compact JSON."""
-    return json.dumps(body, separators=(",", ":"))
+    """A response body: compact JSON (orjson's UTF-8; the standard library's for what orjson refuses)."""
+    try:
+        return orjson.dumps(body).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(body, separators=(",", ":"))
 
 
 def new_peer_id() -> str:
@@ -75,14 +78,54 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: at most this many brackets: nested no deeper than orjson encodes again (254) nor deep enough to near the
+#: standard library's recursion limit when an answer is encoded
+_ORJSON_BRACKETS = 200
+
+
 def parse_json(raw: bytes) -> Any:
-    """Parse a request body strictly: UTF-8 JSON, no NaN or Infinity, no number that overflows to them."""
+    """Parse a request body strictly: UTF-8 JSON, no NaN or Infinity, no number that overflows to them.
+
+    orjson parses it (five times faster than the standard library, and this is
+    on every send) when its value is the one the standard library gives; the
+    standard library parses the rest, and says what is wrong with a bad body.
+    orjson refuses NaN, Infinity, overflowing numbers, lone surrogates and a
+    BOM, so whatever it accepts the rules below accept too; but it makes a
+    float of an integer past 64 bits, silently: a value holding a float that
+    large is parsed again.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= _ORJSON_BRACKETS:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if not _holds_huge_float(value):
+                return value
     try:
         return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         if isinstance(exc, errors.SignalingError):
             raise
         raise errors.BadJson(f"the body is not valid JSON: {exc}") from None
+
+
+def _holds_huge_float(value: Any) -> bool:
+    """Whether a parsed value holds a float of magnitude 2**63 or more (orjson's reading of an integer past 64 bits)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is dict:
+            pending.extend(item.values())
+        elif kind is list:
+            pending.extend(item)
+        elif kind is float and abs(item) >= _TWO_TO_63:
+            return True
+    return False
+
+
+_TWO_TO_63 = float(2**63)
 
 
 def parse_object(raw: bytes, *, empty_ok: bool = False) -> dict:

@@ -14,10 +14,10 @@ ROOM_PEER = "/rooms/{room}/peers/{peer}"
 ROUTES = (
     Route("GET", ROOM_PEER + "/messages", messages.poll, plain=True),
     Route("POST", ROOM_PEER + "/messages", messages.send, plain=True,
-          count=lambda status: metrics.SENDS.labels("send", status).inc()),
+          count=lambda status: metrics.child(metrics.SENDS, "send", status).inc()),
     Route("POST", "/rooms/{room}/messages", messages.broadcast, plain=True,
-          count=lambda status: metrics.SENDS.labels("broadcast", status).inc()),
-    Route("POST", "/rooms/{room}/peers", api.join, count=lambda status: metrics.JOINS.labels(status).inc()),
+          count=lambda status: metrics.child(metrics.SENDS, "broadcast", status).inc()),
+    Route("POST", "/rooms/{room}/peers", api.join, count=lambda status: metrics.child(metrics.JOINS, status).inc()),
     Route("GET", "/rooms/{room}/peers", api.members),
     Route("DELETE", ROOM_PEER, api.leave),
     Route("POST", ROOM_PEER + "/leave", api.leave_beacon),

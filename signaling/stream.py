@@ -162,4 +162,4 @@ class Stream:
         self._reader.close()
         self._keep_alive.discard(id(self))
         metrics.OPEN_STREAMS.dec()
-        metrics.STREAMS_ENDED.labels(reason).inc()
+        metrics.child(metrics.STREAMS_ENDED, reason).inc()

@@ -32,6 +32,9 @@ from .config import Settings
 
 log = logging.getLogger(__name__)
 
+#: who is calling, in the receiver's logs: the service and the protocol revision its events follow
+USER_AGENT = "signaling-webhooks/1.2"
+
 #: rooms with an attempt out at once, per process
 CONCURRENCY = 32
 #: ... while the worker is busy (`Pace`): a hung receiver still leaves one attempt going
@@ -76,6 +79,7 @@ def retry_after(value: str | None, now: float) -> float | None:
         return email.utils.parsedate_to_datetime(value).timestamp() - now
     except (TypeError, ValueError):
         return None
+
 
 
 def _short(response: httpx.Response) -> bool:
@@ -229,7 +233,7 @@ class Webhooks:
     def attempt(self, event: Event, transport: httpx.HTTPTransport) -> float | None:
         """POST the event once: None when it is done (delivered, or given up), else when to try it again."""
         content, timestamp = body(event), int(time.time())
-        headers = {"content-type": "application/json", "webhook-id": event.id,
+        headers = {"content-type": "application/json", "user-agent": USER_AGENT, "webhook-id": event.id,
                    "webhook-timestamp": str(timestamp),
                    "webhook-signature": signature(self.secrets, event.id, timestamp, content)}
         status, asked = None, None

@@ -57,6 +57,7 @@ from gevent.monkey import MonkeyPatchWarning
 from gevent.server import StreamServer
 from gunicorn import util
 from gunicorn.http import errors as http_errors
+from gunicorn.http import message as gunicorn_message
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
@@ -206,6 +207,7 @@ class SignalingWorker(GeventWorker):
     def load_wsgi(self):
         """The worker's settings are the app's: read from the environment once, in one place."""
         super().load_wsgi()
+        _remember_trusted_addresses()
         service = Service.of(self.wsgi)
         self.settings, self.hub = service.settings, service.hub
         status, headers, body = _error_response(errors.ServerBusy(), self.settings, None, "-")
@@ -296,6 +298,29 @@ class SignalingWorker(GeventWorker):
         resp.status, resp.status_code = STATUS_LINES[status], status
         resp.headers, resp.sent = headers, len(body)
         self.log.access(resp, req, environ, timedelta(0))
+
+
+def _remember_trusted_addresses() -> None:
+    """Decide once per client address whether it may set forwarded headers, not once per request.
+
+    gunicorn parses the peer's address into an `ipaddress` object on every
+    request to check it against `forwarded_allow_ips` (4 % of a busy worker's
+    CPU). The answer for one address cannot change within a worker (the
+    setting is read at the worker's start), so it is kept, for the first
+    4,096 addresses seen; past them, asked again.
+    """
+    check = gunicorn_message._ip_in_allow_list
+    answers: dict[str, bool] = {}
+
+    def remembered(ip: str, allow_list, networks) -> bool:
+        answer = answers.get(ip)
+        if answer is None:
+            answer = check(ip, allow_list, networks)
+            if len(answers) < 4096:
+                answers[ip] = answer
+        return answer
+
+    gunicorn_message._ip_in_allow_list = remembered
 
 
 class ClientStoppedReading(TimeoutError):

@@ -47,6 +47,7 @@ def test_every_event_type_is_delivered_signed_in_order(make_app, receiver):
         documented.validate(d.event)  # the OpenAPI document's `webhooks` describe it
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", d.event["timestamp"])
         assert d.headers["content-type"] == "application/json"
+        assert d.headers["user-agent"] == "signaling-webhooks/1.2"  # the service, in the receiver's logs
         assert abs(int(d.headers["webhook-timestamp"]) - d.at) < 5
         assert len(d.headers["webhook-signature"].split(" ")) == len(SECRETS)  # each secret signs
     time.sleep(0.3)
