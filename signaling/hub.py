@@ -60,12 +60,17 @@ class Waiter:
         seq past `after + 1`: a look held back by `limit` left some) means: look.
         """
         carried, self._carried = self._carried, []
-        fresh = [envelope for envelope in carried or () if seq_of(envelope) > after][:limit]
-        if not fresh or seq_of(fresh[0]) != after + 1:
-            return None
-        if any(seq_of(envelope) != after + 1 + i for i, envelope in enumerate(fresh)):
-            return None
-        return fresh, after + len(fresh)
+        fresh: list[str] = []
+        for envelope in carried or ():
+            seq = seq_of(envelope)
+            if seq <= after:
+                continue
+            if len(fresh) == limit:
+                break
+            if seq != after + 1 + len(fresh):
+                return None
+            fresh.append(envelope)
+        return (fresh, after + len(fresh)) if fresh else None
 
     def end(self) -> None:
         self.ended = True
