@@ -46,6 +46,9 @@ from .service import Service
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[[str, list[tuple[str, str]]], object]
+#: set in a request's environ once its answer let other greenlets run (messages.send): gunicorn.conf.py's
+#: `post_request` then need not yield again
+YIELDED = "signaling.yielded"
 #: an HTTP status line's text by status: "404 Not Found"
 STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 

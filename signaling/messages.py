@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from . import errors, metrics, protocol, tokens
-from .http import Request
+from .http import YIELDED, Request
 from .service import Service
 from .stream import Stream, accepted
 
@@ -72,6 +72,7 @@ def send(service: Service, request: Request, room: str, to: str, sender: str | N
     out = read_outgoing(service, request, room, to, sender)
     seqs = service.backend.send(out)
     time.sleep(0)  # under gevent: a poll or stream of this process that the send woke writes before this answer
+    request.environ[YIELDED] = True
     return 202, protocol.dumps({"seqs": seqs} if out.batch else {"seq": seqs[0]})
 
 

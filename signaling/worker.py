@@ -208,6 +208,7 @@ class SignalingWorker(GeventWorker):
         """The worker's settings are the app's: read from the environment once, in one place."""
         super().load_wsgi()
         _remember_trusted_addresses()
+        _settle(self.cfg)
         service = Service.of(self.wsgi)
         self.settings, self.hub = service.settings, service.hub
         status, headers, body = _error_response(errors.ServerBusy(), self.settings, None, "-")
@@ -298,6 +299,19 @@ class SignalingWorker(GeventWorker):
         resp.status, resp.status_code = STATUS_LINES[status], status
         resp.headers, resp.sent = headers, len(body)
         self.log.access(resp, req, environ, timedelta(0))
+
+
+def _settle(cfg) -> None:
+    """Copy gunicorn's settings into its config object, where reading one is a plain attribute.
+
+    gunicorn reads a setting through `Config.__getattr__` and the setting's
+    `get()`, a dozen times per request (3 % of a busy worker's CPU). In a
+    worker they no longer change (a reload starts new workers). Names the
+    class itself defines (`is_ssl`, `worker_class`, ...) stay as they are.
+    """
+    for name, setting in cfg.settings.items():
+        if not hasattr(type(cfg), name):
+            object.__setattr__(cfg, name, setting.get())
 
 
 def _remember_trusted_addresses() -> None:
