@@ -288,8 +288,11 @@ async def call(conn: Conn, data: bytes, timeout: float = 30, expect: tuple[int, 
 
 
 async def within(future, timeout: float, what: str):
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that comes as the future
+    # completes, and a listener cancelled at the end of a run then polled on for ever (the bench hung)
     try:
-        return await asyncio.wait_for(future, timeout)
+        async with asyncio.timeout(timeout):
+            return await future
     except TimeoutError:
         raise BenchError(f"no {what} within {timeout:g}s") from None
 

@@ -511,9 +511,18 @@ async def measured(server: PinnedServer, redis_server: PinnedRedis | None, pairs
         await watch(listeners, listeners, time.perf_counter() + linger, what)
         return shares
     finally:
-        for task in listeners + drivers:
+        await cancelled(listeners + drivers)
+
+
+async def cancelled(tasks: list[asyncio.Task], tries: int = 10) -> None:
+    """Cancel the tasks and wait until they have ended, cancelling again a task that went on regardless."""
+    for _ in range(tries):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*listeners, *drivers, return_exceptions=True)
+        _, pending = await asyncio.wait(tasks, timeout=1) if tasks else ((), ())
+        if not pending:
+            return
+    raise BenchError(f"{len(pending)} tasks went on after {tries} cancellations")
 
 
 class Inbox:
