@@ -110,6 +110,9 @@ def parse_json(raw: bytes) -> Any:
         raise errors.BadJson(f"the body is not valid JSON: {exc}") from None
 
 
+_TWO_TO_63 = float(2**63)
+
+
 def _holds_huge_float(value: Any) -> bool:
     """Whether a parsed value holds a float of magnitude 2**63 or more (orjson's reading of an integer past 64 bits)."""
     pending = [value]
@@ -124,8 +127,6 @@ def _holds_huge_float(value: Any) -> bool:
             return True
     return False
 
-
-_TWO_TO_63 = float(2**63)
 
 
 def parse_object(raw: bytes, *, empty_ok: bool = False) -> dict:

@@ -81,7 +81,6 @@ def retry_after(value: str | None, now: float) -> float | None:
         return None
 
 
-
 def _short(response: httpx.Response) -> bool:
     """Whether the answer's body is known to be empty or short (SHORT_BODY): worth reading to keep the connection."""
     if response.status_code in (204, 304):

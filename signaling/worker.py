@@ -208,7 +208,7 @@ class SignalingWorker(GeventWorker):
         """The worker's settings are the app's: read from the environment once, in one place."""
         super().load_wsgi()
         _remember_trusted_addresses()
-        _settle(self.cfg)
+        _read_settings_once(self.cfg)
         service = Service.of(self.wsgi)
         self.settings, self.hub = service.settings, service.hub
         status, headers, body = _error_response(errors.ServerBusy(), self.settings, None, "-")
@@ -301,7 +301,7 @@ class SignalingWorker(GeventWorker):
         self.log.access(resp, req, environ, timedelta(0))
 
 
-def _settle(cfg) -> None:
+def _read_settings_once(cfg) -> None:
     """Copy gunicorn's settings into its config object, where reading one is a plain attribute.
 
     gunicorn reads a setting through `Config.__getattr__` and the setting's
