@@ -128,7 +128,6 @@ def _holds_huge_float(value: Any) -> bool:
     return False
 
 
-
 def parse_object(raw: bytes, *, empty_ok: bool = False) -> dict:
     """Parse a body that must be a JSON object (an empty body counts as {} if allowed; whitespace is no JSON)."""
     if empty_ok and not raw:
