@@ -119,7 +119,8 @@ async def join(base_url: str, room: str, *, peer_id: str | None = None, token: s
                ticket: str | None = None, get_ticket: TicketSource | None = None,
                http: httpx.AsyncClient | None = None, backoff: tuple[float, float] = (0.5, 10.0),
                send_retries: int = 5, receive: str = "auto", stream_timing: StreamTiming = StreamTiming(),
-               on_receive_mode: Callable[[str, str], None] | None = None, meta: dict | None = None) -> Session:
+               on_receive_mode: Callable[[str, str], None] | None = None, meta: dict | None = None,
+               last_seq: int = 0) -> Session:
     """Join `room` and start receiving; the Session returned is also an async context manager.
 
     `meta` is this peer's meta (a JSON object of at most 2,048 bytes, such as
@@ -127,7 +128,9 @@ async def join(base_url: str, room: str, *, peer_id: str | None = None, token: s
     takes it from the ticket instead.
 
     `peer_id` names this peer (else the server picks one); `token` is an earlier
-    session's, to resume it. With join tickets on, pass the application's
+    session's, to resume it, and `last_seq` that session's `session.last_seq`,
+    so the resume is not handed again what the earlier session already saw (a
+    stream acknowledges only when it reconnects). With join tickets on, pass the application's
     `ticket`, or `get_ticket` (a function, plain or async, returning a fresh
     ticket) which is called for every fresh join, a rejoin after the server
     forgot this peer included. `http` is an httpx.AsyncClient to use (the
@@ -145,7 +148,8 @@ async def join(base_url: str, room: str, *, peer_id: str | None = None, token: s
         raise ValueError(f"receive must be one of {', '.join(RECEIVE_MODES)}, not {receive!r}")
     session = Session(base_url, room, peer_id=peer_id, token=token, ticket=ticket, get_ticket=get_ticket,
                       http=http, backoff=backoff, send_retries=send_retries, receive=receive,
-                      stream_timing=stream_timing, on_receive_mode=on_receive_mode, meta=meta)
+                      stream_timing=stream_timing, on_receive_mode=on_receive_mode, meta=meta,
+                      last_seq=last_seq)
     fresh = token is None  # with a token, a resume, which needs no ticket
     try:
         for attempt in range(send_retries + 1):
@@ -186,7 +190,8 @@ class Session:
                  get_ticket: TicketSource | None, http: httpx.AsyncClient | None,
                  backoff: tuple[float, float], send_retries: int, receive: str = "auto",
                  stream_timing: StreamTiming = StreamTiming(),
-                 on_receive_mode: Callable[[str, str], None] | None = None, meta: dict | None = None):
+                 on_receive_mode: Callable[[str, str], None] | None = None, meta: dict | None = None,
+                 last_seq: int = 0):
         self.base_url = base_url.rstrip("/")
         self.room = room
         self.peer_id = peer_id
@@ -222,6 +227,7 @@ class Session:
         self._poll_reason = "receive-option"
         self._cursor = 0
         self._last_seq = 0
+        self._resume_after = last_seq  # an earlier session's last seq, for the first join's resume
         self._batches = True  # until a server shows it takes no batches (protocol 1.0)
         self._inbox: asyncio.Queue[dict | None] = asyncio.Queue()
         self._outboxes: dict[str, collections.deque[_Outgoing]] = {}
@@ -231,6 +237,11 @@ class Session:
         self._left = False
 
     # --- the public API -----------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last envelope handed out: keep it with the token, and pass both to `join` to resume."""
+        return self._last_seq
 
     async def send(self, to: str, type: str, data: Any = None) -> int:
         """Send one envelope to peer `to`; returns its seq in `to`'s mailbox, raises SignalingError.
@@ -316,8 +327,13 @@ class Session:
         self.ice_servers = joined.get("ice_servers") or []
         self._poll_wait = float(joined.get("poll_wait", self._poll_wait))
         self._cursor = int(joined.get("cursor", 0))
+        # A new mailbox numbers from 1 again; a resumed one hands out again what was not acknowledged, less what
+        # an earlier session saw (`last_seq`): the next request acknowledges that.
         if created:
-            self._last_seq = 0  # a new mailbox numbers from 1 again
+            self._last_seq = 0
+        elif self._resume_after > self._cursor:
+            self._cursor = self._last_seq = self._resume_after
+        self._resume_after = 0
         self.resumed = not created
         self.meta = joined.get("meta")
         listed = joined.get("members")  # 1.2; a 1.1 server lists ids only

@@ -168,6 +168,30 @@ def test_a_token_resumes_the_peer_with_its_unacknowledged_envelopes(server):
     run(scenario())
 
 
+def test_a_resume_with_last_seq_skips_what_the_earlier_session_saw(server):
+    """A new process resuming a peer (token and last_seq kept) is not handed again what the last one saw."""
+    r = room()
+    api = Api.over_http(server.url)
+    earlier = api.peer(r, "alice")  # a process that kept its token and last seq, then ended without leaving
+
+    async def scenario():
+        async with await join(server.url, r, peer_id="bob") as bob:
+            for n in range(3):
+                await bob.send("alice", "note", n)
+            seen = earlier.receive()  # read from cursor 0: nothing acknowledged
+            assert [m["data"] for m in seen] == [None, 0, 1, 2]
+            last_seq = seen[2]["seq"]  # note 1: the earlier process saw it, and note 2 it did not
+
+            async with await join(server.url, r, peer_id="alice", token=earlier.token, last_seq=last_seq) as alice:
+                assert alice.resumed and alice.last_seq == last_seq
+                assert (await until(alice, "note"))["data"] == 2
+                await bob.send("alice", "note", 3)
+                assert (await until(alice, "note"))["data"] == 3
+                assert alice.last_seq == seen[3]["seq"] + 1
+
+    run(scenario())
+
+
 def test_both_peers_rejoin_after_the_server_forgot_them(server):
     r = room()
     redis_url = server.env.get("REDIS_URL")
