@@ -13,6 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import greenlet
+
+from signaling import create_app
+from signaling.config import Settings
+from signaling.service import Service
+
 ROOT = Path(__file__).resolve().parents[2]
 HELD = 200
 #: bytes of saved C stack per held poll, here (in-process, memory backend): 3,496 with the rules kept;
@@ -67,3 +73,15 @@ def test_a_held_poll_keeps_at_most_its_budget_of_c_stack():
     assert found["answered"] == HELD  # every poll was held, then answered when the hub closed
     per_poll = sum(found["saved"]) / HELD
     assert 0 < per_poll <= BUDGET, f"{per_poll:.0f} bytes of C stack per held poll, budget {BUDGET:.0f}"
+
+
+def test_flask_answers_on_a_greenlet_of_its_own_that_ends_with_the_request():
+    """Rule 4 (signaling/http.py): the frames of a request through Flask are not the connection greenlet's to keep."""
+    app = create_app(Settings())
+    seen = []
+    app.before_request(lambda: seen.append(greenlet.getcurrent()))
+    try:
+        assert app.test_client().get("/healthz").status_code == 200
+    finally:
+        Service.of(app).close()
+    assert seen and seen[0] is not greenlet.getcurrent() and seen[0].dead
