@@ -207,7 +207,7 @@ class Join:
     meta: str | None = None  # a fresh peer's meta (`meta_text`), from its ticket or body; a resume keeps its own
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Fetch:
     """What a poll or stream asks of its mailbox: acknowledge every seq up to `after`, read up to `limit` at a time."""
 

@@ -80,6 +80,9 @@ class Stream:
     a refusal is an ordinary JSON answer and never a half-open stream.
     """
 
+    __slots__ = ("_reader", "_listener", "_hub", "_keep_alive", "_heartbeat", "_deadline", "_most_messages",
+                 "_most_bytes", "_unacked", "_unacked_bytes", "_closed", "_chunks")
+
     def __init__(self, service: Service, reader: Reader, listener: Listener):
         settings = service.settings
         self._reader, self._listener, self._hub, self._keep_alive = reader, listener, service.hub, service.keep_alive

@@ -84,7 +84,7 @@ class Broadcast:
     mailbox_full: list[str]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Listener:
     """A peer with an open stream, which `keep_alive` keeps live."""
 
