@@ -130,10 +130,10 @@ async def join(base_url: str, room: str, *, peer_id: str | None = None, token: s
     `peer_id` names this peer (else the server picks one); `token` is an earlier
     session's, to resume it, and `last_seq` that session's `session.last_seq`,
     so the resume is not handed again what the earlier session already saw (a
-    stream acknowledges only when it reconnects). With join tickets on, pass the application's
-    `ticket`, or `get_ticket` (a function, plain or async, returning a fresh
-    ticket) which is called for every fresh join, a rejoin after the server
-    forgot this peer included. `http` is an httpx.AsyncClient to use (the
+    stream acknowledges only when it reconnects). With join tickets on, pass
+    the application's `ticket`, or `get_ticket` (a function, plain or async,
+    returning a fresh ticket) which is called for every fresh join, a rejoin
+    after the server forgot this peer included. `http` is an httpx.AsyncClient to use (the
     session makes its own otherwise); `backoff` is (base, max) in seconds;
     a send is tried at most `send_retries` + 1 times. `receive` is "auto"
     (stream, and fall back to polls), "stream" (never poll) or "poll" (never
